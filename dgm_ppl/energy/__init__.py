@@ -1,0 +1,31 @@
+"""Energy-based models as Pyro primitives: RBMs, their negative-phase samplers and partition functions."""
+
+from .chains import ContrastiveDivergence, NegativePhase, ParallelTempering, PersistentChains
+from .distribution import EnergyBasedDistribution
+from .partition import (
+    AISResult,
+    ais_log_partition,
+    ais_schedule,
+    average_log_likelihood,
+    exact_log_partition,
+    reverse_ais_log_partition,
+)
+from .rbm import RBM, BernoulliRBM, GaussianBernoulliRBM, RBMParams
+
+__all__ = [
+    "RBM",
+    "RBMParams",
+    "BernoulliRBM",
+    "GaussianBernoulliRBM",
+    "NegativePhase",
+    "PersistentChains",
+    "ContrastiveDivergence",
+    "ParallelTempering",
+    "EnergyBasedDistribution",
+    "AISResult",
+    "ais_schedule",
+    "exact_log_partition",
+    "ais_log_partition",
+    "reverse_ais_log_partition",
+    "average_log_likelihood",
+]

@@ -1,0 +1,167 @@
+r"""Negative-phase samplers for stochastic maximum likelihood.
+
+The gradient of the average log-likelihood of an energy-based model is
+
+.. math::
+
+    \nabla \frac1N\sum_n \log p(v_n) = \frac1N\sum_n \nabla(-F(v_n)) - \mathbb E_{p(v)}[\nabla(-F(v))].
+
+The samplers here supply the states :math:`\tilde v` that estimate the second expectation:
+
+* :class:`PersistentChains` (PCD-k, Tieleman 2008): chains that persist across updates and
+  advance ``steps`` block-Gibbs sweeps each time they are used.
+* :class:`ContrastiveDivergence` (CD-k, Hinton 2002): chains restarted at the data batch.
+* :class:`ParallelTempering` (Desjardins et al. 2010): persistent replicas at inverse
+  temperatures :math:`0 \le \beta_1 < \dots < \beta_T = 1` with replica-exchange swaps.
+
+All are ``nn.Module``s whose state is in buffers, so ``state_dict()`` checkpoints the chains.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["NegativePhase", "PersistentChains", "ContrastiveDivergence", "ParallelTempering"]
+
+
+class NegativePhase(nn.Module):
+    """Base class: holds the model (not as a submodule, so it is not saved twice)."""
+
+    def __init__(self, model: nn.Module, steps: int = 1):
+        super().__init__()
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        self.__dict__["model"] = model
+        self.steps = steps
+
+    def advance(self, data: Tensor | None = None) -> Tensor:
+        """Advance the chains and return the negative samples, shape ``(num_chains, n_visible)``."""
+        raise NotImplementedError
+
+    def initial_samples(self, num_samples: int) -> Tensor:
+        """Starting states for fresh sampling: the chains' states if there are any."""
+        return self.model.random_visible(num_samples)
+
+    def _sync(self, state: Tensor) -> Tensor:
+        w = self.model.weight
+        return state if state.device == w.device and state.dtype == w.dtype else state.to(w)
+
+
+class PersistentChains(NegativePhase):
+    """PCD-k: ``num_chains`` persistent block-Gibbs chains advanced ``steps`` sweeps per use.
+
+    ``init`` gives the initial states (e.g. a random data batch); by default they are drawn from
+    the factorial model of the visible biases.
+    """
+
+    def __init__(self, model: nn.Module, num_chains: int = 100, steps: int = 1, init: Tensor | None = None):
+        super().__init__(model, steps)
+        if not isinstance(num_chains, int) or num_chains < 1:
+            raise ValueError(f"num_chains must be a positive int, got {num_chains!r}")
+        if init is None:
+            state = model.random_visible(num_chains).detach()
+        else:
+            if init.shape != (num_chains, model.n_visible):
+                raise ValueError(f"init must have shape {(num_chains, model.n_visible)}, got {tuple(init.shape)}")
+            model._check_visible(init)
+            state = init.detach().to(model.weight).clone()
+        self.num_chains = num_chains
+        self.register_buffer("state", state)
+
+    @torch.no_grad()
+    def advance(self, data: Tensor | None = None) -> Tensor:
+        self.state = self.model.gibbs_step(self._sync(self.state), steps=self.steps)
+        return self.state
+
+    def initial_samples(self, num_samples: int) -> Tensor:
+        idx = torch.arange(num_samples, device=self.state.device) % self.num_chains
+        return self.state[idx].clone()
+
+
+class ContrastiveDivergence(NegativePhase):
+    """CD-k: chains restarted at the data batch and run ``steps`` block-Gibbs sweeps."""
+
+    @torch.no_grad()
+    def advance(self, data: Tensor | None = None) -> Tensor:
+        if data is None:
+            raise ValueError("ContrastiveDivergence needs the data batch to start its chains")
+        return self.model.gibbs_step(data.reshape(-1, data.shape[-1]).to(self.model.weight), steps=self.steps)
+
+
+class ParallelTempering(NegativePhase):
+    r"""Persistent chains at several inverse temperatures with replica exchange.
+
+    Replica :math:`t` targets :math:`p_{\beta_t}(v) \propto p^*_{\beta_t}(v)` on the RBM's annealing
+    path (with ``base=None`` this is :math:`\propto e^{-\beta F(v)}`-like tempering of the energy).
+    After each sweep, neighbouring pairs (even pairs, then odd pairs on the next sweep) swap
+    states with probability
+    :math:`\min\{1, \frac{p^*_{\beta_t}(v_{t+1})\,p^*_{\beta_{t+1}}(v_t)}{p^*_{\beta_t}(v_t)\,p^*_{\beta_{t+1}}(v_{t+1})}\}`.
+    The negative samples are the replicas at :math:`\beta = 1`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_chains: int = 100,
+        steps: int = 1,
+        betas: Tensor | int = 10,
+        base: Tensor | None = None,
+    ):
+        super().__init__(model, steps)
+        if isinstance(betas, int):
+            betas = torch.linspace(0.0, 1.0, betas)
+        betas = torch.as_tensor(betas, dtype=model.weight.dtype)
+        if betas.dim() != 1 or len(betas) < 2 or betas[-1] != 1 or (betas.diff() <= 0).any() or betas[0] < 0:
+            raise ValueError("betas must increase from >= 0 to exactly 1, with at least two values")
+        self.num_chains = num_chains
+        self.register_buffer("betas", betas.to(model.weight.device))
+        self.register_buffer("base", None if base is None else base.detach().clone())
+        state = model.random_visible(len(betas) * num_chains).detach().reshape(len(betas), num_chains, -1)
+        self.register_buffer("state", state)
+        self.register_buffer("swaps_accepted", torch.zeros(len(betas) - 1))
+        self.register_buffer("swaps_proposed", torch.zeros(len(betas) - 1))
+        self.register_buffer("parity", torch.zeros((), dtype=torch.long))
+
+    @property
+    def swap_rate(self) -> Tensor:
+        """Acceptance rate of swaps between each pair of neighbouring temperatures."""
+        return self.swaps_accepted / self.swaps_proposed.clamp(min=1)
+
+    @torch.no_grad()
+    def advance(self, data: Tensor | None = None) -> Tensor:
+        model = self.model
+        p = model.params()
+        betas = self.betas.to(p.weight)[:, None, None]
+        v = self._sync(self.state)
+        for _ in range(self.steps):
+            v = model._gibbs(p, v, betas, self.base)
+            v = self._swap(p, v)
+        self.state = v
+        return v[-1]
+
+    def _swap(self, p, v: Tensor) -> Tensor:
+        betas = self.betas.to(p.weight)
+        lo = torch.arange(int(self.parity), len(betas) - 1, 2, device=v.device)
+        self.parity.fill_(1 - int(self.parity))
+        if len(lo) == 0:
+            return v
+        hi = lo + 1
+        b_lo, b_hi = betas[lo][:, None, None], betas[hi][:, None, None]
+        lp = self.model._tempered_log_prob
+        log_ratio = (
+            lp(p, v[hi], b_lo, self.base) + lp(p, v[lo], b_hi, self.base)
+            - lp(p, v[lo], b_lo, self.base) - lp(p, v[hi], b_hi, self.base)
+        )
+        accept = torch.rand_like(log_ratio).log() < log_ratio  # (pairs, chains)
+        new = v.clone()
+        a = accept[..., None]
+        new[lo] = torch.where(a, v[hi], v[lo])
+        new[hi] = torch.where(a, v[lo], v[hi])
+        self.swaps_accepted[lo] += accept.to(self.swaps_accepted).mean(-1)
+        self.swaps_proposed[lo] += 1
+        return new
+
+    def initial_samples(self, num_samples: int) -> Tensor:
+        idx = torch.arange(num_samples, device=self.state.device) % self.num_chains
+        return self.state[-1, idx].clone()

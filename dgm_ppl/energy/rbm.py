@@ -1,0 +1,397 @@
+r"""Restricted Boltzmann machines as Pyro modules.
+
+An RBM with visible units :math:`v` and binary hidden units :math:`h` has the joint
+:math:`p(v, h) = \exp(-E(v, h)) / Z`. Both classes here share binary hidden units and a
+factorial structure, so that
+
+.. math::
+
+    -F(v) = \log \sum_h e^{-E(v,h)} = \ell(v) + \sum_j \operatorname{softplus}(c_j + s(v)^\top W_{:j})
+
+where :math:`\ell` is the visible term and :math:`s` the visible statistic coupled to the
+hidden layer (:math:`v` for Bernoulli units, :math:`v/\sigma` for Gaussian units).
+
+For annealing (AIS, parallel tempering) every RBM also defines the geometric path
+
+.. math::
+
+    \log p^*_\beta(v) = (1-\beta)\,\ell_a(v) + \beta\,\ell(v)
+        + \sum_j \operatorname{softplus}\big(\beta (c_j + s(v)^\top W_{:j})\big)
+
+from a factorial *base* model :math:`\ell_a` (visible bias or mean :math:`a`, hidden units
+uniform) at :math:`\beta = 0` to the RBM at :math:`\beta = 1`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import NamedTuple
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+__all__ = ["RBM", "BernoulliRBM", "GaussianBernoulliRBM"]
+
+_counter = itertools.count()
+Beta = float | Tensor
+
+
+class RBMParams(NamedTuple):
+    """Parameters in the standard (uncentered) form, plus an additive constant of ``-E``."""
+
+    weight: Tensor
+    visible_bias: Tensor
+    hidden_bias: Tensor
+    const: Tensor | float = 0.0
+    std: Tensor | None = None
+
+
+class RBM(PyroModule):
+    """Base class: binary hidden units, visible units defined by a subclass.
+
+    Parameters are ``weight`` (``n_visible x n_hidden``), ``visible_bias`` and ``hidden_bias``.
+    ``log_z`` holds the latest estimate of :math:`\\log Z` (``None`` if there is none); it is set
+    by :func:`~dgm_ppl.energy.exact_log_partition` and :func:`~dgm_ppl.energy.ais_log_partition`
+    and used as the normalizer of :meth:`distribution`.
+    """
+
+    support: constraints.Constraint
+    binary_visible: bool = False
+
+    def __init__(self, n_visible: int, n_hidden: int, *, init_std: float = 0.01, name: str | None = None):
+        for label, n in (("n_visible", n_visible), ("n_hidden", n_hidden)):
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"{label} must be a positive int, got {n!r}")
+        # A unique default name keeps two RBMs in one model from sharing Pyro param-store entries.
+        super().__init__(name if name is not None else f"{type(self).__name__}_{next(_counter)}")
+        self.n_visible, self.n_hidden = n_visible, n_hidden
+        self.weight = nn.Parameter(torch.randn(n_visible, n_hidden) * init_std)
+        self.visible_bias = nn.Parameter(torch.zeros(n_visible))
+        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden))
+        self.log_z: float | None = None
+
+    # ----------------------------------------------------------------- state
+    def get_extra_state(self) -> dict:
+        return {"log_z": self.log_z, "pending_hidden_mean": self.__dict__.get("_pending_hidden_mean")}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.log_z = state.get("log_z")
+        self.__dict__["_pending_hidden_mean"] = state.get("pending_hidden_mean")
+
+    def extra_repr(self) -> str:
+        return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}"
+
+    # ----------------------------------------------- subclass hooks (all take params)
+    def params(self) -> RBMParams:
+        """The parameters in standard form. Subclasses may reparametrize (centering)."""
+        return RBMParams(self.weight, self.visible_bias, self.hidden_bias)
+
+    def _visible_stat(self, p: RBMParams, v: Tensor) -> Tensor:
+        return v
+
+    def _visible_term(self, p: RBMParams, v: Tensor, bias: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _sample_visible(self, p: RBMParams, hidden_input: Tensor, bias: Tensor) -> Tensor:
+        """Sample v given ``W h`` (already computed) and an effective visible bias."""
+        raise NotImplementedError
+
+    def _log_marginal_given_hidden(self, p: RBMParams, h: Tensor) -> Tensor:
+        r""":math:`\log \int e^{-E(v,h)} dv` (or the sum over binary v), shape ``h.shape[:-1]``."""
+        raise NotImplementedError
+
+    def base_log_partition(self, base: Tensor | None = None) -> Tensor:
+        """log Z of the base model at beta = 0 (visible factorial, hidden uniform)."""
+        raise NotImplementedError
+
+    def sample_base(self, num_samples: int, base: Tensor | None = None) -> Tensor:
+        """Exact samples of v from the base model at beta = 0."""
+        raise NotImplementedError
+
+    def base_rate(self, data: Tensor) -> Tensor:
+        """A base model fitted to ``data`` (visible marginals), for AIS and initialization."""
+        raise NotImplementedError
+
+    def _check_visible(self, v: Tensor) -> None:
+        if v.shape[-1:] != (self.n_visible,):
+            raise ValueError(
+                f"expected the last dimension to be n_visible={self.n_visible}, got shape {tuple(v.shape)}"
+            )
+        if not torch.isfinite(v).all():
+            raise ValueError("values contain NaN or inf")
+
+    # ---------------------------------------------------------------- energy
+    def _default_base(self, p: RBMParams, base: Tensor | None) -> Tensor:
+        return torch.zeros_like(p.visible_bias) if base is None else base
+
+    def energy(self, v: Tensor, h: Tensor) -> Tensor:
+        r"""The energy :math:`E(v,h) = -\ell(v) - c^\top h - s(v)^\top W h`, shape ``batch``."""
+        p = self.params()
+        coupling = ((self._visible_stat(p, v) @ p.weight) * h).sum(-1)
+        return -(self._visible_term(p, v, p.visible_bias) + h @ p.hidden_bias + coupling + p.const)
+
+    def free_energy(self, v: Tensor) -> Tensor:
+        r"""The free energy :math:`F(v) = -\log \sum_h e^{-E(v,h)}`, computed with softplus."""
+        return -self._neg_free_energy(self.params(), v)
+
+    def _neg_free_energy(self, p: RBMParams, v: Tensor) -> Tensor:
+        x = self._visible_stat(p, v) @ p.weight + p.hidden_bias
+        return self._visible_term(p, v, p.visible_bias) + F.softplus(x).sum(-1) + p.const
+
+    def tempered_log_prob(self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
+        r"""Unnormalized :math:`\log p^*_\beta(v)` on the path from the base model (``beta=0``) to
+        the RBM (``beta=1``, where it equals :math:`-F(v)`)."""
+        return self._tempered_log_prob(self.params(), v, beta, base)
+
+    def _tempered_log_prob(self, p: RBMParams, v: Tensor, beta: Beta, base: Tensor | None) -> Tensor:
+        a = self._default_base(p, base)
+        x = self._visible_stat(p, v) @ p.weight + p.hidden_bias
+        return self._tempered_from_input(p, v, x, beta, a)
+
+    def _tempered_from_input(self, p: RBMParams, v: Tensor, x: Tensor, beta: Beta, a: Tensor) -> Tensor:
+        beta_v = beta if isinstance(beta, float) else beta.squeeze(-1)
+        term = (1 - beta_v) * self._visible_term(p, v, a) + beta_v * self._visible_term(p, v, p.visible_bias)
+        return term + F.softplus(beta * x).sum(-1) + beta_v * p.const
+
+    # ---------------------------------------------------------- conditionals
+    def hidden_given_visible(self, v: Tensor) -> dist.Distribution:
+        """The factorial conditional p(h | v), a Bernoulli with event dim 1."""
+        p = self.params()
+        return dist.Bernoulli(logits=self._visible_stat(p, v) @ p.weight + p.hidden_bias).to_event(1)
+
+    def visible_given_hidden(self, h: Tensor) -> dist.Distribution:
+        """The factorial conditional p(v | h), with event dim 1."""
+        raise NotImplementedError
+
+    def sample_hidden(self, v: Tensor, beta: Beta = 1.0) -> Tensor:
+        """Draw h ~ p_beta(h | v)."""
+        p = self.params()
+        return torch.bernoulli(torch.sigmoid(beta * (self._visible_stat(p, v) @ p.weight + p.hidden_bias)))
+
+    def sample_visible(self, h: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
+        """Draw v ~ p_beta(v | h)."""
+        p = self.params()
+        a = self._default_base(p, base)
+        return self._sample_visible(p, beta * (h @ p.weight.T), (1 - beta) * a + beta * p.visible_bias)
+
+    def _gibbs(self, p: RBMParams, v: Tensor, beta: Beta = 1.0, a: Tensor | None = None) -> Tensor:
+        x = self._visible_stat(p, v) @ p.weight + p.hidden_bias
+        if isinstance(beta, float) and beta == 1.0:
+            h = torch.bernoulli(torch.sigmoid(x))
+            return self._sample_visible(p, h @ p.weight.T, p.visible_bias)
+        h = torch.bernoulli(torch.sigmoid(beta * x))
+        a = self._default_base(p, a)
+        return self._sample_visible(p, beta * (h @ p.weight.T), (1 - beta) * a + beta * p.visible_bias)
+
+    @torch.no_grad()
+    def gibbs_step(self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None, steps: int = 1) -> Tensor:
+        """``steps`` block-Gibbs sweeps v -> h -> v at inverse temperature ``beta``.
+
+        ``beta`` may be a tensor of shape ``(T, 1, 1)`` for a batch ``v`` of shape ``(T, C, n_visible)``.
+        """
+        p = self.params()
+        for _ in range(steps):
+            v = self._gibbs(p, v, beta, base)
+        return v
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, steps: int = 1000, init: Tensor | None = None) -> Tensor:
+        """Approximate samples by ``steps`` Gibbs sweeps from ``init`` (default: the base model)."""
+        v = self.sample_base(num_samples) if init is None else init
+        return self.gibbs_step(v, steps=steps)
+
+    def random_visible(self, num_samples: int) -> Tensor:
+        """Initial chain states from the factorial model given by the visible biases."""
+        return self.sample_base(num_samples, self.params().visible_bias.detach())
+
+    # ----------------------------------------------------------- Pyro glue
+    def forward(self, chains, **kwargs):
+        from .distribution import EnergyBasedDistribution
+
+        self._before_distribution()
+        # Reading the parameters inside the PyroModule context records them as param sites,
+        # so SVI finds them without a separate ``pyro.module`` call.
+        return EnergyBasedDistribution(self, chains, params=self.params(), **kwargs)
+
+    def _before_distribution(self) -> None:
+        pass
+
+    def distribution(self, chains, **kwargs):
+        """A Pyro distribution over v whose ``log_prob`` carries the SML gradient.
+
+        See :class:`~dgm_ppl.energy.EnergyBasedDistribution`.
+        """
+        return self(chains, **kwargs)
+
+
+class BernoulliRBM(RBM):
+    r"""RBM with binary visible and hidden units,
+    :math:`E(v,h) = -b^\top v - c^\top h - v^\top W h`.
+
+    With ``centered=True`` the energy is written around offsets :math:`\mu` (visible) and
+    :math:`\lambda` (hidden), :math:`E = -(v-\mu)^\top b - c^\top (h-\lambda) - (v-\mu)^\top W (h-\lambda)`
+    (Montavon & Müller 2012; Melchior et al. 2016). The model family is unchanged, but the
+    gradient becomes :math:`\langle (v-\mu)(h-\lambda)^\top \rangle_{data} - \langle\cdot\rangle_{model}`,
+    which conditions learning much better. :math:`\mu` is set by :meth:`init_from_data`;
+    :math:`\lambda` follows a moving average of the data's hidden means during training.
+    """
+
+    support = constraints.independent(constraints.boolean, 1)
+    binary_visible = True
+
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        *,
+        centered: bool = False,
+        offset_rate: float = 0.01,
+        init_std: float = 0.01,
+        name: str | None = None,
+    ):
+        super().__init__(n_visible, n_hidden, init_std=init_std, name=name)
+        self.centered = centered
+        self.offset_rate = offset_rate
+        self.register_buffer("visible_offset", torch.full((n_visible,), 0.5 if centered else 0.0))
+        self.register_buffer("hidden_offset", torch.full((n_hidden,), 0.5 if centered else 0.0))
+
+    def params(self) -> RBMParams:
+        w, b, c = self.weight, self.visible_bias, self.hidden_bias
+        if not self.centered:
+            return RBMParams(w, b, c)
+        mu, lam = self.visible_offset, self.hidden_offset
+        # -E = v.(b - W lam) + h.(c - W^T mu) + v^T W h + const,  const = -mu.b - c.lam + mu^T W lam
+        wl = w @ lam
+        return RBMParams(w, b - wl, c - mu @ w, -(mu @ b) - (c @ lam) + (mu @ wl))
+
+    def _before_distribution(self) -> None:
+        pending = self.__dict__.pop("_pending_hidden_mean", None)
+        if pending is not None and self.centered and torch.is_grad_enabled():
+            self.update_hidden_offset(pending)
+
+    @torch.no_grad()
+    def update_hidden_offset(self, hidden_mean: Tensor) -> None:
+        r"""Move :math:`\lambda` towards ``hidden_mean`` and shift :math:`b` so that the
+        distribution is unchanged: :math:`b \leftarrow b + W(\lambda' - \lambda)`."""
+        new = (1 - self.offset_rate) * self.hidden_offset + self.offset_rate * hidden_mean
+        self.visible_bias.add_(self.weight @ (new - self.hidden_offset))
+        self.hidden_offset.copy_(new)
+
+    @torch.no_grad()
+    def init_from_data(self, data: Tensor) -> BernoulliRBM:
+        """Set the visible biases to the data's base rates (and the visible offset to the data
+        mean when centered), as recommended by Hinton's practical guide."""
+        self._check_visible(data)
+        self.visible_bias.copy_(self.base_rate(data))
+        if self.centered:
+            self.visible_offset.copy_(data.float().mean(0).to(self.visible_offset))
+        return self
+
+    def _visible_term(self, p: RBMParams, v: Tensor, bias: Tensor) -> Tensor:
+        return v @ bias
+
+    def _sample_visible(self, p: RBMParams, hidden_input: Tensor, bias: Tensor) -> Tensor:
+        return torch.bernoulli(torch.sigmoid(hidden_input + bias))
+
+    def _log_marginal_given_hidden(self, p: RBMParams, h: Tensor) -> Tensor:
+        return h @ p.hidden_bias + F.softplus(h @ p.weight.T + p.visible_bias).sum(-1)
+
+    def visible_given_hidden(self, h: Tensor) -> dist.Distribution:
+        p = self.params()
+        return dist.Bernoulli(logits=h @ p.weight.T + p.visible_bias).to_event(1)
+
+    def base_log_partition(self, base: Tensor | None = None) -> Tensor:
+        a = self._default_base(self.params(), base)
+        return F.softplus(a).sum() + self.n_hidden * math.log(2.0)
+
+    def sample_base(self, num_samples: int, base: Tensor | None = None) -> Tensor:
+        a = self._default_base(self.params(), base).detach()
+        return torch.bernoulli(torch.sigmoid(a).expand(num_samples, -1).contiguous())
+
+    def base_rate(self, data: Tensor) -> Tensor:
+        data = data.to(self.weight)
+        p = (data.sum(0) + 1.0) / (data.shape[0] + 2.0)  # Laplace smoothing keeps logits finite
+        return torch.logit(p)
+
+    def _check_visible(self, v: Tensor) -> None:
+        super()._check_visible(v)
+        bad = (v != 0) & (v != 1)
+        if bad.any():
+            raise ValueError(
+                f"Bernoulli visible units need values in {{0, 1}}, got {v[bad].flatten()[0].item()!r}"
+            )
+
+
+class GaussianBernoulliRBM(RBM):
+    r"""RBM with Gaussian visible units and binary hidden units,
+
+    .. math::
+
+        E(v,h) = \sum_i \frac{(v_i - b_i)^2}{2\sigma_i^2} - c^\top h - (v/\sigma)^\top W h,
+
+    so :math:`p(v|h) = \mathcal N(b + \sigma \odot W h, \sigma^2)` and
+    :math:`p(h_j=1|v) = \operatorname{sigmoid}(c_j + (v/\sigma)^\top W_{:j})`.
+    The standard deviations :math:`\sigma` are fixed (``learn_std=False``) or learned through
+    ``log_std``.
+    """
+
+    support = constraints.independent(constraints.real, 1)
+
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        *,
+        std: float | Tensor = 1.0,
+        learn_std: bool = False,
+        init_std: float = 0.01,
+        name: str | None = None,
+    ):
+        super().__init__(n_visible, n_hidden, init_std=init_std, name=name)
+        log_std = torch.log(torch.as_tensor(std, dtype=torch.get_default_dtype()).expand(n_visible).clone())
+        if not torch.isfinite(log_std).all():
+            raise ValueError("std must be positive and finite")
+        if learn_std:
+            self.log_std = nn.Parameter(log_std)
+        else:
+            self.register_buffer("log_std", log_std)
+
+    def params(self) -> RBMParams:
+        return RBMParams(self.weight, self.visible_bias, self.hidden_bias, 0.0, self.log_std.exp())
+
+    def _visible_stat(self, p: RBMParams, v: Tensor) -> Tensor:
+        return v / p.std
+
+    def _visible_term(self, p: RBMParams, v: Tensor, bias: Tensor) -> Tensor:
+        return -(((v - bias) / p.std) ** 2).sum(-1) / 2
+
+    def _sample_visible(self, p: RBMParams, hidden_input: Tensor, bias: Tensor) -> Tensor:
+        mean = bias + p.std * hidden_input
+        return mean + p.std * torch.randn_like(mean)
+
+    def _log_marginal_given_hidden(self, p: RBMParams, h: Tensor) -> Tensor:
+        a = h @ p.weight.T
+        const = (torch.log(p.std) + 0.5 * math.log(2 * math.pi)).sum()
+        return h @ p.hidden_bias + (p.visible_bias * a / p.std + a**2 / 2).sum(-1) + const
+
+    def visible_given_hidden(self, h: Tensor) -> dist.Distribution:
+        p = self.params()
+        return dist.Normal(p.visible_bias + p.std * (h @ p.weight.T), p.std).to_event(1)
+
+    def base_log_partition(self, base: Tensor | None = None) -> Tensor:
+        std = self.log_std.exp()
+        return (torch.log(std) + 0.5 * math.log(2 * math.pi)).sum() + self.n_hidden * math.log(2.0)
+
+    def sample_base(self, num_samples: int, base: Tensor | None = None) -> Tensor:
+        p = self.params()
+        a = self._default_base(p, base).detach()
+        std = p.std.detach()
+        return a + std * torch.randn(num_samples, self.n_visible, dtype=a.dtype, device=a.device)
+
+    def base_rate(self, data: Tensor) -> Tensor:
+        return data.to(self.weight).mean(0)

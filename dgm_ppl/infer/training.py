@@ -1,0 +1,65 @@
+"""A minibatch loop around :class:`pyro.infer.SVI` with a progress bar and divergence checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro.infer import SVI
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import DivergenceError
+
+__all__ = ["train"]
+
+
+def train(
+    svi: SVI,
+    data: Tensor,
+    *,
+    epochs: int = 1,
+    batch_size: int = 100,
+    shuffle: bool = True,
+    progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+    args: tuple = (),
+    kwargs: dict | None = None,
+) -> list[float]:
+    """Run ``svi.step(batch, *args, **kwargs)`` over minibatches of ``data`` for ``epochs`` epochs.
+
+    The model is expected to put the batch in ``pyro.plate(name, len(data), subsample=batch)``,
+    so the loss is an unbiased estimate of the full-data loss. Returns the mean loss per epoch
+    (per datum). Raises :class:`DivergenceError` as soon as a loss or, at the end of an epoch,
+    a parameter is NaN or infinite. ``callback(epoch, mean_loss)`` runs after each epoch.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    kwargs = kwargs or {}
+    n = data.shape[0]
+    history = []
+    steps_per_epoch = math.ceil(n / batch_size)
+    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, unit="step", mininterval=0.5)
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(n, device=data.device) if shuffle else torch.arange(n, device=data.device)
+            total = 0.0
+            for i in range(0, n, batch_size):
+                loss = svi.step(data[order[i : i + batch_size]], *args, **kwargs)
+                if not math.isfinite(loss):
+                    raise DivergenceError(f"the loss became {loss} at epoch {epoch}, step {i // batch_size}")
+                total += loss
+                bar.update()
+            mean = total / steps_per_epoch / n
+            for name, value in pyro.get_param_store().items():
+                if not torch.isfinite(value).all():
+                    raise DivergenceError(f"parameter {name!r} is not finite after epoch {epoch}")
+            history.append(mean)
+            bar.set_postfix(epoch=epoch, loss=f"{mean:.4g}")
+            if callback is not None:
+                callback(epoch, mean)
+    finally:
+        bar.close()
+    return history
