@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .rbm import bernoulli
+
 __all__ = ["NegativePhase", "PersistentChains", "ContrastiveDivergence", "ParallelTempering"]
 
 
@@ -39,6 +41,9 @@ class NegativePhase(nn.Module):
         """Advance the chains and return the negative samples, shape ``(num_chains, n_visible)``."""
         raise NotImplementedError
 
+    def after_negative_phase(self, hidden_input: Tensor) -> None:
+        """Receives the hidden pre-activations of the returned negatives (computed for the gradient)."""
+
     def initial_samples(self, num_samples: int) -> Tensor:
         """Starting states for fresh sampling: the chains' states if there are any."""
         return self.model.random_visible(num_samples)
@@ -51,8 +56,12 @@ class NegativePhase(nn.Module):
 class PersistentChains(NegativePhase):
     """PCD-k: ``num_chains`` persistent block-Gibbs chains advanced ``steps`` sweeps per use.
 
-    ``init`` gives the initial states (e.g. a random data batch); by default they are drawn from
-    the factorial model of the visible biases.
+    The state is the visible sample ``state`` and a hidden sample ``hidden``. As in scikit-learn's
+    ``BernoulliRBM``, the hidden sample of a sweep is drawn from the conditional computed for the
+    gradient (:meth:`after_negative_phase`), i.e. under the parameters before the optimizer step, so
+    that PCD-1 costs one matrix product less per update. ``init`` gives the initial visible states
+    (e.g. a random data batch); by default they are drawn from the factorial model of the visible
+    biases.
     """
 
     def __init__(self, model: nn.Module, num_chains: int = 100, steps: int = 1, init: Tensor | None = None):
@@ -68,11 +77,28 @@ class PersistentChains(NegativePhase):
             state = init.detach().to(model.weight).clone()
         self.num_chains = num_chains
         self.register_buffer("state", state)
+        with torch.no_grad():
+            self.register_buffer("hidden", model.sample_hidden(state))
+        self.register_buffer("hidden_is_current", torch.tensor(True))
 
     @torch.no_grad()
     def advance(self, data: Tensor | None = None) -> Tensor:
-        self.state = self.model.gibbs_step(self._sync(self.state), steps=self.steps)
-        return self.state
+        model = self.model
+        p = model.params()
+        v, sweeps = self._sync(self.state), self.steps
+        if self.hidden_is_current:
+            v = model._sample_visible(p, self._sync(self.hidden) @ p.weight.T, p.visible_bias)
+            sweeps -= 1
+        for _ in range(sweeps):
+            v = model._gibbs(p, v)
+        self.state = v
+        self.hidden_is_current.fill_(False)
+        return v
+
+    @torch.no_grad()
+    def after_negative_phase(self, hidden_input: Tensor) -> None:
+        self.hidden = bernoulli(torch.sigmoid(hidden_input))
+        self.hidden_is_current.fill_(True)
 
     def initial_samples(self, num_samples: int) -> Tensor:
         idx = torch.arange(num_samples, device=self.state.device) % self.num_chains

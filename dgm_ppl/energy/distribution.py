@@ -18,6 +18,7 @@ the per-datum SML gradient, so an unmodified ``SVI(..., Trace_ELBO())`` performs
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pyro.distributions import TorchDistribution
 from torch import Size, Tensor
 
@@ -85,22 +86,27 @@ class EnergyBasedDistribution(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         model, p = self.model, self.params
-        x = model._visible_stat(p, value) @ p.weight + p.hidden_bias
-        neg_free = model._visible_term(p, value, p.visible_bias) + torch.nn.functional.softplus(x).sum(-1) + p.const
         log_z = model.log_z or 0.0
         if not torch.is_grad_enabled():
-            return neg_free - log_z
-        if getattr(model, "centered", False):
-            # applied by the model's next forward(), before parameters enter a new graph
-            model.__dict__["_pending_hidden_mean"] = torch.sigmoid(x.detach()).reshape(-1, model.n_hidden).mean(0)
+            return model._neg_free_energy(p, value) - log_z
         negatives = self.chains.advance(value)
-        s = model._neg_free_energy(p, negatives).mean()
+        # positive and negative phase in one matrix product
+        flat = value.reshape(-1, value.shape[-1]).to(negatives)
+        both = torch.cat([flat, negatives])
+        x = model._visible_stat(p, both) @ p.weight + p.hidden_bias
+        neg_free = model._visible_term(p, both, p.visible_bias) + F.softplus(x).sum(-1) + p.const
+        n = flat.shape[0]
+        s = neg_free[n:].mean()
         if not torch.isfinite(s):
             raise DivergenceError(
                 "the negative phase of the energy-based model is not finite: the parameters have diverged "
                 "(lower the learning rate, or add weight decay)"
             )
-        return neg_free - log_z - (s - s.detach())
+        self.chains.after_negative_phase(x[n:].detach())
+        if getattr(model, "centered", False):
+            # applied by the model's next forward(), before the parameters enter a new graph
+            model.__dict__["_pending_hidden_mean"] = torch.sigmoid(x[:n].detach()).mean(0)
+        return (neg_free[:n] - (s - s.detach())).reshape(value.shape[:-1]) - log_z
 
     @torch.no_grad()
     def sample(self, sample_shape: Size | tuple = Size()) -> Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .rbm import RBM
+from .rbm import RBM, bernoulli
 
 __all__ = [
     "AISResult",
@@ -132,7 +132,7 @@ def _ais_log_weights(model: RBM, v: Tensor, betas: Tensor, base: Tensor | None, 
         log_w += (lp(p, v, x, b_list[k], a) - lp(p, v, x, b_list[k - 1], a)).double()
         if k < len(b_list) - 1:
             beta = b_list[k]
-            h = torch.bernoulli(torch.sigmoid(beta * x))
+            h = bernoulli(torch.sigmoid(beta * x))
             v = model._sample_visible(p, beta * (h @ p.weight.T), (1 - beta) * a + beta * p.visible_bias)
     return log_w
 

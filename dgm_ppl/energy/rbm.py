@@ -41,6 +41,11 @@ _counter = itertools.count()
 Beta = float | Tensor
 
 
+def bernoulli(probs: Tensor) -> Tensor:
+    """Bernoulli draws with the dtype of ``probs`` (about 3x faster than ``torch.bernoulli`` on CPU)."""
+    return torch.rand_like(probs).lt_(probs)
+
+
 class RBMParams(NamedTuple):
     """Parameters in the standard (uncentered) form, plus an additive constant of ``-E``."""
 
@@ -171,7 +176,7 @@ class RBM(PyroModule):
     def sample_hidden(self, v: Tensor, beta: Beta = 1.0) -> Tensor:
         """Draw h ~ p_beta(h | v)."""
         p = self.params()
-        return torch.bernoulli(torch.sigmoid(beta * (self._visible_stat(p, v) @ p.weight + p.hidden_bias)))
+        return bernoulli(torch.sigmoid(beta * (self._visible_stat(p, v) @ p.weight + p.hidden_bias)))
 
     def sample_visible(self, h: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
         """Draw v ~ p_beta(v | h)."""
@@ -182,9 +187,9 @@ class RBM(PyroModule):
     def _gibbs(self, p: RBMParams, v: Tensor, beta: Beta = 1.0, a: Tensor | None = None) -> Tensor:
         x = self._visible_stat(p, v) @ p.weight + p.hidden_bias
         if isinstance(beta, float) and beta == 1.0:
-            h = torch.bernoulli(torch.sigmoid(x))
+            h = bernoulli(torch.sigmoid(x))
             return self._sample_visible(p, h @ p.weight.T, p.visible_bias)
-        h = torch.bernoulli(torch.sigmoid(beta * x))
+        h = bernoulli(torch.sigmoid(beta * x))
         a = self._default_base(p, a)
         return self._sample_visible(p, beta * (h @ p.weight.T), (1 - beta) * a + beta * p.visible_bias)
 
@@ -296,7 +301,7 @@ class BernoulliRBM(RBM):
         return v @ bias
 
     def _sample_visible(self, p: RBMParams, hidden_input: Tensor, bias: Tensor) -> Tensor:
-        return torch.bernoulli(torch.sigmoid(hidden_input + bias))
+        return bernoulli(torch.sigmoid(hidden_input + bias))
 
     def _log_marginal_given_hidden(self, p: RBMParams, h: Tensor) -> Tensor:
         return h @ p.hidden_bias + F.softplus(h @ p.weight.T + p.visible_bias).sum(-1)
@@ -311,7 +316,7 @@ class BernoulliRBM(RBM):
 
     def sample_base(self, num_samples: int, base: Tensor | None = None) -> Tensor:
         a = self._default_base(self.params(), base).detach()
-        return torch.bernoulli(torch.sigmoid(a).expand(num_samples, -1).contiguous())
+        return bernoulli(torch.sigmoid(a).expand(num_samples, -1).contiguous())
 
     def base_rate(self, data: Tensor) -> Tensor:
         data = data.to(self.weight)
@@ -319,12 +324,10 @@ class BernoulliRBM(RBM):
         return torch.logit(p)
 
     def _check_visible(self, v: Tensor) -> None:
-        super()._check_visible(v)
-        bad = (v != 0) & (v != 1)
-        if bad.any():
-            raise ValueError(
-                f"Bernoulli visible units need values in {{0, 1}}, got {v[bad].flatten()[0].item()!r}"
-            )
+        if v.shape[-1:] != (self.n_visible,) or (v * (v - 1)).any():  # one pass for NaN, inf and non-binary
+            super()._check_visible(v)
+            bad = (v != 0) & (v != 1)
+            raise ValueError(f"Bernoulli visible units need values in {{0, 1}}, got {v[bad].flatten()[0].item()!r}")
 
 
 class GaussianBernoulliRBM(RBM):

@@ -1,0 +1,155 @@
+"""Speed: one epoch of PCD-1 for a 784x500 Bernoulli RBM, batch 100, three ways in one run.
+
+1. ``svi``: dgm_ppl's RBM distribution inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO``.
+2. ``raw``: a hand-written PyTorch loop doing the same arithmetic (same matrix products, same
+   Gibbs sweep, same random draws in the same order, Adam on the closed-form SML gradient).
+3. ``sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, SGD) with the same batch size.
+
+Prints one JSON line per measurement, then a summary line with the ratios.
+
+    python benchmarks/rbm_speed.py --data ../shared/data/binarized_mnist.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+from dgm_ppl.datasets import load_binarized_mnist
+from dgm_ppl.energy import BernoulliRBM, PersistentChains
+
+
+def emit(**record):
+    print(json.dumps(record), flush=True)
+
+
+def svi_epoch(x, order, rbm, chains, svi, batch_size):
+    for i in range(0, x.shape[0], batch_size):
+        svi.step(x[order[i : i + batch_size]])
+
+
+def raw_epoch(x, order, params, hidden, opt, batch_size):
+    """PCD-1 by hand, the same arithmetic as the SVI path: one sweep of the persistent chains
+    (visible from the stored hidden sample), positive and negative phase in one matrix product,
+    the loss value that ``svi.step`` returns, the closed-form SML gradient of that loss, and the
+    chains' next hidden sample drawn from the conditional computed for the gradient."""
+    w, b, c = params
+    n = x.shape[0]
+    for i in range(0, n, batch_size):
+        v = x[order[i : i + batch_size]]
+        with torch.no_grad():
+            pv = torch.sigmoid(hidden @ w.T + b)
+            negatives = torch.rand_like(pv).lt_(pv)
+            both = torch.cat([v, negatives])
+            x_all = both @ w + c
+            neg_free = both @ b + torch.nn.functional.softplus(x_all).sum(-1)
+            # loss = -(N/B) sum_batch [-F(v)]  (its SML gradient adds N * mean_chains grad(-F))
+            weight = torch.cat([torch.full((v.shape[0],), -n / v.shape[0]), torch.full((negatives.shape[0],), n / negatives.shape[0])])
+            loss = float((weight[: v.shape[0]] * neg_free[: v.shape[0]]).sum())
+            ph = torch.sigmoid(x_all)
+            g = ph * weight[:, None]
+            w.grad = both.T @ g
+            b.grad = both.T @ weight
+            c.grad = g.sum(0)
+            ph_neg = ph[v.shape[0]:]
+            hidden = torch.rand_like(ph_neg).lt_(ph_neg)
+        opt.step()
+    return loss
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help=".npz with a 'train' array (N x 784, binary)")
+    ap.add_argument("--hidden", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--skip-sklearn", action="store_true")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    x = load_binarized_mnist(args.data, "train").to(device)
+    n = x.shape[0]
+    common = dict(benchmark="rbm_pcd1_epoch", n=n, visible=784, hidden=args.hidden, batch=args.batch_size,
+                  device=str(device), threads=torch.get_num_threads())
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = {"svi": [], "raw": [], "sklearn": []}
+    final = {}
+    for rep in range(args.repeats):
+        seed = 1000 + rep
+        torch.manual_seed(seed)
+        order = torch.randperm(n, device=device)
+        # --- SVI
+        pyro.clear_param_store()
+        torch.manual_seed(seed)
+        rbm = BernoulliRBM(784, args.hidden).to(device)
+        chains = PersistentChains(rbm, num_chains=args.batch_size, steps=1)
+        tensors = (rbm.weight, rbm.visible_bias, rbm.hidden_bias, chains.hidden)
+        init = [t.detach().clone() for t in tensors]
+
+        def model(batch):
+            with pyro.plate("data", n, subsample=batch):
+                pyro.sample("x", rbm.distribution(chains), obs=batch)
+
+        svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
+        svi.step(x[:args.batch_size])  # warm-up (creates the optimizers)
+        with torch.no_grad():  # restart from the same state as the raw loop
+            for t, t0 in zip(tensors, init):
+                t.copy_(t0)
+            chains.hidden_is_current.fill_(True)
+        svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
+        torch.manual_seed(seed + 1)
+        sync()
+        t0 = time.perf_counter()
+        svi_epoch(x, order, rbm, chains, svi, args.batch_size)
+        sync()
+        times["svi"].append(time.perf_counter() - t0)
+        emit(**common, impl="svi", repeat=rep, seconds=round(times["svi"][-1], 3))
+        final["svi"] = rbm.weight.detach().clone()
+
+        # --- raw PyTorch
+        w, b, c, hidden = (t.clone().requires_grad_(i < 3) for i, t in enumerate(init))
+        opt = torch.optim.Adam([w, b, c], lr=args.lr)
+        torch.manual_seed(seed + 1)
+        sync()
+        t0 = time.perf_counter()
+        raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size)
+        sync()
+        times["raw"].append(time.perf_counter() - t0)
+        emit(**common, impl="raw", repeat=rep, seconds=round(times["raw"][-1], 3))
+        final["raw"] = w.detach().clone()
+
+        # --- scikit-learn
+        if not args.skip_sklearn:
+            from sklearn.neural_network import BernoulliRBM as SkRBM
+
+            xs = x.cpu().numpy().astype(np.float32)
+            sk = SkRBM(n_components=args.hidden, learning_rate=0.05, batch_size=args.batch_size, n_iter=1,
+                       random_state=seed)
+            t0 = time.perf_counter()
+            sk.fit(xs)
+            times["sklearn"].append(time.perf_counter() - t0)
+            emit(**common, impl="sklearn", repeat=rep, seconds=round(times["sklearn"][-1], 3))
+
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    summary = dict(**common, impl="summary", median_seconds={k: round(v, 3) for k, v in med.items()},
+                   svi_over_raw=round(med["svi"] / med["raw"], 3),
+                   max_abs_weight_diff_svi_vs_raw=float((final["svi"] - final["raw"]).abs().max()))
+    if "sklearn" in med:
+        summary["sklearn_over_svi"] = round(med["sklearn"] / med["svi"], 3)
+    emit(**summary)
+
+
+if __name__ == "__main__":
+    main()
