@@ -30,9 +30,9 @@ def emit(**record):
     print(json.dumps(record), flush=True)
 
 
-def svi_epoch(x, order, rbm, chains, svi, batch_size):
+def svi_epoch(x, order, svi, batch_size):
     for i in range(0, x.shape[0], batch_size):
-        svi.step(x[order[i : i + batch_size]])
+        yield svi.step(x[order[i : i + batch_size]])
 
 
 def raw_epoch(x, order, params, hidden, opt, batch_size):
@@ -51,17 +51,19 @@ def raw_epoch(x, order, params, hidden, opt, batch_size):
             x_all = both @ w + c
             neg_free = both @ b + torch.nn.functional.softplus(x_all).sum(-1)
             # loss = -(N/B) sum_batch [-F(v)]  (its SML gradient adds N * mean_chains grad(-F))
-            weight = torch.cat([torch.full((v.shape[0],), -n / v.shape[0]), torch.full((negatives.shape[0],), n / negatives.shape[0])])
+            weight = torch.cat(
+                [torch.full((v.shape[0],), -n / v.shape[0]), torch.full((negatives.shape[0],), n / negatives.shape[0])]
+            ).to(x_all)
             loss = float((weight[: v.shape[0]] * neg_free[: v.shape[0]]).sum())
             ph = torch.sigmoid(x_all)
             g = ph * weight[:, None]
             w.grad = both.T @ g
             b.grad = both.T @ weight
             c.grad = g.sum(0)
-            ph_neg = ph[v.shape[0]:]
+            ph_neg = ph[v.shape[0] :]
             hidden = torch.rand_like(ph_neg).lt_(ph_neg)
         opt.step()
-    return loss
+        yield loss
 
 
 def main():
@@ -73,12 +75,20 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--chunk", type=int, default=25, help="steps per timed chunk when interleaving")
     args = ap.parse_args()
     device = torch.device(args.device)
     x = load_binarized_mnist(args.data, "train").to(device)
     n = x.shape[0]
-    common = dict(benchmark="rbm_pcd1_epoch", n=n, visible=784, hidden=args.hidden, batch=args.batch_size,
-                  device=str(device), threads=torch.get_num_threads())
+    common = dict(
+        benchmark="rbm_pcd1_epoch",
+        n=n,
+        visible=784,
+        hidden=args.hidden,
+        batch=args.batch_size,
+        device=str(device),
+        threads=torch.get_num_threads(),
+    )
 
     def sync():
         if device.type == "cuda":
@@ -98,54 +108,67 @@ def main():
         tensors = (rbm.weight, rbm.visible_bias, rbm.hidden_bias, chains.hidden)
         init = [t.detach().clone() for t in tensors]
 
-        def model(batch):
+        def model(batch, rbm=rbm, chains=chains):
             with pyro.plate("data", n, subsample=batch):
                 pyro.sample("x", rbm.distribution(chains), obs=batch)
 
         svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
-        svi.step(x[:args.batch_size])  # warm-up (creates the optimizers)
+        svi.step(x[: args.batch_size])  # warm-up (creates the optimizers)
         with torch.no_grad():  # restart from the same state as the raw loop
             for t, t0 in zip(tensors, init):
                 t.copy_(t0)
             chains.hidden_is_current.fill_(True)
         svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
-        torch.manual_seed(seed + 1)
-        sync()
-        t0 = time.perf_counter()
-        svi_epoch(x, order, rbm, chains, svi, args.batch_size)
-        sync()
-        times["svi"].append(time.perf_counter() - t0)
-        emit(**common, impl="svi", repeat=rep, seconds=round(times["svi"][-1], 3))
-        final["svi"] = rbm.weight.detach().clone()
-
-        # --- raw PyTorch
         w, b, c, hidden = (t.clone().requires_grad_(i < 3) for i, t in enumerate(init))
         opt = torch.optim.Adam([w, b, c], lr=args.lr)
-        torch.manual_seed(seed + 1)
-        sync()
-        t0 = time.perf_counter()
-        raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size)
-        sync()
-        times["raw"].append(time.perf_counter() - t0)
-        emit(**common, impl="raw", repeat=rep, seconds=round(times["raw"][-1], 3))
-        final["raw"] = w.detach().clone()
+        # The two epochs run interleaved in chunks of --chunk steps, each chunk timed on its own,
+        # so that drifts in machine speed hit both alike. Each has its own generator with the same
+        # seed, so both draw the same random numbers.
+        gens = {"svi": torch.Generator().manual_seed(seed + 1), "raw": torch.Generator().manual_seed(seed + 1)}
+        loops = {
+            "svi": svi_epoch(x, order, svi, args.batch_size),
+            "raw": raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size),
+        }
+        elapsed = {"svi": 0.0, "raw": 0.0}
+        done = False
+        while not done:
+            for name, loop in loops.items():
+                torch.set_rng_state(gens[name].get_state())
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(args.chunk):
+                    if next(loop, None) is None:
+                        done = True
+                        break
+                sync()
+                elapsed[name] += time.perf_counter() - t0
+                gens[name].set_state(torch.get_rng_state())
+        for name in ("svi", "raw"):
+            times[name].append(elapsed[name])
+            emit(**common, impl=name, repeat=rep, seconds=round(elapsed[name], 3))
+        final["svi"], final["raw"] = rbm.weight.detach().clone(), w.detach().clone()
 
         # --- scikit-learn
         if not args.skip_sklearn:
             from sklearn.neural_network import BernoulliRBM as SkRBM
 
             xs = x.cpu().numpy().astype(np.float32)
-            sk = SkRBM(n_components=args.hidden, learning_rate=0.05, batch_size=args.batch_size, n_iter=1,
-                       random_state=seed)
+            sk = SkRBM(
+                n_components=args.hidden, learning_rate=0.05, batch_size=args.batch_size, n_iter=1, random_state=seed
+            )
             t0 = time.perf_counter()
             sk.fit(xs)
             times["sklearn"].append(time.perf_counter() - t0)
             emit(**common, impl="sklearn", repeat=rep, seconds=round(times["sklearn"][-1], 3))
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    summary = dict(**common, impl="summary", median_seconds={k: round(v, 3) for k, v in med.items()},
-                   svi_over_raw=round(med["svi"] / med["raw"], 3),
-                   max_abs_weight_diff_svi_vs_raw=float((final["svi"] - final["raw"]).abs().max()))
+    summary = dict(
+        **common,
+        impl="summary",
+        median_seconds={k: round(v, 3) for k, v in med.items()},
+        svi_over_raw=round(med["svi"] / med["raw"], 3),
+        max_abs_weight_diff_svi_vs_raw=float((final["svi"] - final["raw"]).abs().max()),
+    )
     if "sklearn" in med:
         summary["sklearn_over_svi"] = round(med["sklearn"] / med["svi"], 3)
     emit(**summary)

@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--ais-betas", type=int, default=14500)
     ap.add_argument("--out", default="outputs", help="folder for the figure and the trained model")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -64,8 +65,8 @@ def main():
     train(svi, x_train, epochs=args.epochs, batch_size=50, progress=not args.no_progress)
 
     # --- evaluation --------------------------------------------------------------------
-    ais = ais_log_partition(rbm, num_chains=100, num_betas=14500, data=x_train, progress=not args.no_progress)
-    rev = reverse_ais_log_partition(rbm, chains.state, num_betas=14500, data=x_train)
+    ais = ais_log_partition(rbm, num_chains=100, num_betas=args.ais_betas, data=x_train, progress=not args.no_progress)
+    rev = reverse_ais_log_partition(rbm, chains.state, num_betas=args.ais_betas, data=x_train)
     ll = average_log_likelihood(rbm, x_test, ais.log_z)
     lo, hi = ais.interval(3)
     report = {

@@ -121,8 +121,12 @@ class ParallelTempering(NegativePhase):
     Replica :math:`t` targets :math:`p_{\beta_t}(v) \propto p^*_{\beta_t}(v)` on the RBM's annealing
     path (with ``base=None`` this is :math:`\propto e^{-\beta F(v)}`-like tempering of the energy).
     After each sweep, neighbouring pairs (even pairs, then odd pairs on the next sweep) swap
-    states with probability
-    :math:`\min\{1, \frac{p^*_{\beta_t}(v_{t+1})\,p^*_{\beta_{t+1}}(v_t)}{p^*_{\beta_t}(v_t)\,p^*_{\beta_{t+1}}(v_{t+1})}\}`.
+    states with probability :math:`\min\{1, r\}`,
+
+    .. math::
+
+        r = \frac{p^*_{\beta_t}(v_{t+1})\,p^*_{\beta_{t+1}}(v_t)}{p^*_{\beta_t}(v_t)\,p^*_{\beta_{t+1}}(v_{t+1})}.
+
     The negative samples are the replicas at :math:`\beta = 1`.
     """
 
@@ -176,8 +180,10 @@ class ParallelTempering(NegativePhase):
         b_lo, b_hi = betas[lo][:, None, None], betas[hi][:, None, None]
         lp = self.model._tempered_log_prob
         log_ratio = (
-            lp(p, v[hi], b_lo, self.base) + lp(p, v[lo], b_hi, self.base)
-            - lp(p, v[lo], b_lo, self.base) - lp(p, v[hi], b_hi, self.base)
+            lp(p, v[hi], b_lo, self.base)
+            + lp(p, v[lo], b_hi, self.base)
+            - lp(p, v[lo], b_lo, self.base)
+            - lp(p, v[hi], b_hi, self.base)
         )
         accept = torch.rand_like(log_ratio).log() < log_ratio  # (pairs, chains)
         new = v.clone()

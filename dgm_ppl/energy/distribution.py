@@ -88,7 +88,7 @@ class EnergyBasedDistribution(TorchDistribution):
         model, p = self.model, self.params
         log_z = model.log_z or 0.0
         if not torch.is_grad_enabled():
-            return model._neg_free_energy(p, value) - log_z
+            return model._neg_free_energy(p, value.to(p.weight)) - log_z
         negatives = self.chains.advance(value)
         # positive and negative phase in one matrix product
         flat = value.reshape(-1, value.shape[-1]).to(negatives)
@@ -109,7 +109,7 @@ class EnergyBasedDistribution(TorchDistribution):
         return (neg_free[:n] - (s - s.detach())).reshape(value.shape[:-1]) - log_z
 
     @torch.no_grad()
-    def sample(self, sample_shape: Size | tuple = Size()) -> Tensor:
+    def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         """Draws by block Gibbs: ``sample_steps`` sweeps started from the chains' current states."""
         shape = self._extended_shape(sample_shape)
         n = shape[:-1].numel()

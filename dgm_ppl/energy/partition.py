@@ -211,7 +211,9 @@ def _check_schedule(betas: Tensor) -> None:
 
 
 @torch.no_grad()
-def average_log_likelihood(model: RBM, data: Tensor, log_z: float | AISResult | Tensor, batch_size: int = 10000) -> float:
+def average_log_likelihood(
+    model: RBM, data: Tensor, log_z: float | AISResult | Tensor, batch_size: int = 10000
+) -> float:
     r"""The average log-likelihood :math:`\frac1N \sum_n -F(v_n) - \log Z` of ``data``."""
     model._check_visible(data)
     p = model.params()

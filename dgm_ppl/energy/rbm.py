@@ -63,6 +63,10 @@ class RBM(PyroModule):
     ``log_z`` holds the latest estimate of :math:`\\log Z` (``None`` if there is none); it is set
     by :func:`~dgm_ppl.energy.exact_log_partition` and :func:`~dgm_ppl.energy.ais_log_partition`
     and used as the normalizer of :meth:`distribution`.
+
+    ``name`` is the prefix of the parameters in Pyro's param store. By default each instance gets
+    a unique one (``BernoulliRBM_0``, ``BernoulliRBM_1``, ...), so several RBMs can share a model;
+    pass a fixed name when optimizer state must be restored in another process.
     """
 
     support: constraints.Constraint

@@ -1,0 +1,35 @@
+"""The quickstart runs end to end (shortened) and writes its report, model and figure."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quickstart_runs(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tutorials", "quickstart_rbm.py"),
+            "--epochs",
+            "3",
+            "--hidden",
+            "12",
+            "--ais-betas",
+            "500",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    report = json.loads(out[: out.rindex("}") + 1])
+    assert abs(report["log_z_ais"] - report["log_z_exact"]) < 0.2
+    assert -40 < report["test_log_likelihood_exact"] < -15
+    assert (tmp_path / "quickstart_rbm.png").stat().st_size > 1000
+    assert (tmp_path / "quickstart_rbm.pt").exists()
