@@ -1,6 +1,7 @@
 """Speed: one epoch of PCD-1 for a 784x500 Bernoulli RBM, batch 100, three ways in one run.
 
-1. ``svi``: dgm_ppl's RBM distribution inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO``.
+1. ``svi``: dgm_ppl's RBM distribution inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO``
+   (Pyro's validation on, the default; ``svi_no_validation`` is the same with it off).
 2. ``raw``: a hand-written PyTorch loop doing the same arithmetic (same matrix products, same
    Gibbs sweep, same random draws in the same order, Adam on the closed-form SML gradient).
 3. ``sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, SGD) with the same batch size.
@@ -30,8 +31,9 @@ def emit(**record):
     print(json.dumps(record), flush=True)
 
 
-def svi_epoch(x, order, svi, batch_size):
+def svi_epoch(x, order, svi, batch_size, validate=True):
     for i in range(0, x.shape[0], batch_size):
+        pyro.enable_validation(validate)  # global flag: set per step, as the loops are interleaved
         yield svi.step(x[order[i : i + batch_size]])
 
 
@@ -75,6 +77,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--skip-no-validation", action="store_true", help="skip the SVI run with validation off")
     ap.add_argument("--chunk", type=int, default=25, help="steps per timed chunk when interleaving")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -94,46 +97,50 @@ def main():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    times = {"svi": [], "raw": [], "sklearn": []}
+    impls = ["svi", "raw"] + ([] if args.skip_no_validation else ["svi_no_validation"])
+    times = {name: [] for name in impls + ["sklearn"]}
     final = {}
     for rep in range(args.repeats):
         seed = 1000 + rep
         torch.manual_seed(seed)
         order = torch.randperm(n, device=device)
-        # --- SVI
+        rbm0 = BernoulliRBM(784, args.hidden).to(device)
+        chains0 = PersistentChains(rbm0, num_chains=args.batch_size, steps=1)
+        init = [t.detach().clone() for t in (rbm0.weight, rbm0.visible_bias, rbm0.hidden_bias, chains0.hidden)]
         pyro.clear_param_store()
-        torch.manual_seed(seed)
-        rbm = BernoulliRBM(784, args.hidden).to(device)
-        chains = PersistentChains(rbm, num_chains=args.batch_size, steps=1)
-        tensors = (rbm.weight, rbm.visible_bias, rbm.hidden_bias, chains.hidden)
-        init = [t.detach().clone() for t in tensors]
 
-        def model(batch, rbm=rbm, chains=chains):
-            with pyro.plate("data", n, subsample=batch):
-                pyro.sample("x", rbm.distribution(chains), obs=batch)
+        def svi_loop(name, validate, init, order):
+            rbm = BernoulliRBM(784, args.hidden, name=name).to(device)
+            chains = PersistentChains(rbm, num_chains=args.batch_size, steps=1)
+            with torch.no_grad():
+                for t, t0 in zip((rbm.weight, rbm.visible_bias, rbm.hidden_bias, chains.hidden), init):
+                    t.copy_(t0)
 
-        svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
-        svi.step(x[: args.batch_size])  # warm-up (creates the optimizers)
-        with torch.no_grad():  # restart from the same state as the raw loop
-            for t, t0 in zip(tensors, init):
-                t.copy_(t0)
-            chains.hidden_is_current.fill_(True)
-        svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
-        w, b, c, hidden = (t.clone().requires_grad_(i < 3) for i, t in enumerate(init))
-        opt = torch.optim.Adam([w, b, c], lr=args.lr)
-        # The two epochs run interleaved in chunks of --chunk steps, each chunk timed on its own,
-        # so that drifts in machine speed hit both alike. Each has its own generator with the same
-        # seed, so both draw the same random numbers.
-        gens = {"svi": torch.Generator().manual_seed(seed + 1), "raw": torch.Generator().manual_seed(seed + 1)}
-        loops = {
-            "svi": svi_epoch(x, order, svi, args.batch_size),
-            "raw": raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size),
-        }
-        elapsed = {"svi": 0.0, "raw": 0.0}
+            def model(batch):
+                with pyro.plate("data", n, subsample=batch):
+                    pyro.sample("x", rbm.distribution(chains), obs=batch)
+
+            svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
+
+            return svi_epoch(x, order, svi, args.batch_size, validate), rbm.weight
+
+        loops, weights = {}, {}
+        for name in impls:
+            if name == "raw":
+                w, b, c, hidden = (t.clone().requires_grad_(i < 3) for i, t in enumerate(init))
+                opt = torch.optim.Adam([w, b, c], lr=args.lr)
+                loops[name], weights[name] = raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size), w
+            else:
+                loops[name], weights[name] = svi_loop(name, name == "svi", init, order)
+        # The epochs run interleaved in chunks of --chunk steps, each chunk timed on its own, so
+        # that drifts in machine speed hit all alike. Each has its own random stream with the
+        # same seed, so all draw the same random numbers in the same order.
+        streams = {name: torch.Generator().manual_seed(seed + 1).get_state() for name in impls}
+        elapsed = dict.fromkeys(impls, 0.0)
         done = False
         while not done:
             for name, loop in loops.items():
-                torch.set_rng_state(gens[name].get_state())
+                torch.set_rng_state(streams[name])
                 sync()
                 t0 = time.perf_counter()
                 for _ in range(args.chunk):
@@ -142,11 +149,11 @@ def main():
                         break
                 sync()
                 elapsed[name] += time.perf_counter() - t0
-                gens[name].set_state(torch.get_rng_state())
-        for name in ("svi", "raw"):
+                streams[name] = torch.get_rng_state()
+        for name in impls:
             times[name].append(elapsed[name])
             emit(**common, impl=name, repeat=rep, seconds=round(elapsed[name], 3))
-        final["svi"], final["raw"] = rbm.weight.detach().clone(), w.detach().clone()
+        final = {name: weights[name].detach().clone() for name in impls}
 
         # --- scikit-learn
         if not args.skip_sklearn:

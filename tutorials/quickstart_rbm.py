@@ -78,7 +78,7 @@ def main():
         "log_z_stderr": round(ais.stderr, 4),
     }
     if args.hidden <= 20:
-        exact = float(exact_log_partition(rbm, record=False))
+        exact = float(exact_log_partition(rbm, record=False).detach())
         report["log_z_exact"] = round(exact, 4)
         report["test_log_likelihood_exact"] = round(average_log_likelihood(rbm, x_test, exact), 3)
     print(json.dumps(report, indent=1))
@@ -110,7 +110,7 @@ def _tile(images: torch.Tensor, rows: int, cols: int, normalize: bool = False) -
     if normalize:
         images = images / images.abs().amax((1, 2), keepdim=True)
     pad = torch.full((rows * cols, 10, 10), float("nan"))
-    pad[:, 1:9, 1:9] = images
+    pad[: len(images), 1:9, 1:9] = images
     return pad.reshape(rows, cols, 10, 10).permute(0, 2, 1, 3).reshape(rows * 10, cols * 10)
 
 
