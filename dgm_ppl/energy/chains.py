@@ -119,7 +119,8 @@ class ParallelTempering(NegativePhase):
     r"""Persistent chains at several inverse temperatures with replica exchange.
 
     Replica :math:`t` targets :math:`p_{\beta_t}(v) \propto p^*_{\beta_t}(v)` on the RBM's annealing
-    path (with ``base=None`` this is :math:`\propto e^{-\beta F(v)}`-like tempering of the energy).
+    path; with ``base=None`` and Bernoulli units this is the classic tempering
+    :math:`p_\beta(v, h) \propto e^{-\beta E(v,h)}`.
     After each sweep, neighbouring pairs (even pairs, then odd pairs on the next sweep) swap
     states with probability :math:`\min\{1, r\}`,
 
