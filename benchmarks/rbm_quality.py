@@ -7,7 +7,7 @@ stepped once per epoch) and weight decay, all through an unmodified
 betas, 100 runs, base-rate initial model fitted to the training data), then the average
 log-likelihood of the chosen split with the +-3 sd interval, and reverse AIS from the chains.
 
-    python benchmarks/rbm_quality.py --data ../shared/data/binarized_mnist.npz --save rbm500.pt
+    python benchmarks/rbm_quality.py --data ../shared/data/binarized_mnist.npz --epochs 170 --save rbm500.pt
     python benchmarks/rbm_quality.py --data ../shared/data/binarized_mnist.npz --load rbm500.pt --split valid
 
 Prints one JSON line per epoch (``--log-every``) and one per score.
