@@ -87,7 +87,7 @@ class PersistentChains(NegativePhase):
         p = model.params()
         v, sweeps = self._sync(self.state), self.steps
         if self.hidden_is_current:
-            v = model._sample_visible(p, self._sync(self.hidden) @ p.weight.T, p.visible_bias)
+            v = model._draw_visible(p, self._sync(self.hidden))
             sweeps -= 1
         for _ in range(sweeps):
             v = model._gibbs(p, v)

@@ -18,7 +18,6 @@ the per-datum SML gradient, so an unmodified ``SVI(..., Trace_ELBO())`` performs
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pyro.distributions import TorchDistribution
 from torch import Size, Tensor
 
@@ -92,9 +91,7 @@ class EnergyBasedDistribution(TorchDistribution):
         negatives = self.chains.advance(value)
         # positive and negative phase in one matrix product
         flat = value.reshape(-1, value.shape[-1]).to(negatives)
-        both = torch.cat([flat, negatives])
-        x = model._visible_stat(p, both) @ p.weight + p.hidden_bias
-        neg_free = model._visible_term(p, both, p.visible_bias) + F.softplus(x).sum(-1) + p.const
+        neg_free, x = model._neg_free_energy_and_input(p, torch.cat([flat, negatives]))
         n = flat.shape[0]
         s = neg_free[n:].mean()
         if not torch.isfinite(s):

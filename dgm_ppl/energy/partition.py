@@ -127,13 +127,12 @@ def _ais_log_weights(model: RBM, v: Tensor, betas: Tensor, base: Tensor | None, 
     log_w = torch.zeros(v.shape[0], dtype=torch.float64, device=v.device)
     b_list = betas.tolist()
     for k in tqdm(range(1, len(b_list)), disable=not progress, desc=desc, mininterval=1.0):
-        x = model._visible_stat(p, v) @ p.weight + p.hidden_bias
+        x = model._hidden_input(p, v)
         lp = model._tempered_from_input
         log_w += (lp(p, v, x, b_list[k], a) - lp(p, v, x, b_list[k - 1], a)).double()
         if k < len(b_list) - 1:
-            beta = b_list[k]
-            h = bernoulli(torch.sigmoid(beta * x))
-            v = model._sample_visible(p, beta * (h @ p.weight.T), (1 - beta) * a + beta * p.visible_bias)
+            h = bernoulli(torch.sigmoid(b_list[k] * x))
+            v = model._draw_visible(p, h, b_list[k], a)
     return log_w
 
 

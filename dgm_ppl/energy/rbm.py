@@ -148,9 +148,17 @@ class RBM(PyroModule):
         r"""The free energy :math:`F(v) = -\log \sum_h e^{-E(v,h)}`, computed with softplus."""
         return -self._neg_free_energy(self.params(), v)
 
+    def _hidden_input(self, p: RBMParams, v: Tensor) -> Tensor:
+        """Hidden pre-activations :math:`c + s(v)^\\top W`."""
+        return self._visible_stat(p, v) @ p.weight + p.hidden_bias
+
+    def _neg_free_energy_and_input(self, p: RBMParams, v: Tensor) -> tuple[Tensor, Tensor]:
+        """:math:`-F(v)` and the hidden pre-activations it was computed from."""
+        x = self._hidden_input(p, v)
+        return self._visible_term(p, v, p.visible_bias) + F.softplus(x).sum(-1) + p.const, x
+
     def _neg_free_energy(self, p: RBMParams, v: Tensor) -> Tensor:
-        x = self._visible_stat(p, v) @ p.weight + p.hidden_bias
-        return self._visible_term(p, v, p.visible_bias) + F.softplus(x).sum(-1) + p.const
+        return self._neg_free_energy_and_input(p, v)[0]
 
     def tempered_log_prob(self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
         r"""Unnormalized :math:`\log p^*_\beta(v)` on the path from the base model (``beta=0``) to
@@ -158,9 +166,7 @@ class RBM(PyroModule):
         return self._tempered_log_prob(self.params(), v, beta, base)
 
     def _tempered_log_prob(self, p: RBMParams, v: Tensor, beta: Beta, base: Tensor | None) -> Tensor:
-        a = self._default_base(p, base)
-        x = self._visible_stat(p, v) @ p.weight + p.hidden_bias
-        return self._tempered_from_input(p, v, x, beta, a)
+        return self._tempered_from_input(p, v, self._hidden_input(p, v), beta, self._default_base(p, base))
 
     def _tempered_from_input(self, p: RBMParams, v: Tensor, x: Tensor, beta: Beta, a: Tensor) -> Tensor:
         beta_v = beta if isinstance(beta, float) else beta.squeeze(-1)
@@ -171,7 +177,7 @@ class RBM(PyroModule):
     def hidden_given_visible(self, v: Tensor) -> dist.Distribution:
         """The factorial conditional p(h | v), a Bernoulli with event dim 1."""
         p = self.params()
-        return dist.Bernoulli(logits=self._visible_stat(p, v) @ p.weight + p.hidden_bias).to_event(1)
+        return dist.Bernoulli(logits=self._hidden_input(p, v)).to_event(1)
 
     def visible_given_hidden(self, h: Tensor) -> dist.Distribution:
         """The factorial conditional p(v | h), with event dim 1."""
@@ -180,22 +186,23 @@ class RBM(PyroModule):
     def sample_hidden(self, v: Tensor, beta: Beta = 1.0) -> Tensor:
         """Draw h ~ p_beta(h | v)."""
         p = self.params()
-        return bernoulli(torch.sigmoid(beta * (self._visible_stat(p, v) @ p.weight + p.hidden_bias)))
+        return bernoulli(torch.sigmoid(beta * self._hidden_input(p, v)))
 
     def sample_visible(self, h: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
         """Draw v ~ p_beta(v | h)."""
-        p = self.params()
-        a = self._default_base(p, base)
+        return self._draw_visible(self.params(), h, beta, base)
+
+    def _draw_visible(self, p: RBMParams, h: Tensor, beta: Beta = 1.0, a: Tensor | None = None) -> Tensor:
+        """v ~ p_beta(v | h) on the annealing path (a plain draw from p(v | h) at beta = 1)."""
+        if isinstance(beta, float) and beta == 1.0:
+            return self._sample_visible(p, h @ p.weight.T, p.visible_bias)
+        a = self._default_base(p, a)
         return self._sample_visible(p, beta * (h @ p.weight.T), (1 - beta) * a + beta * p.visible_bias)
 
     def _gibbs(self, p: RBMParams, v: Tensor, beta: Beta = 1.0, a: Tensor | None = None) -> Tensor:
-        x = self._visible_stat(p, v) @ p.weight + p.hidden_bias
-        if isinstance(beta, float) and beta == 1.0:
-            h = bernoulli(torch.sigmoid(x))
-            return self._sample_visible(p, h @ p.weight.T, p.visible_bias)
-        h = bernoulli(torch.sigmoid(beta * x))
-        a = self._default_base(p, a)
-        return self._sample_visible(p, beta * (h @ p.weight.T), (1 - beta) * a + beta * p.visible_bias)
+        x = self._hidden_input(p, v)
+        h = bernoulli(torch.sigmoid(x if isinstance(beta, float) and beta == 1.0 else beta * x))
+        return self._draw_visible(p, h, beta, a)
 
     @torch.no_grad()
     def gibbs_step(self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None, steps: int = 1) -> Tensor:
