@@ -1,6 +1,8 @@
-"""Energy-based models as Pyro primitives: RBMs, their negative-phase samplers and partition functions."""
+"""Energy-based models as Pyro primitives: RBMs, DBMs, their negative-phase samplers and partition functions."""
 
 from .chains import ContrastiveDivergence, NegativePhase, ParallelTempering, PersistentChains
+from .dbm import DBM, DBMDistribution, DBMParams, DBMPersistentChains
+from .dbn import DBN
 from .distribution import EnergyBasedDistribution
 from .partition import (
     AISResult,
@@ -17,6 +19,11 @@ __all__ = [
     "RBMParams",
     "BernoulliRBM",
     "GaussianBernoulliRBM",
+    "DBM",
+    "DBN",
+    "DBMParams",
+    "DBMPersistentChains",
+    "DBMDistribution",
     "NegativePhase",
     "PersistentChains",
     "ContrastiveDivergence",

@@ -62,7 +62,16 @@ class PersistentChains(NegativePhase):
     that PCD-1 costs one matrix product less per update. ``init`` gives the initial visible states
     (e.g. a random data batch); by default they are drawn from the factorial model of the visible
     biases.
+
+    For a model with several hidden layers (a :class:`~dgm_ppl.energy.DBM`) this constructor returns
+    the model's own chain class (:class:`~dgm_ppl.energy.DBMPersistentChains`).
     """
+
+    def __new__(cls, model: nn.Module, *args, **kwargs):
+        own = getattr(type(model), "persistent_chains_class", None)
+        if cls is PersistentChains and own is not None:
+            cls = own
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, num_chains: int = 100, steps: int = 1, init: Tensor | None = None):
         super().__init__(model, steps)

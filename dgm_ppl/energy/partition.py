@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .dbm import DBM, dbm_ais_log_weights, dbm_exact_log_partition
 from .rbm import RBM, bernoulli
 
 __all__ = [
@@ -92,13 +93,23 @@ def _binary_states(n: int, start: int, stop: int, like: Tensor) -> Tensor:
     return ((codes[:, None] & bits) > 0).to(like.dtype)
 
 
-def exact_log_partition(model: RBM, *, max_units: int = 20, chunk_size: int = 2**15, record: bool = True) -> Tensor:
+def exact_log_partition(
+    model: RBM | DBM, *, max_units: int = 20, chunk_size: int = 2**15, record: bool = True
+) -> Tensor:
     r"""Exact :math:`\log Z` by enumerating the smaller layer (always the hidden layer for
     Gaussian visible units). Differentiable; the value is stored in ``model.log_z`` when
     ``record``.
 
+    For a :class:`~dgm_ppl.energy.DBM`, the parity (odd or even layers) with fewer units is
+    enumerated and the other summed out analytically.
+
     :raises ValueError: when the layer to enumerate has more than ``max_units`` units.
     """
+    if isinstance(model, DBM):
+        log_z = dbm_exact_log_partition(model, max_units=max_units, chunk_size=chunk_size)
+        if record:
+            model.log_z = float(log_z.detach())
+        return log_z
     p = model.params()
     enum_visible = model.binary_visible and model.n_visible < model.n_hidden
     n = model.n_visible if enum_visible else model.n_hidden
@@ -151,7 +162,7 @@ def _check_finite(log_w: Tensor) -> None:
 
 
 def ais_log_partition(
-    model: RBM,
+    model: RBM | DBM,
     num_chains: int = 100,
     num_betas: int = 14500,
     data: Tensor | None = None,
@@ -166,14 +177,24 @@ def ais_log_partition(
         marginals), as in Salakhutdinov & Murray; otherwise a uniform (Bernoulli) or
         zero-mean (Gaussian) base.
     :param betas: a custom increasing schedule from 0 to 1; default :func:`ais_schedule`.
+
+    For a :class:`~dgm_ppl.energy.DBM`, AIS runs over the odd layers with the even layers summed
+    out (Salakhutdinov & Hinton 2009); the base model makes the odd layers uniform.
     """
     if betas is None:
         betas = ais_schedule(num_betas)
     _check_schedule(betas)
     base = None if data is None else model.base_rate(data).detach()
     log_z_base = float(model.base_log_partition(base))
-    v = model.sample_base(num_chains, base)
-    log_w = _ais_log_weights(model, v, betas, base, progress, "AIS")
+    if isinstance(model, DBM):
+        w = model.weight_0
+        odd = [
+            bernoulli(torch.full((num_chains, n), 0.5, dtype=w.dtype, device=w.device)) for n in model.layer_sizes[1::2]
+        ]
+        log_w = dbm_ais_log_weights(model, odd, betas, base, progress, "AIS")
+    else:
+        v = model.sample_base(num_chains, base)
+        log_w = _ais_log_weights(model, v, betas, base, progress, "AIS")
     _check_finite(log_w)
     result = _summarize(log_w, log_z_base, betas, reverse=False)
     if record:
@@ -182,8 +203,8 @@ def ais_log_partition(
 
 
 def reverse_ais_log_partition(
-    model: RBM,
-    samples: Tensor,
+    model: RBM | DBM,
+    samples: Tensor | list[Tensor],
     num_betas: int = 14500,
     data: Tensor | None = None,
     *,
@@ -192,14 +213,22 @@ def reverse_ais_log_partition(
 ) -> AISResult:
     """Reverse AIS: anneal from the model (``samples``, e.g. persistent-chain states) to the base
     model, estimating :math:`Z_0 / Z`. With exact model samples :math:`\\log \\hat Z` tends to
-    overestimate :math:`\\log Z`, the opposite of forward AIS."""
+    overestimate :math:`\\log Z`, the opposite of forward AIS.
+
+    For a :class:`~dgm_ppl.energy.DBM`, ``samples`` are joint states ``[v, h1, ..., hL]`` (e.g.
+    ``chains.states()``); the odd layers start the reverse chains."""
     if betas is None:
         betas = ais_schedule(num_betas)
     _check_schedule(betas)
-    model._check_visible(samples)
     base = None if data is None else model.base_rate(data).detach()
     log_z_base = float(model.base_log_partition(base))
-    log_w = _ais_log_weights(model, samples.to(model.weight), betas.flip(0), base, progress, "reverse AIS")
+    if isinstance(model, DBM):
+        model._check_states(samples)
+        odd = [s.to(model.weight_0) for s in samples[1::2]]
+        log_w = dbm_ais_log_weights(model, odd, betas.flip(0), base, progress, "reverse AIS")
+    else:
+        model._check_visible(samples)
+        log_w = _ais_log_weights(model, samples.to(model.weight), betas.flip(0), base, progress, "reverse AIS")
     _check_finite(log_w)
     return _summarize(log_w, log_z_base, betas, reverse=True)
 
@@ -211,12 +240,18 @@ def _check_schedule(betas: Tensor) -> None:
 
 @torch.no_grad()
 def average_log_likelihood(
-    model: RBM, data: Tensor, log_z: float | AISResult | Tensor, batch_size: int = 10000
+    model: RBM | DBM, data: Tensor, log_z: float | AISResult | Tensor, batch_size: int = 10000
 ) -> float:
-    r"""The average log-likelihood :math:`\frac1N \sum_n -F(v_n) - \log Z` of ``data``."""
+    r"""The average log-likelihood :math:`\frac1N \sum_n -F(v_n) - \log Z` of ``data``; for a
+    :class:`~dgm_ppl.energy.DBM` the variational lower bound :math:`\frac1N\sum_n \mathcal L(v_n) - \log Z`
+    (mean field run to convergence)."""
     model._check_visible(data)
-    p = model.params()
     total = 0.0
     for i in range(0, data.shape[0], batch_size):
-        total += float(model._neg_free_energy(p, data[i : i + batch_size].to(p.weight)).double().sum())
+        batch = data[i : i + batch_size]
+        if isinstance(model, DBM):
+            total += float(model.variational_bound(batch, num_iters=100).double().sum())
+        else:
+            p = model.params()
+            total += float(model._neg_free_energy(p, batch.to(p.weight)).double().sum())
     return total / data.shape[0] - float(log_z)

@@ -1,0 +1,348 @@
+"""Deep Boltzmann machines against enumeration on tiny models."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from helpers import all_states, state_index
+from pyro.infer import SVI, Predictive, Trace_ELBO
+
+from dgm_ppl import load_checkpoint, save_checkpoint
+from dgm_ppl.datasets import load_digits
+from dgm_ppl.energy import (
+    DBM,
+    ContrastiveDivergence,
+    DBMPersistentChains,
+    PersistentChains,
+    ais_log_partition,
+    average_log_likelihood,
+    exact_log_partition,
+    reverse_ais_log_partition,
+)
+from dgm_ppl.infer import DivergenceError, train
+
+
+def random_dbm(sizes, scale=1.0, **kwargs):
+    dbm = DBM(sizes, **kwargs)
+    with torch.no_grad():
+        for p in dbm.parameters():
+            p.normal_(0, scale)
+    return dbm
+
+
+def brute_log_unnormalized(dbm, v):
+    """log sum_h exp(-E(v, h)) by enumerating every hidden layer."""
+    sizes = dbm.layer_sizes
+    h = all_states(sum(sizes[1:]), dbm.weight_0)
+    hs = list(h.split(sizes[1:], -1))
+    states = [v[:, None, :].expand(-1, len(h), -1)] + [x.expand(len(v), -1, -1) for x in hs]
+    return torch.logsumexp(-dbm.energy(states), 1)
+
+
+def brute_log_z(dbm):
+    v = all_states(dbm.n_visible, dbm.weight_0)
+    return torch.logsumexp(brute_log_unnormalized(dbm, v), 0)
+
+
+def test_energy_formula():
+    dbm = random_dbm([3, 2, 4])
+    v, h1, h2 = torch.tensor([[1.0, 0, 1]]), torch.tensor([[0.0, 1]]), torch.tensor([[1.0, 1, 0, 1]])
+    w0, w1 = dbm.weight_0, dbm.weight_1
+    expected = -(v @ dbm.bias_0 + h1 @ dbm.bias_1 + h2 @ dbm.bias_2 + (v @ w0 * h1).sum() + (h1 @ w1 * h2).sum())
+    assert torch.allclose(dbm.energy([v, h1, h2]), expected)
+    with pytest.raises(ValueError, match="expected 3 layer states"):
+        dbm.energy([v, h1])
+    with pytest.raises(ValueError, match="layer 1 has 2 units"):
+        dbm.energy([v, h2, h2])
+
+
+@pytest.mark.parametrize("sizes", [[4, 3, 2], [3, 5, 2], [3, 2, 3, 2], [2, 3, 2, 3]])
+@pytest.mark.parametrize("centered", [False, True])
+def test_exact_log_partition_matches_brute_force(sizes, centered):
+    dbm = random_dbm(sizes, 0.8, centered=centered)
+    if centered:
+        with torch.no_grad():
+            for mu in dbm.offsets():
+                mu.uniform_(0.1, 0.9)
+    log_z = exact_log_partition(dbm)
+    assert torch.allclose(log_z, brute_log_z(dbm), atol=1e-4)
+    assert dbm.log_z == pytest.approx(float(log_z.detach()))
+    log_z.backward()  # differentiable
+    assert dbm.weight_0.grad is not None
+
+
+def test_exact_log_partition_refuses_large_models():
+    with pytest.raises(ValueError, match="max_units=20"):
+        exact_log_partition(DBM([30, 30, 30]))
+
+
+def test_gaussian_visible_log_partition_against_numerical_integration():
+    dbm = random_dbm([2, 3, 2], 0.6, gaussian_visible=True, std=torch.tensor([0.7, 1.3]))
+    grid = torch.linspace(-12, 12, 481, dtype=torch.float64)
+    v = torch.cartesian_prod(grid, grid)
+    dbm = dbm.double()
+    log_p = brute_log_unnormalized(dbm, v)
+    cell = (grid[1] - grid[0]) ** 2
+    numeric = torch.logsumexp(log_p, 0) + torch.log(cell)
+    assert float(exact_log_partition(dbm).detach()) == pytest.approx(float(numeric), abs=1e-4)
+    # the Gaussian visible conditional: p(v | h1) = N(b + std * W h1, std^2)
+    p = dbm.params()
+    h1 = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
+    draws = torch.stack([dbm._sample_layer(p, 0, [None, h1.expand(20000, -1), None]) for _ in range(1)])[0]
+    mean = p.biases[0] + p.std * (h1 @ p.weights[0].T)[0]
+    assert torch.allclose(draws.mean(0), mean, atol=0.03) and torch.allclose(draws.std(0), p.std, atol=0.03)
+
+
+@pytest.mark.parametrize("sizes", [[5, 4, 3], [4, 3, 3, 2]])
+def test_variational_bound_never_exceeds_exact_and_is_tight_for_one_layer(sizes):
+    dbm = random_dbm(sizes, 1.0)
+    v = all_states(sizes[0])
+    exact = brute_log_unnormalized(dbm, v)
+    bound = dbm.variational_bound(v)
+    assert (bound <= exact + 1e-5).all()
+    assert (exact - bound).max() > 1e-3  # a two-layer posterior is not factorial
+    # with one hidden layer the posterior is factorial: the bound is -F(v)
+    rbm_like = random_dbm([5, 4], 1.0)
+    vv = all_states(5)
+    assert torch.allclose(rbm_like.variational_bound(vv), brute_log_unnormalized(rbm_like, vv), atol=1e-5)
+
+
+def test_mean_field_is_a_fixed_point_and_the_bound_never_decreases():
+    dbm = random_dbm([6, 5, 4, 3], 1.0)
+    v = all_states(6)
+    bounds = [dbm.variational_bound(v, num_iters=k, tol=None) for k in range(0, 8)]
+    for a, b in zip(bounds[1:], bounds[2:]):
+        assert (b >= a - 1e-5).all()
+    mu1, mu2, mu3 = dbm.mean_field(v, num_iters=500, tol=1e-7)
+    p = dbm.params()
+    assert torch.allclose(mu1, torch.sigmoid(p.biases[1] + v @ p.weights[0] + mu2 @ p.weights[1].T), atol=1e-5)
+    assert torch.allclose(mu2, torch.sigmoid(p.biases[2] + mu1 @ p.weights[1] + mu3 @ p.weights[2].T), atol=1e-5)
+    assert torch.allclose(mu3, torch.sigmoid(p.biases[3] + mu2 @ p.weights[2]), atol=1e-5)
+
+
+def test_centering_is_a_reparametrization():
+    plain = random_dbm([4, 3, 3], 0.8)
+    centered = DBM([4, 3, 3], centered=True)
+    with torch.no_grad():
+        for mu in centered.offsets():
+            mu.uniform_(0.2, 0.8)
+    p = plain.params()
+    centered.set_standard_params(p.weights, p.biases)
+    v = all_states(4)
+    log_p = brute_log_unnormalized(plain, v) - brute_log_z(plain)
+    log_p_c = brute_log_unnormalized(centered, v) - brute_log_z(centered)
+    assert torch.allclose(log_p, log_p_c, atol=1e-5)
+    centered.update_offsets([torch.rand(3), torch.rand(3)])  # moves offsets, keeps the distribution
+    log_p_moved = brute_log_unnormalized(centered, v) - brute_log_z(centered)
+    assert torch.allclose(log_p, log_p_moved, atol=1e-5)
+    with pytest.raises(ValueError, match="binary visible"):
+        DBM([4, 3, 3], centered=True, gaussian_visible=True)
+
+
+@pytest.mark.parametrize(
+    "sizes, kwargs, with_data",
+    [
+        ([10, 8, 6], {}, False),
+        ([10, 8, 6], {}, True),
+        ([8, 6, 4, 3], {}, True),
+        ([4, 6, 5], {"gaussian_visible": True}, False),
+    ],
+)
+def test_ais_matches_exact_log_z(sizes, kwargs, with_data):
+    dbm = random_dbm(sizes, 0.5, **kwargs)
+    exact = float(exact_log_partition(dbm, record=False))
+    data = dbm.sample(300, steps=50) if with_data else None
+    result = ais_log_partition(dbm, num_chains=100, num_betas=2000, data=data)
+    assert abs(result.log_z - exact) < 0.05, (result.log_z, exact)
+    assert dbm.log_z == result.log_z and result.stderr < 0.05
+    chains = PersistentChains(dbm, 100)
+    for _ in range(50):
+        chains.advance()
+    rev = reverse_ais_log_partition(dbm, chains.states(), num_betas=2000, data=data)
+    assert abs(rev.log_z - exact) < 0.05, (rev.log_z, exact)
+
+
+def test_ais_with_too_few_betas_visibly_fails():
+    dbm = random_dbm([10, 8, 6], 3.0)
+    exact = float(exact_log_partition(dbm, record=False))
+    crude = ais_log_partition(dbm, num_chains=100, betas=torch.linspace(0, 1, 3, dtype=torch.float64))
+    assert abs(crude.log_z - exact) > 0.5
+
+
+def _tv_from_exact(dbm, samples):
+    v = all_states(dbm.n_visible)
+    probs = torch.softmax(brute_log_unnormalized(dbm, v), 0)
+    counts = torch.bincount(state_index(samples), minlength=len(v)).double()
+    return 0.5 * (counts / counts.sum() - probs).abs().sum()
+
+
+def test_persistent_chains_sample_the_dbm():
+    dbm = random_dbm([5, 4, 3], 1.0)
+    chains = PersistentChains(dbm, num_chains=500, steps=1)
+    assert isinstance(chains, DBMPersistentChains)
+    samples = []
+    for i in range(120):
+        states = chains.advance()
+        if i >= 20:
+            samples.append(states[0])
+    assert float(_tv_from_exact(dbm, torch.cat(samples))) < 0.04
+    # a sampler that ignores the second layer is measurably wrong
+    wrong = DBM([5, 4])
+    with torch.no_grad():
+        wrong.weight_0.copy_(dbm.weight_0)
+        wrong.bias_0.copy_(dbm.bias_0)
+        wrong.bias_1.copy_(dbm.bias_1)
+    assert float(_tv_from_exact(dbm, wrong.sample(20000, steps=50))) > 0.08
+
+
+def _exact_log_likelihood(dbm, data):
+    return float((brute_log_unnormalized(dbm, data) - exact_log_partition(dbm, record=False)).mean().detach())
+
+
+def _dbm_model(dbm, chains, n, **kwargs):
+    def model(batch):
+        with pyro.plate("data", n, subsample=batch):
+            pyro.sample("x", dbm.distribution(chains, **kwargs), obs=batch)
+
+    return model
+
+
+def test_svi_gradient_is_algorithm_20_1():
+    dbm = random_dbm([5, 4, 3], 0.7)
+    data = (torch.rand(40, 5) < 0.8).float()
+    n = 40
+    chains = PersistentChains(dbm, num_chains=20000, steps=1)
+    for _ in range(50):
+        chains.advance()
+    params = [dbm.weight_0, dbm.weight_1, dbm.bias_0, dbm.bias_1, dbm.bias_2]
+    bound = dbm.variational_bound(data, num_iters=200, tol=1e-8).mean()
+    exact = torch.autograd.grad(-n * (bound - exact_log_partition(dbm, record=False)), params)
+    model = _dbm_model(dbm, chains, n, mean_field_iters=200, mean_field_tol=1e-8)
+    loss = Trace_ELBO().loss_and_grads(model, lambda batch: None, data)
+    store = dict(pyro.get_param_store().named_parameters())
+    names = ["weight_0", "weight_1", "bias_0", "bias_1", "bias_2"]
+    svi_grads = [store[f"{dbm._pyro_name}.{k}"].grad for k in names]
+    g, e = torch.cat([t.flatten() for t in svi_grads]), torch.cat([t.flatten() for t in exact])
+    assert float((g - e).norm() / e.norm()) < 0.04
+    # the big components individually (small ones, like bias_2's, are dominated by Monte Carlo noise)
+    for name, g, e in list(zip(names, svi_grads, exact))[:3]:
+        assert float((g - e).norm() / e.norm()) < 0.08, name
+    assert loss == pytest.approx(float(-n * bound), rel=1e-4)  # value: the bound with log_z unset
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_svi_training_raises_the_exact_log_likelihood(centered):
+    # noisy copies of four prototypes: strongly correlated pixels, far from any factorial model
+    prototypes = (torch.rand(4, 10) < 0.5).float()
+    noisy = prototypes[torch.randint(4, (2000,))]
+    noisy = (noisy + (torch.rand(2000, 10) < 0.05).float()) % 2
+    x, test = noisy[:1500], noisy[1500:]
+    dbm = DBM([10, 6, 4], centered=centered).init_from_data(x)
+    before = _exact_log_likelihood(dbm, test)
+    chains = PersistentChains(dbm, num_chains=100, steps=1)
+    svi = SVI(_dbm_model(dbm, chains, len(x)), lambda batch: None, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    train(svi, x, epochs=8, batch_size=50, progress=False)
+    after = _exact_log_likelihood(dbm, test)
+    assert after > before + 0.3, (before, after)
+    bound = average_log_likelihood(dbm, test, exact_log_partition(dbm))
+    assert bound <= after + 1e-6
+
+
+def test_pretraining_initializes_a_better_dbm():
+    x = load_digits("train")
+    test = load_digits("test")[:100]
+    dbm = DBM([64, 10, 6]).init_from_data(x)
+    before = average_log_likelihood(dbm, test, exact_log_partition(dbm))
+    histories = dbm.pretrain(x, epochs=[10, 6], batch_size=50, lr=3e-3, progress=False)
+    assert [len(h) for h in histories] == [10, 6] and all(math.isfinite(v) for h in histories for v in h)
+    after = average_log_likelihood(dbm, test, exact_log_partition(dbm))
+    assert after > before + 1.0, (before, after)
+    with pytest.raises(ValueError, match="one per RBM"):
+        dbm.pretrain(x, epochs=[1, 1, 1])
+
+
+def test_samples_predictive_and_float64():
+    dbm = random_dbm([6, 4, 3], 0.5).double()
+    chains = PersistentChains(dbm, 10)
+    model = _dbm_model(dbm, chains, 10)
+    draws = Predictive(model, num_samples=3)(torch.zeros(10, 6, dtype=torch.float64))["x"]
+    assert draws.shape == (3, 10, 6) and draws.dtype == torch.float64 and ((draws == 0) | (draws == 1)).all()
+    assert dbm.sample(7, steps=3).shape == (7, 6)
+    assert dbm.variational_bound(draws[0]).dtype == torch.float64
+
+
+def _snapshot(dbm, chains):
+    return [t.detach().clone() for t in [*dbm.parameters(), *dbm.offsets(), chains.state]]
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.full((10, 12), 0.5), "Bernoulli visible units need values in \\{0, 1\\}"),
+        (torch.zeros(10, 11), "n_visible=12"),
+        (torch.full((10, 12), float("nan")), "NaN or inf"),
+    ],
+)
+@pytest.mark.parametrize("centered", [False, True])
+def test_bad_data_raises_and_loses_nothing(bad, match, centered):
+    dbm = DBM([12, 5, 3], centered=centered)
+    chains = PersistentChains(dbm, 20)
+    svi = SVI(_dbm_model(dbm, chains, 100), lambda b: None, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    svi.step((torch.rand(10, 12) < 0.5).float())
+    before, standard = (
+        _snapshot(dbm, chains),
+        [t.detach().clone() for t in [*dbm.params().weights, *dbm.params().biases]],
+    )
+    with pytest.raises(ValueError, match=match) as info:
+        svi.step(bad)
+    assert "site 'x'" in str(info.value)
+    if centered:
+        # the offset move owed by the last good step is applied (an exact reparametrization), nothing else
+        after = [*dbm.params().weights, *dbm.params().biases]
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(standard, after))
+        assert torch.equal(before[-1], chains.state)
+    else:
+        for a, b in zip(before, _snapshot(dbm, chains)):
+            assert torch.equal(a, b)
+
+
+def test_wrong_negative_phase_and_divergence():
+    dbm = DBM([12, 5, 3])
+    with pytest.raises(TypeError, match="PersistentChains"):
+        dbm.distribution(ContrastiveDivergence(dbm))
+    chains = PersistentChains(dbm, 20)
+    with torch.no_grad():
+        dbm.weight_1[0, 0] = float("nan")
+    svi = SVI(_dbm_model(dbm, chains, 100), lambda b: None, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    with pytest.raises(DivergenceError, match="DBM"):
+        svi.step((torch.rand(10, 12) < 0.5).float())
+    with pytest.raises(ValueError, match="at least two"):
+        DBM([5])
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_checkpoint_resumes_exactly(tmp_path, centered):
+    x = load_digits("train")[:200, :16].contiguous()
+
+    def make():
+        pyro.clear_param_store()
+        dbm = DBM([16, 6, 4], centered=centered, name="dbm").init_from_data(x)
+        chains = PersistentChains(dbm, 20)
+        optim = pyro.optim.Adam({"lr": 1e-2})
+        return dbm, chains, optim, SVI(_dbm_model(dbm, chains, len(x)), lambda b: None, optim, Trace_ELBO())
+
+    dbm, chains, optim, svi = make()
+    for i in range(3):
+        svi.step(x[i * 20 : (i + 1) * 20])
+    save_checkpoint(tmp_path / "ck.pt", {"dbm": dbm, "chains": chains}, optim)
+    expected = [svi.step(x[i * 20 : (i + 1) * 20]) for i in range(3, 6)]
+    final = [p.detach().clone() for p in dbm.parameters()]
+
+    dbm, chains, optim, svi = make()
+    svi.step(x[:20])  # creates the optimizer state that the checkpoint overwrites
+    load_checkpoint(tmp_path / "ck.pt", {"dbm": dbm, "chains": chains}, optim)
+    resumed = [svi.step(x[i * 20 : (i + 1) * 20]) for i in range(3, 6)]
+    assert resumed == expected
+    for a, b in zip(final, dbm.parameters()):
+        assert torch.equal(a, b)
