@@ -346,3 +346,16 @@ def test_checkpoint_resumes_exactly(tmp_path, centered):
     assert resumed == expected
     for a, b in zip(final, dbm.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dbm_runs_on_cuda():
+    dbm = random_dbm([8, 6, 4], 0.5, centered=True).cuda()
+    chains = PersistentChains(dbm, 50)
+    x = torch.bernoulli(torch.full((40, 8), 0.5, device="cuda"))
+    svi = SVI(_dbm_model(dbm, chains, 40), lambda b: None, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    train(svi, x, epochs=2, batch_size=20, progress=False)
+    assert chains.state.is_cuda
+    exact = float(exact_log_partition(dbm).detach())
+    assert abs(ais_log_partition(dbm, 100, 2000).log_z - exact) < 0.1
+    dbm.pretrain(x, epochs=1, progress=False)

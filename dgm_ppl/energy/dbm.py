@@ -429,7 +429,7 @@ class DBM(PyroModule):
         :math:`p(h_1|v) = \sigma(2W_1^\top v + c)`) and the top RBM two tied copies of its hidden
         layer, which compensates for the missing top-down (bottom-up) input in the DBM; middle RBMs
         are plain and their weights are halved in the DBM. A layer shared by two RBMs gets the
-        mean of their two biases. Returns the per-epoch mean reconstruction-free training loss of
+        mean of their two biases. Returns the per-epoch mean of the SML surrogate loss of
         each RBM, :math:`\overline{F(\text{data})} - \overline{F(\text{chains})}`.
         """
         self._check_visible(data)
