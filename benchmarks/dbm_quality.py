@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--save", help="write the trained DBM and its chains here")
     ap.add_argument("--load", help="score a saved DBM instead of training")
+    ap.add_argument("--resume", help="train further from a saved DBM and its chains (fresh optimizer, no pretraining)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
@@ -78,14 +79,22 @@ def main():
         chains.load_state_dict(saved["chains"])
         emit(**common, event="loaded", path=args.load, config=saved["config"])
     else:
-        t0 = time.perf_counter()
-        dbm.pretrain(
-            train_x, args.pretrain_epochs, lr=args.pretrain_lr, batch_size=args.batch_size, progress=args.progress
-        )
-        pretrain_seconds = time.perf_counter() - t0
-        emit(**common, event="pretrained", seconds=round(pretrain_seconds, 1))
-        init = train_x[torch.randperm(n, device=device)[: args.chains]]
-        chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
+        if args.resume:
+            saved = torch.load(args.resume, map_location=device, weights_only=False)
+            dbm.load_state_dict(saved["dbm"])
+            chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
+            chains.load_state_dict(saved["chains"])
+            dbm.log_z = None
+            emit(**common, event="resumed", path=args.resume, config=saved["config"])
+        else:
+            t0 = time.perf_counter()
+            dbm.pretrain(
+                train_x, args.pretrain_epochs, lr=args.pretrain_lr, batch_size=args.batch_size, progress=args.progress
+            )
+            pretrain_seconds = time.perf_counter() - t0
+            emit(**common, event="pretrained", seconds=round(pretrain_seconds, 1))
+            init = train_x[torch.randperm(n, device=device)[: args.chains]]
+            chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
         # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
         optim_args = {"lr": args.lr, "weight_decay": args.weight_decay * n}
         gamma = (args.final_lr / args.lr) ** (1 / max(1, args.epochs - 1))
