@@ -174,7 +174,7 @@ def _tv_from_exact(dbm, samples):
     v = all_states(dbm.n_visible)
     probs = torch.softmax(brute_log_unnormalized(dbm, v), 0)
     counts = torch.bincount(state_index(samples), minlength=len(v)).double()
-    return 0.5 * (counts / counts.sum() - probs).abs().sum()
+    return 0.5 * (counts / counts.sum() - probs.detach()).abs().sum()
 
 
 def test_persistent_chains_sample_the_dbm():
