@@ -212,7 +212,13 @@ class DBM(PyroModule):
         return -neg
 
     def _sum_out(
-        self, p: DBMParams, states: Sequence[Tensor | None], parity: int, beta: Beta = 1.0, a: Tensor | None = None
+        self,
+        p: DBMParams,
+        states: Sequence[Tensor | None],
+        parity: int,
+        beta: Beta = 1.0,
+        a: Tensor | None = None,
+        inputs: dict[int, Tensor] | None = None,
     ) -> Tensor:
         r"""Tempered :math:`\log \sum_{h_{parity}} p^*_\beta` with the layers of the other parity fixed.
 
@@ -234,7 +240,7 @@ class DBM(PyroModule):
                 else:
                     out = out + (beta if scalar else beta.squeeze(-1)) * (states[l] @ p.biases[l])
                 continue
-            u = self._input(p, l, states)
+            u = self._input(p, l, states) if inputs is None else inputs[l]
             if l > 0:
                 out = out + F.softplus(beta * (p.biases[l] + u)).sum(-1)
             elif p.std is None:
@@ -254,8 +260,10 @@ class DBM(PyroModule):
         return -self._sum_out(self.params(), states, parity)
 
     # ------------------------------------------------------------- sampling
-    def _sample_layer(self, p: DBMParams, l: int, states, beta: Beta = 1.0, a: Tensor | None = None) -> Tensor:
-        u = self._input(p, l, states)
+    def _sample_layer(
+        self, p: DBMParams, l: int, states, beta: Beta = 1.0, a: Tensor | None = None, u: Tensor | None = None
+    ) -> Tensor:
+        u = self._input(p, l, states) if u is None else u
         if l > 0:
             return bernoulli(torch.sigmoid(beta * (p.biases[l] + u)))
         a = torch.zeros_like(p.biases[0]) if a is None else a
@@ -747,13 +755,15 @@ def dbm_ais_log_weights(
     log_w = torch.zeros(odd[0].shape[0], dtype=torch.float64, device=odd[0].device)
     b_list = betas.tolist()
     for k in tqdm(range(1, len(b_list)), disable=not progress, desc=desc, mininterval=1.0):
-        log_w += (
-            model._sum_out(p, states, 0, b_list[k], base) - model._sum_out(p, states, 0, b_list[k - 1], base)
-        ).double()
+        # the even layers' inputs from the odd ones serve both betas and the next even draw
+        inputs = {l: model._input(p, l, states) for l in range(0, L1, 2)}
+        lp = model._sum_out
+        log_w += (lp(p, states, 0, b_list[k], base, inputs) - lp(p, states, 0, b_list[k - 1], base, inputs)).double()
         if k < len(b_list) - 1:
-            for parity in (0, 1):
-                for l in range(parity, L1, 2):
-                    states[l] = model._sample_layer(p, l, states, b_list[k], base)
+            for l in range(0, L1, 2):
+                states[l] = model._sample_layer(p, l, states, b_list[k], base, inputs[l])
+            for l in range(1, L1, 2):
+                states[l] = model._sample_layer(p, l, states, b_list[k])
             for l in range(0, L1, 2):
                 states[l] = None
     return log_w
