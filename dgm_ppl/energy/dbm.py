@@ -307,12 +307,14 @@ class DBM(PyroModule):
 
     # ------------------------------------------------------------- mean field
     def _mean_field(
-        self, p: DBMParams, v: Tensor, num_iters: int, tol: float | None
+        self, p: DBMParams, v: Tensor, num_iters: int, tol: float | None, visible_input: Tensor | None = None
     ) -> tuple[list[Tensor], list[Tensor]]:
         L = self.num_layers
         states: list[Tensor] = [v] * (L + 1)
         logits: list[Tensor] = [v] * (L + 1)
-        bottom_up = self._stat(p, 0, v) @ p.weights[0] + p.biases[1]  # fixed during the iterations
+        if visible_input is None:
+            visible_input = self._stat(p, 0, v) @ p.weights[0]
+        bottom_up = visible_input + p.biases[1]  # fixed during the iterations
         # initial bottom-up pass, doubling the input of the layers that also have a layer above
         for l in range(1, L + 1):
             u = bottom_up - p.biases[1] if l == 1 else states[l - 1] @ p.weights[l - 1]
@@ -343,13 +345,19 @@ class DBM(PyroModule):
         p = self.params()
         return self._mean_field(p, v.to(p.weights[0]), num_iters, tol)[0]
 
-    def _bound(self, p: DBMParams, v: Tensor, means: list[Tensor], logits: list[Tensor]) -> Tensor:
+    def _bound(
+        self, p: DBMParams, v: Tensor, means: list[Tensor], logits: list[Tensor], visible_input: Tensor | None = None
+    ) -> Tensor:
+        """The bound at the means; ``visible_input`` is :math:`s_0^\top W_0` when already computed."""
         states = [v] + means
         out = self._visible_term(p, v, p.biases[0]) + p.const
         for l in range(1, len(states)):
             out = out + states[l] @ p.biases[l] + _entropy(logits[l - 1], means[l - 1])
-        for l, w in enumerate(p.weights):
-            out = out + ((self._stat(p, l, states[l]) @ w) * states[l + 1]).sum(-1)
+        if visible_input is None:
+            visible_input = self._stat(p, 0, v) @ p.weights[0]
+        out = out + (visible_input * means[0]).sum(-1)
+        for l in range(1, len(p.weights)):
+            out = out + ((states[l] @ p.weights[l]) * states[l + 1]).sum(-1)
         return out
 
     def variational_bound(self, v: Tensor, num_iters: int = 30, tol: float | None = 1e-5) -> Tensor:
@@ -594,17 +602,10 @@ class DBMDistribution(EnergyBasedDistribution):
             validate_args=validate_args,
         )
 
-    def expand(self, batch_shape, _instance=None) -> DBMDistribution:
-        return DBMDistribution(
-            self.model,
-            self.chains,
-            params=self.params,
-            sample_steps=self.sample_steps,
-            mean_field_iters=self.mean_field_iters,
-            mean_field_tol=self.mean_field_tol,
-            batch_shape=batch_shape,
-            validate_args=self.__dict__.get("_validate_args"),
-        )
+    def _options(self) -> dict:
+        options = super()._options()
+        options.update(mean_field_iters=self.mean_field_iters, mean_field_tol=self.mean_field_tol)
+        return options
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
@@ -612,9 +613,12 @@ class DBMDistribution(EnergyBasedDistribution):
         model, p = self.model, self.params
         log_z = model.log_z or 0.0
         flat = value.reshape(-1, value.shape[-1]).to(p.weights[0])
+        visible_input = model._stat(p, 0, flat) @ p.weights[0]  # shared by mean field and the bound
         with torch.no_grad():
-            means, logits = model._mean_field(p, flat, self.mean_field_iters, self.mean_field_tol)
-        bound = model._bound(p, flat, means, logits)
+            means, logits = model._mean_field(
+                p, flat, self.mean_field_iters, self.mean_field_tol, visible_input.detach()
+            )
+        bound = model._bound(p, flat, means, logits, visible_input)
         if not torch.is_grad_enabled():
             return bound.reshape(value.shape[:-1]) - log_z
         states = self.chains.advance(value)

@@ -60,12 +60,15 @@ class EnergyBasedDistribution(TorchDistribution):
     def support(self):
         return self.model.support
 
+    def _options(self) -> dict:
+        """Constructor keywords that :meth:`expand` carries over (subclasses add theirs)."""
+        return {"params": self.params, "sample_steps": self.sample_steps}
+
     def expand(self, batch_shape, _instance=None) -> EnergyBasedDistribution:
-        return EnergyBasedDistribution(
+        return type(self)(
             self.model,
             self.chains,
-            params=self.params,
-            sample_steps=self.sample_steps,
+            **self._options(),
             batch_shape=batch_shape,
             validate_args=self.__dict__.get("_validate_args"),
         )
