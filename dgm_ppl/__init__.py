@@ -1,7 +1,7 @@
 """dgm_ppl: deep generative models on top of Pyro."""
 
-from . import datasets, energy, infer
+from . import datasets, energy, evaluation, infer, kernels
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
-__all__ = ["datasets", "energy", "infer", "save_checkpoint", "load_checkpoint", "__version__"]
+__all__ = ["datasets", "energy", "evaluation", "infer", "kernels", "save_checkpoint", "load_checkpoint", "__version__"]

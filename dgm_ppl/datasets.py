@@ -1,11 +1,13 @@
-"""Data sets: the embedded 8x8 digits and a loader for a local binarized-MNIST file.
+"""Data sets: the embedded 8x8 digits, a loader for a local binarized-MNIST file, and 2-D Gaussian mixtures.
 
 Nothing here touches the network. The 8x8 digits (1,797 images, UCI ML hand-written digits, as
-shipped by scikit-learn) are embedded in the package.
+shipped by scikit-learn) are embedded in the package. The ring and grid mixtures are the mode-collapse
+benchmarks of VEEGAN and PacGAN (Srivastava et al. 2017; Lin et al. 2018).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from importlib import resources
 
@@ -13,7 +15,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["load_digits", "load_binarized_mnist"]
+__all__ = [
+    "load_digits",
+    "load_binarized_mnist",
+    "ring_of_gaussians",
+    "grid_of_gaussians",
+    "ring_centers",
+    "grid_centers",
+    "RING_STD",
+    "GRID_STD",
+]
+
+RING_STD = 0.01
+GRID_STD = 0.05
 
 _SPLITS = ("train", "test", "all")
 
@@ -68,3 +82,61 @@ def load_binarized_mnist(path: str | os.PathLike, split: str = "train", dtype: t
     if x.ndim != 2 or x.shape[1] != 784:
         raise ValueError(f"split {split!r} of {path!r} has shape {x.shape}, expected (N, 784)")
     return torch.as_tensor(x.astype(np.float32), dtype=dtype)
+
+
+def ring_centers(num_modes: int = 8, radius: float = 1.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``(num_modes, 2)`` centres ``radius (cos 2πk/K, sin 2πk/K)``, k = 0..K-1: all distinct
+    (``linspace(0, 2π, K)`` would repeat the first one)."""
+    if num_modes < 1:
+        raise ValueError(f"num_modes must be positive, got {num_modes}")
+    angle = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
+    return (radius * torch.stack([angle.cos(), angle.sin()], dim=-1)).to(dtype)
+
+
+def grid_centers(side: int = 5, spacing: float = 2.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``(side², 2)`` centres of a square grid with the given spacing, centred at 0:
+    {-4, -2, 0, 2, 4}² by default."""
+    if side < 1:
+        raise ValueError(f"side must be positive, got {side}")
+    axis = (torch.arange(side, dtype=torch.float64) - (side - 1) / 2) * spacing
+    return torch.cartesian_prod(axis, axis).to(dtype)
+
+
+def _mixture(centers: Tensor, std: float, n: int, generator: torch.Generator | None, dtype: torch.dtype) -> Tensor:
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    if not std > 0:
+        raise ValueError(f"std must be positive, got {std}")
+    k = torch.randint(len(centers), (n,), generator=generator)
+    noise = torch.randn(n, centers.shape[-1], generator=generator, dtype=torch.float64)
+    return (centers.double()[k] + std * noise).to(dtype)
+
+
+def ring_of_gaussians(
+    n: int,
+    *,
+    num_modes: int = 8,
+    radius: float = 1.0,
+    std: float = RING_STD,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``n`` draws, ``(n, 2)``, from an equal mixture of ``num_modes`` isotropic Gaussians with
+    standard deviation ``std`` centred on a circle of the given radius (PacGAN's ring: 8 modes,
+    radius 1, σ = 0.01). The centres are :func:`ring_centers`."""
+    return _mixture(ring_centers(num_modes, radius), std, n, generator, dtype)
+
+
+def grid_of_gaussians(
+    n: int,
+    *,
+    side: int = 5,
+    spacing: float = 2.0,
+    std: float = GRID_STD,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``n`` draws, ``(n, 2)``, from an equal mixture of ``side²`` isotropic Gaussians with standard
+    deviation ``std`` on a square grid (PacGAN's grid: 25 modes on {-4, -2, 0, 2, 4}², σ = 0.05).
+    The centres are :func:`grid_centers`."""
+    return _mixture(grid_centers(side, spacing), std, n, generator, dtype)

@@ -1,6 +1,8 @@
-"""Training helpers and objectives that run on Pyro's SVI."""
+"""Objectives that run on Pyro's SVI, and training helpers."""
 
 from .errors import DivergenceError
+from .gan import GAN_KINDS, GANLoss, gradient_penalty
+from .mmd import MMDLoss
 from .training import train
 
-__all__ = ["DivergenceError", "train"]
+__all__ = ["DivergenceError", "GANLoss", "GAN_KINDS", "gradient_penalty", "MMDLoss", "train"]

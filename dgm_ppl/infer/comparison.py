@@ -1,0 +1,184 @@
+"""Shared machinery of the sample-comparison losses (:class:`GANLoss`, :class:`MMDLoss`).
+
+Following :class:`pyro.infer.EnergyDistance`, one run of the model under :func:`pyro.poutine.uncondition`
+(replaying the guide's global latents) gives, at every observed site, both the data (kept in
+``site["infer"]["obs"]``) and a fresh draw from the model (``site["value"]``) that depends differentiably
+on the generator's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor, nn
+
+from .errors import DivergenceError
+
+__all__ = ["Comparison", "draw_real_and_fake", "pack", "frozen", "check_finite"]
+
+
+@dataclass
+class Comparison:
+    """Real and generated samples at the observed sites, each ``(B, *event_shape)`` with the plates'
+    batch dimensions flattened and masked-out entries dropped; ``context`` holds the extra per-sample
+    inputs; ``kl`` is the guide's ``log q(θ) − log p(θ)`` (0 without a guide)."""
+
+    names: list[str]
+    real: list[Tensor]
+    fake: list[Tensor]
+    context: list[Tensor]
+    kl: Tensor | float
+
+    @property
+    def batch_size(self) -> int:
+        return self.real[0].shape[0]
+
+    def flat(self) -> tuple[Tensor, Tensor]:
+        """All sites and the context concatenated into ``(B, D)`` matrices (real, fake)."""
+        ctx = [c.reshape(len(c), -1).to(self.real[0]) for c in self.context]
+        real = torch.cat([r.reshape(len(r), -1) for r in self.real] + ctx, -1)
+        fake = torch.cat([f.reshape(len(f), -1) for f in self.fake] + ctx, -1)
+        return real, fake
+
+
+def _as_context(value, batch: int, keep: Tensor | None) -> list[Tensor]:
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    out = []
+    for c in items:
+        if not isinstance(c, Tensor) or c.dim() == 0 or c.shape[0] != batch:
+            shape = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+            raise ValueError(f"context must be tensors with the batch size {batch} first, got {shape}")
+        out.append(c if keep is None else c[keep])
+    return out
+
+
+def draw_real_and_fake(
+    loss_name: str,
+    model: Callable,
+    guide: Callable | None,
+    args: tuple,
+    kwargs: dict,
+    *,
+    context: Callable | None = None,
+    with_kl: bool = False,
+) -> Comparison:
+    """Run ``guide`` then ``model`` (unconditioned, guide replayed) and collect the observed sites."""
+    guide_trace = None
+    if guide is not None:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        replayed = poutine.replay(model, trace=guide_trace)
+    else:
+        replayed = model
+    model_trace = poutine.trace(poutine.uncondition(replayed)).get_trace(*args, **kwargs)
+    model_trace = prune_subsample_sites(model_trace)
+
+    names, real, fake, batch, keep = [], [], [], None, None
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not site["infer"].get("was_observed", False):
+            continue
+        obs, value, fn = site["infer"]["obs"], site["value"], site["fn"]
+        if not isinstance(obs, Tensor):
+            obs = torch.as_tensor(obs, dtype=value.dtype, device=value.device)
+        if obs.shape != value.shape:
+            raise ValueError(
+                f"{loss_name}: the data at observed site {name!r} have shape {tuple(obs.shape)} but the model "
+                f"draws {tuple(value.shape)} there"
+            )
+        if not torch.isfinite(obs).all():
+            raise ValueError(f"{loss_name}: the data at observed site {name!r} contain NaN or inf")
+        if not getattr(fn, "has_rsample", False):
+            raise ValueError(
+                f"{loss_name}: observed site {name!r} has a non-reparametrized distribution "
+                f"({type(fn).__name__}); use dist.Delta(G(z), event_dim=...) or another rsample-able one"
+            )
+        event_dim = getattr(fn, "event_dim", 0)
+        site_batch = value.shape[: value.dim() - event_dim]
+        if len(site_batch) == 0:
+            raise ValueError(
+                f"{loss_name}: observed site {name!r} has no batch dimension; put it inside pyro.plate so that "
+                "each datum is one sample"
+            )
+        if batch is None:
+            batch = site_batch
+        elif site_batch != batch:
+            raise ValueError(
+                f"{loss_name}: observed sites have different batch shapes ({tuple(batch)} at {names[0]!r}, "
+                f"{tuple(site_batch)} at {name!r})"
+            )
+        n = site_batch.numel()
+        event = value.shape[value.dim() - event_dim :]
+        mask = site["mask"]
+        if isinstance(mask, Tensor) and mask.dim() > 0:
+            site_keep = mask.expand(site_batch).reshape(n)
+            keep = site_keep if keep is None else keep & site_keep
+        elif mask is False:
+            keep = torch.zeros(n, dtype=torch.bool, device=value.device)
+        names.append(name)
+        real.append(obs.reshape(n, *event))
+        fake.append(value.reshape(n, *event))
+    if not names:
+        raise ValueError(f"{loss_name}: the model has no observed site (a pyro.sample with obs=...) to compare")
+    if keep is not None:
+        real = [r[keep] for r in real]
+        fake = [f[keep] for f in fake]
+    n = real[0].shape[0]
+    ctx = _as_context(context(*args, **kwargs), batch.numel(), keep) if context is not None else []
+
+    kl = 0.0
+    if with_kl and guide_trace is not None:
+        guide_trace = prune_subsample_sites(guide_trace)
+        latent = [k for k, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
+        for name in latent:
+            if not getattr(guide_trace.nodes[name]["fn"], "has_rsample", False):
+                raise ValueError(f"{loss_name}: guide site {name!r} is not reparametrized")
+            if name not in model_trace.nodes:
+                raise ValueError(f"{loss_name}: guide site {name!r} is not in the model")
+        if latent:
+            kl = guide_trace.log_prob_sum(lambda k, s: k in latent) - model_trace.log_prob_sum(lambda k, s: k in latent)
+    if n == 0:
+        raise ValueError(f"{loss_name}: every observed value is masked out")
+    return Comparison(names, real, fake, ctx, kl)
+
+
+def pack(tensors: list[Tensor], m: int) -> list[Tensor]:
+    """PacGAN packing: ``(B, C, ...)`` → ``(B // m, m·C, ...)``, concatenating ``m`` consecutive samples along
+    the first event dimension (features, or channels of an image); a remainder of ``B mod m`` is dropped."""
+    if m == 1:
+        return tensors
+    out = []
+    for t in tensors:
+        b = t.shape[0] // m
+        if b == 0:
+            raise ValueError(f"packing {m} samples needs a batch of at least {m}, got {t.shape[0]}")
+        t = t[: b * m]
+        if t.dim() == 1:
+            out.append(t.reshape(b, m))
+        else:
+            out.append(t.reshape(b, m * t.shape[1], *t.shape[2:]))
+    return out
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """Turn off ``requires_grad`` on the module's parameters for the duration (no gradients are computed
+    for them, while gradients still flow through the module to its inputs)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def check_finite(loss_name: str, what: str, value: Tensor) -> None:
+    if not torch.isfinite(value).all():
+        raise DivergenceError(f"{loss_name}: the {what} became {value.detach().flatten()[:1].item()}")

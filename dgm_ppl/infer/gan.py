@@ -1,0 +1,251 @@
+r"""Adversarial training of a Pyro model's generator as an SVI loss (Goodfellow et al. 2014; DL book §20.10.4).
+
+With data :math:`x \sim p_{data}` at the observed sites and fakes :math:`\tilde x \sim p_G` drawn by the model
+with its observations removed, a discriminator (critic) :math:`D` returns one logit per sample. Writing
+:math:`\sigma` for the logistic function and :math:`\zeta` for softplus, the ``kind`` selects
+
+=================  =====================================================  =====================================
+kind               discriminator loss                                     generator loss
+=================  =====================================================  =====================================
+``minimax``        :math:`\zeta(-D(x)) + \zeta(D(\tilde x))`              :math:`-\zeta(D(\tilde x))`, log(1 − σ(D))
+``nonsaturating``  the same                                               :math:`\zeta(-D(\tilde x))`, −log σ(D)
+``wasserstein``    :math:`D(\tilde x) - D(x)` (Arjovsky et al. 2017)      :math:`-D(\tilde x)`
+``hinge``          :math:`[1 - D(x)]_+ + [1 + D(\tilde x)]_+`             :math:`-D(\tilde x)`
+``least_squares``  :math:`\tfrac12 (D(x) - 1)^2 + \tfrac12 D(\tilde x)^2`  :math:`\tfrac12 (D(\tilde x) - 1)^2`
+=================  =====================================================  =====================================
+
+(hinge: Lim & Ye 2017; least squares: Mao et al. 2017), each averaged over the batch. The gradient
+penalty (WGAN-GP, Gulrajani et al. 2017) adds
+:math:`\lambda\,\mathbb E_{\hat x}(\|\nabla_{\hat x} D(\hat x)\|_2 - 1)^2` at
+:math:`\hat x = \epsilon x + (1 - \epsilon)\tilde x`,
+:math:`\epsilon \sim U(0, 1)`, to the discriminator loss; without it ``wasserstein`` clips the critic's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .comparison import check_finite, draw_real_and_fake, frozen, pack
+
+__all__ = ["GANLoss", "gradient_penalty", "GAN_KINDS"]
+
+GAN_KINDS = ("minimax", "nonsaturating", "wasserstein", "hinge", "least_squares")
+
+
+def _d_loss(kind: str, real: Tensor, fake: Tensor) -> Tensor:
+    if kind in ("minimax", "nonsaturating"):
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    if kind == "wasserstein":
+        return fake.mean() - real.mean()
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())
+
+
+def _g_loss(kind: str, fake: Tensor) -> Tensor:
+    if kind == "minimax":
+        return -F.softplus(fake).mean()
+    if kind == "nonsaturating":
+        return F.softplus(-fake).mean()
+    if kind in ("wasserstein", "hinge"):
+        return -fake.mean()
+    return 0.5 * (fake - 1).pow(2).mean()
+
+
+def _critic(discriminator: nn.Module, inputs: list[Tensor], context: list[Tensor]) -> Tensor:
+    out = discriminator(*inputs, *context)
+    batch = inputs[0].shape[0]
+    if not isinstance(out, Tensor) or out.shape not in ((batch,), (batch, 1)):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"the discriminator must return one value per (packed) sample, shape ({batch},) or "
+            f"({batch}, 1); got {shape}"
+        )
+    return out.reshape(batch)
+
+
+def gradient_penalty(
+    discriminator: nn.Module,
+    real: Tensor | list[Tensor],
+    fake: Tensor | list[Tensor],
+    *context: Tensor,
+    eps: Tensor | None = None,
+    target: float = 1.0,
+) -> Tensor:
+    r"""The per-sample penalty :math:`(\|\nabla_{\hat x} D(\hat x)\|_2 - t)^2` at :math:`\hat x = \epsilon x +
+    (1 - \epsilon) \tilde x`, shape ``(B,)``, differentiable in D's parameters. Several inputs (a list, one per
+    observed site) share ε and the norm runs over all of them; ``context`` inputs are passed to D unchanged.
+    ``eps`` (``(B,)``) defaults to uniform draws."""
+    real = [real] if isinstance(real, Tensor) else list(real)
+    fake = [fake] if isinstance(fake, Tensor) else list(fake)
+    batch = real[0].shape[0]
+    if eps is None:
+        eps = torch.rand(batch, dtype=real[0].dtype, device=real[0].device)
+    points = []
+    for r, f in zip(real, fake, strict=True):
+        e = eps.reshape(batch, *([1] * (r.dim() - 1))).to(r)
+        points.append((e * r.detach() + (1 - e) * f.detach()).requires_grad_(True))
+    out = _critic(discriminator, points, list(context))
+    grads = torch.autograd.grad(out.sum(), points, create_graph=True)
+    sq = sum(g.reshape(batch, -1).pow(2).sum(-1) for g in grads)
+    return ((sq + 1e-12).sqrt() - target).pow(2)
+
+
+class GANLoss:
+    r"""Train the model's generator against a discriminator, as a loss for :class:`pyro.infer.SVI`.
+
+    Each call (one ``svi.step``) runs the guide and the model with its observations removed, so the model draws
+    fakes at its observed sites; takes ``d_steps`` steps of the discriminator with its own optimizer (fresh fakes
+    for each step after the first); and returns the generator loss, whose gradient SVI's optimizer applies to the
+    model's (and guide's) parameters. The discriminator's parameters are never seen by SVI. Under
+    ``torch.no_grad()`` (``svi.evaluate_loss``) it only evaluates.
+
+    The discriminator is called as ``D(*sites, *context)``: one tensor per observed site, ``(B, *event_shape)``
+    with the plates' batch dimensions flattened (masked entries dropped), then ``context(*args, **kwargs)`` for
+    conditional GANs (e.g. ``context=lambda x, y: y`` when the labels are a model argument). It returns ``(B,)``
+    or ``(B, 1)`` logits (critic values).
+
+    :param discriminator: an :class:`torch.nn.Module` (a plain module or a PyroModule; not registered with
+        ``pyro.module`` in the model).
+    :param kind: one of ``"minimax"``, ``"nonsaturating"``, ``"wasserstein"``, ``"hinge"``, ``"least_squares"``.
+    :param d_optim: a :class:`torch.optim.Optimizer` over the discriminator's parameters, or a callable that makes
+        one from them; default ``Adam(lr=2e-4, betas=(0.5, 0.999))``.
+    :param d_steps: discriminator steps per generator step.
+    :param gradient_penalty: λ of the gradient penalty (WGAN-GP with ``kind="wasserstein"``, λ = 10).
+    :param clip: weight clipping bound for ``"wasserstein"`` without a penalty.
+    :param packing: PacGAN's m: the discriminator sees m samples concatenated along the first event dimension.
+    :param prior_scale: weight of :math:`\log q(\theta) - \log p(\theta)` added to the generator loss for the
+        guide's (global) latents, as in :class:`pyro.infer.EnergyDistance`.
+    :param context: maps the model's arguments to extra per-sample discriminator inputs.
+
+    ``history`` records ``d_loss``, ``g_loss`` (and ``gradient_penalty``) at each step.
+    """
+
+    def __init__(
+        self,
+        discriminator: nn.Module,
+        kind: str = "nonsaturating",
+        d_optim: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
+        d_steps: int = 1,
+        gradient_penalty: float = 0.0,
+        *,
+        clip: float = 0.01,
+        packing: int = 1,
+        prior_scale: float = 0.0,
+        context: Callable[..., Tensor | tuple[Tensor, ...]] | None = None,
+    ):
+        if not isinstance(discriminator, nn.Module):
+            raise TypeError(f"discriminator must be an nn.Module, got {type(discriminator).__name__}")
+        if kind not in GAN_KINDS:
+            raise ValueError(f"kind must be one of {GAN_KINDS}, got {kind!r}")
+        if not (isinstance(d_steps, int) and d_steps >= 1):
+            raise ValueError(f"d_steps must be a positive integer, got {d_steps}")
+        if not (isinstance(packing, int) and packing >= 1):
+            raise ValueError(f"packing must be a positive integer, got {packing}")
+        for name, value in (("gradient_penalty", gradient_penalty), ("prior_scale", prior_scale), ("clip", clip)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be non-negative, got {value}")
+        self.discriminator = discriminator
+        self.kind = kind
+        if d_optim is None:
+            d_optim = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        elif not isinstance(d_optim, torch.optim.Optimizer):
+            d_optim = d_optim(discriminator.parameters())
+        self.d_optim = d_optim
+        self.d_steps = d_steps
+        self.gradient_penalty = float(gradient_penalty)
+        self.clip = clip if kind == "wasserstein" and gradient_penalty == 0 else None
+        self.packing = packing
+        self.prior_scale = float(prior_scale)
+        self.context = context
+        self.history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
+        if self.gradient_penalty:
+            self.history["gradient_penalty"] = []
+
+    def _draw(self, model, guide, args, kwargs):
+        return draw_real_and_fake(
+            "GANLoss", model, guide, args, kwargs, context=self.context, with_kl=self.prior_scale > 0
+        )
+
+    def discriminator_loss(
+        self, real: list[Tensor], fake: list[Tensor], context: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """The discriminator loss on packed inputs, and the mean gradient penalty (0 without one)."""
+        d_real = _critic(self.discriminator, real, context)
+        d_fake = _critic(self.discriminator, fake, context)
+        loss = _d_loss(self.kind, d_real, d_fake)
+        penalty = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        if self.gradient_penalty:
+            penalty = gradient_penalty(self.discriminator, real, fake, *context).mean()
+            loss = loss + self.gradient_penalty * penalty
+        return loss, penalty
+
+    def _discriminator_step(self, real, fake, context) -> tuple[float, float]:
+        d_loss, penalty = self.discriminator_loss(real, fake, context)
+        check_finite("GANLoss", "discriminator loss", d_loss)
+        self.d_optim.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optim.step()
+        if self.clip is not None:
+            with torch.no_grad():
+                for p in self.discriminator.parameters():
+                    p.clamp_(-self.clip, self.clip)
+        return d_loss.item(), penalty.item()
+
+    def __call__(self, model: Callable, guide: Callable | None, *args, **kwargs) -> Tensor:
+        """One adversarial round; returns the differentiable generator loss."""
+        draw = self._draw(model, guide, args, kwargs)
+        m = self.packing
+        real, fake, ctx = pack(draw.real, m), pack(draw.fake, m), pack(draw.context, m)
+        train = torch.is_grad_enabled()
+        with poutine.block():  # the discriminator's parameters stay invisible to SVI
+            if train:
+                self.discriminator.train()
+                for step in range(self.d_steps):
+                    if step == 0:
+                        step_fake = [f.detach() for f in fake]
+                    else:
+                        with torch.no_grad():
+                            again = self._draw(model, guide, args, kwargs)
+                        step_fake, real, ctx = pack(again.fake, m), pack(again.real, m), pack(again.context, m)
+                    d_loss, penalty = self._discriminator_step(real, step_fake, ctx)
+            with frozen(self.discriminator):
+                g_loss = _g_loss(self.kind, _critic(self.discriminator, fake, ctx))
+        check_finite("GANLoss", "generator loss", g_loss)
+        loss = g_loss + self.prior_scale * draw.kl if self.prior_scale else g_loss
+        if train:
+            self.history["d_loss"].append(d_loss)
+            self.history["g_loss"].append(g_loss.item())
+            if self.gradient_penalty:
+                self.history["gradient_penalty"].append(penalty)
+        return loss
+
+    def loss(self, model: Callable, guide: Callable | None, *args, **kwargs) -> float:
+        """The generator loss, evaluated without updating anything."""
+        with torch.no_grad():
+            return self(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model: Callable, guide: Callable | None, *args, **kwargs) -> float:
+        """One adversarial round, with the generator's gradients accumulated (what SVI does with ``__call__``)."""
+        loss = self(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()
+
+    def state_dict(self) -> dict:
+        """The discriminator, its optimizer and the history (for :func:`dgm_ppl.save_checkpoint`)."""
+        return {
+            "discriminator": self.discriminator.state_dict(),
+            "d_optim": self.d_optim.state_dict(),
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.d_optim.load_state_dict(state["d_optim"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
