@@ -76,11 +76,13 @@ def gradient_penalty(
     *context: Tensor,
     eps: Tensor | None = None,
     target: float = 1.0,
+    one_sided: bool = False,
 ) -> Tensor:
     r"""The per-sample penalty :math:`(\|\nabla_{\hat x} D(\hat x)\|_2 - t)^2` at :math:`\hat x = \epsilon x +
     (1 - \epsilon) \tilde x`, shape ``(B,)``, differentiable in D's parameters. Several inputs (a list, one per
     observed site) share ε and the norm runs over all of them; ``context`` inputs are passed to D unchanged.
-    ``eps`` (``(B,)``) defaults to uniform draws."""
+    ``eps`` (``(B,)``) defaults to uniform draws. ``one_sided`` penalizes only norms above t,
+    :math:`[\|\nabla D\| - t]_+^2` (WGAN-LP, Petzka et al. 2018)."""
     real = [real] if isinstance(real, Tensor) else list(real)
     fake = [fake] if isinstance(fake, Tensor) else list(fake)
     batch = real[0].shape[0]
@@ -93,7 +95,8 @@ def gradient_penalty(
     out = _critic(discriminator, points, list(context))
     grads = torch.autograd.grad(out.sum(), points, create_graph=True)
     sq = sum(g.reshape(batch, -1).pow(2).sum(-1) for g in grads)
-    return ((sq + 1e-12).sqrt() - target).pow(2)
+    excess = (sq + 1e-12).sqrt() - target
+    return (excess.clamp_min(0) if one_sided else excess).pow(2)
 
 
 class GANLoss:
@@ -117,6 +120,8 @@ class GANLoss:
         one from them; default ``Adam(lr=2e-4, betas=(0.5, 0.999))``.
     :param d_steps: discriminator steps per generator step.
     :param gradient_penalty: λ of the gradient penalty (WGAN-GP with ``kind="wasserstein"``, λ = 10).
+    :param one_sided: penalize only gradient norms above 1 (WGAN-LP). The two-sided penalty has a barrier at
+        norm 0 that can trap a critic whose slope starts with the wrong sign, most visibly on 1-D data.
     :param clip: weight clipping bound for ``"wasserstein"`` without a penalty.
     :param packing: PacGAN's m: the discriminator sees m samples concatenated along the first event dimension.
     :param prior_scale: weight of :math:`\log q(\theta) - \log p(\theta)` added to the generator loss for the
@@ -134,6 +139,7 @@ class GANLoss:
         d_steps: int = 1,
         gradient_penalty: float = 0.0,
         *,
+        one_sided: bool = False,
         clip: float = 0.01,
         packing: int = 1,
         prior_scale: float = 0.0,
@@ -159,6 +165,7 @@ class GANLoss:
         self.d_optim = d_optim
         self.d_steps = d_steps
         self.gradient_penalty = float(gradient_penalty)
+        self.one_sided = one_sided
         self.clip = clip if kind == "wasserstein" and gradient_penalty == 0 else None
         self.packing = packing
         self.prior_scale = float(prior_scale)
@@ -181,7 +188,7 @@ class GANLoss:
         loss = _d_loss(self.kind, d_real, d_fake)
         penalty = torch.zeros((), dtype=loss.dtype, device=loss.device)
         if self.gradient_penalty:
-            penalty = gradient_penalty(self.discriminator, real, fake, *context).mean()
+            penalty = gradient_penalty(self.discriminator, real, fake, *context, one_sided=self.one_sided).mean()
             loss = loss + self.gradient_penalty * penalty
         return loss, penalty
 
