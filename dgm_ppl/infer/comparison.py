@@ -24,8 +24,8 @@ __all__ = ["Comparison", "draw_real_and_fake", "pack", "frozen", "check_finite"]
 
 @dataclass
 class Comparison:
-    """Real and generated samples at the observed sites, each ``(B, *event_shape)`` with the plates'
-    batch dimensions flattened and masked-out entries dropped; ``context`` holds the extra per-sample
+    """Real and generated samples at the observed sites, each ``(B, *event_shape)`` (``(B, 1)`` for scalar
+    sites) with the plates' batch dimensions flattened and masked-out entries dropped; ``context`` holds the extra per-sample
     inputs; ``kl`` is the guide's ``log q(θ) − log p(θ)`` (0 without a guide)."""
 
     names: list[str]
@@ -120,6 +120,9 @@ def draw_real_and_fake(
             keep = site_keep if keep is None else keep & site_keep
         elif mask is False:
             keep = torch.zeros(n, dtype=torch.bool, device=value.device)
+        if not torch.isfinite(value).all():
+            raise DivergenceError(f"{loss_name}: the model's draws at site {name!r} contain NaN or inf")
+        event = event if len(event) else (1,)  # scalar sites become (B, 1) columns
         names.append(name)
         real.append(obs.reshape(n, *event))
         fake.append(value.reshape(n, *event))

@@ -1,0 +1,464 @@
+"""GANLoss and MMDLoss: formulas, plumbing through SVI, fits of a two-mode target, and bad input."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI
+from pyro.infer.autoguide import AutoDelta
+from torch import nn
+
+from dgm_ppl import load_checkpoint, save_checkpoint
+from dgm_ppl.evaluation import mmd2
+from dgm_ppl.infer import GAN_KINDS, DivergenceError, GANLoss, MMDLoss, gradient_penalty
+from dgm_ppl.kernels import RBFMixture
+
+
+def mlp(d_in, d_out, hidden=32):
+    act = nn.LeakyReLU(0.2)
+    return nn.Sequential(nn.Linear(d_in, hidden), act, nn.Linear(hidden, hidden), act, nn.Linear(hidden, d_out))
+
+
+class Recorder(nn.Module):
+    """A linear discriminator that records the shapes it is called with."""
+
+    def __init__(self, d_in):
+        super().__init__()
+        self.linear = nn.Linear(d_in, 1)
+        self.calls = []
+
+    def forward(self, *inputs):
+        self.calls.append([tuple(t.shape) for t in inputs])
+        return self.linear(inputs[0].reshape(len(inputs[0]), -1))
+
+
+def point_model(theta, n=None):
+    """A deterministic 'generator': every fake equals theta."""
+
+    def model(x):
+        with pyro.plate("data", n or len(x), subsample=x if n else None):
+            pyro.sample("x", dist.Delta(theta.expand(len(x), theta.shape[-1]), event_dim=1), obs=x)
+
+    return model
+
+
+# ---------------------------------------------------------------- formulas
+
+
+@pytest.mark.parametrize("kind", GAN_KINDS)
+def test_losses_match_their_definitions(kind):
+    """D and G losses equal the textbook formulas written with sigma (not softplus)."""
+    torch.manual_seed(1)
+    D = nn.Linear(2, 1).double()
+    real, fake = torch.randn(7, 2, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64) + 1
+    loss = GANLoss(D, kind=kind)
+    d_loss, penalty = loss.discriminator_loss([real], [fake], [])
+    dr, df = D(real).squeeze(-1), D(fake).squeeze(-1)
+    s = torch.sigmoid
+    expected_d = {
+        "minimax": -(s(dr).log().mean() + (1 - s(df)).log().mean()),
+        "nonsaturating": -(s(dr).log().mean() + (1 - s(df)).log().mean()),
+        "wasserstein": df.mean() - dr.mean(),
+        "hinge": torch.clamp(1 - dr, min=0).mean() + torch.clamp(1 + df, min=0).mean(),
+        "least_squares": 0.5 * ((dr - 1) ** 2).mean() + 0.5 * (df**2).mean(),
+    }[kind]
+    assert torch.allclose(d_loss, expected_d)
+    assert penalty.item() == 0.0
+    # The generator loss through the SVI path with a frozen (lr=0) discriminator.
+    theta = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    frozen = GANLoss(D, kind=kind, d_optim=torch.optim.SGD(D.parameters(), lr=0.0))
+    g = frozen(point_model(theta), None, real)
+    dth = D(theta.detach()).squeeze()
+    expected_g = {
+        "minimax": (1 - s(dth)).log(),
+        "nonsaturating": -s(dth).log(),
+        "wasserstein": -dth,
+        "hinge": -dth,
+        "least_squares": 0.5 * (dth - 1) ** 2,
+    }[kind]
+    assert torch.allclose(g, expected_g)
+    (grad,) = torch.autograd.grad(g, theta)
+    t = theta.detach().clone().requires_grad_(True)
+    ref = {
+        "minimax": lambda v: (1 - s(v)).log(),
+        "nonsaturating": lambda v: -s(v).log(),
+        "wasserstein": lambda v: -v,
+        "hinge": lambda v: -v,
+        "least_squares": lambda v: 0.5 * (v - 1) ** 2,
+    }[kind](D(t).squeeze())
+    (ref_grad,) = torch.autograd.grad(ref, t)
+    assert torch.allclose(grad, ref_grad)
+
+
+def finite_difference_penalty(D, points, h=1e-5, one_sided=False):
+    out = []
+    for p in points:
+        g = torch.zeros_like(p)
+        for k in range(p.numel()):
+            e = torch.zeros_like(p)
+            e.view(-1)[k] = h
+            g.view(-1)[k] = (D((p + e)[None]).sum() - D((p - e)[None]).sum()) / (2 * h)
+        excess = g.norm() - 1
+        out.append(excess.clamp_min(0) ** 2 if one_sided else excess**2)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("one_sided", [False, True])
+def test_gradient_penalty_matches_finite_differences(one_sided):
+    torch.manual_seed(2)
+    D = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    with torch.no_grad():
+        D[0].weight.mul_(2.0)
+        D[2].weight.mul_(5.0)  # gradient norms on both sides of 1
+    real, fake = torch.randn(6, 3, dtype=torch.float64) * 2, torch.randn(6, 3, dtype=torch.float64)
+    eps = torch.rand(6, dtype=torch.float64)
+    penalty = gradient_penalty(D, real, fake, eps=eps, one_sided=one_sided)
+    points = eps[:, None] * real + (1 - eps[:, None]) * fake
+    expected = finite_difference_penalty(D, points, one_sided=one_sided)
+    assert torch.allclose(penalty, expected, atol=1e-7)
+    if one_sided:
+        assert (expected == 0).any() and (expected > 0).any()  # both branches exercised
+    # The penalty is differentiable in D's parameters (double backward), checked numerically.
+    weight = D[2].weight
+
+    def as_function(w):
+        old = weight.data.clone()
+        weight.data = w
+        try:
+            return gradient_penalty(D, real, fake, eps=eps, one_sided=one_sided).sum()
+        finally:
+            weight.data = old
+
+    (analytic,) = torch.autograd.grad(gradient_penalty(D, real, fake, eps=eps, one_sided=one_sided).sum(), weight)
+    numeric = torch.zeros_like(weight)
+    for k in range(weight.numel()):
+        e = torch.zeros_like(weight)
+        e.view(-1)[k] = 1e-6
+        numeric.view(-1)[k] = (as_function(weight.data + e) - as_function(weight.data - e)) / 2e-6
+    assert torch.allclose(analytic, numeric, atol=1e-5)
+
+
+def test_gradient_penalty_several_sites_share_eps_and_norm():
+    D = nn.Bilinear(2, 3, 1).double()
+    real = [torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)]
+    fake = [torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)]
+    eps = torch.rand(4, dtype=torch.float64)
+    penalty = gradient_penalty(D, real, fake, eps=eps)
+
+    def joint(v):
+        return D(v[:, :2], v[:, 2:])
+
+    points = torch.cat([eps[:, None] * r + (1 - eps[:, None]) * f for r, f in zip(real, fake)], -1)
+    assert torch.allclose(penalty, finite_difference_penalty(joint, points), atol=1e-7)
+
+
+# ---------------------------------------------------------------- plumbing through SVI
+
+
+def test_svi_steps_generator_and_discriminator_separately():
+    G = nn.Linear(2, 2)
+    D = mlp(2, 1)
+    d_before = [p.detach().clone() for p in D.parameters()]
+    d_steps = 3
+    loss = GANLoss(D, d_optim=torch.optim.Adam(D.parameters(), lr=1e-2), d_steps=d_steps)
+
+    def model(x):
+        pyro.module("G", G)
+        with pyro.plate("data", 100, subsample=x):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
+
+    svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-2}), loss)
+    g_before = [p.detach().clone() for p in G.parameters()]
+    svi.step(torch.randn(10, 2) + 3)
+    assert set(pyro.get_param_store().keys()) == {"G$$$weight", "G$$$bias"}  # SVI never sees D
+    assert all(not torch.equal(a, b) for a, b in zip(g_before, G.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(d_before, D.parameters()))
+    state = loss.d_optim.state_dict()["state"]
+    assert all(s["step"].item() == d_steps for s in state.values())
+    assert all(p.requires_grad for p in D.parameters())  # unfrozen after the generator's turn
+    assert len(loss.history["d_loss"]) == len(loss.history["g_loss"]) == 1
+    # evaluate_loss runs under no_grad and updates nothing
+    d_now = [p.detach().clone() for p in D.parameters()]
+    svi.evaluate_loss(torch.randn(10, 2))
+    assert all(torch.equal(a, b) for a, b in zip(d_now, D.parameters()))
+    assert len(loss.history["g_loss"]) == 1
+
+
+def test_plates_masks_packing_and_context_shape_the_discriminator_input():
+    D = Recorder(6)
+    loss = GANLoss(D, packing=3, context=lambda x, y: y)
+
+    def model(x, y):
+        with pyro.plate("outer", 4, dim=-2), pyro.plate("inner", 5, dim=-1):
+            mask = torch.ones(4, 5, dtype=torch.bool)
+            mask[0, :2] = False  # 2 of 20 entries masked out
+            with pyro.poutine.mask(mask=mask):
+                pyro.sample("x", dist.Normal(torch.zeros(4, 5, 2), 1.0).to_event(1), obs=x)
+
+    x, y = torch.randn(4, 5, 2), torch.randn(20, 7)
+    loss(model, None, x, y)
+    # 18 kept samples, packed by 3 -> 6 packs of 3 * 2 features; context packed alike (3 * 7)
+    assert D.calls[0] == [(6, 6), (6, 21)]
+
+
+def test_packing_images_concatenates_channels():
+    class ImageD(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 1, 3)
+            self.shapes = []
+
+        def forward(self, x):
+            self.shapes.append(tuple(x.shape))
+            return self.conv(x).mean((1, 2, 3))
+
+    D = ImageD()
+    theta = nn.Parameter(torch.rand(1, 4, 4))
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Delta(theta.expand(len(x), 1, 4, 4), event_dim=3), obs=x)
+
+    GANLoss(D, packing=4)(model, None, torch.rand(9, 1, 4, 4))  # 9 -> 2 packs, remainder dropped
+    assert D.shapes[0] == (2, 4, 4, 4)
+
+
+def test_guide_over_global_latents_adds_prior_scale_kl():
+    """With an AutoDelta guide log q = 0, so the loss is the generator loss - prior_scale * log p(mu)."""
+    D = mlp(1, 1)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 0.5), obs=x)
+
+    guide = AutoDelta(model, init_loc_fn=lambda site: torch.tensor(0.7))
+    loss = GANLoss(D, prior_scale=0.25)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), loss)
+    value = svi.step(torch.randn(20, 1).squeeze(-1) + 2)
+    log_p = -0.5 * 0.7**2 - 0.5 * math.log(2 * math.pi)
+    assert value == pytest.approx(loss.history["g_loss"][-1] - 0.25 * log_p, abs=1e-5)
+    assert pyro.param("AutoDelta.mu").item() != pytest.approx(0.7)  # the guide is trained
+
+
+def test_checkpoint_resumes_exactly(tmp_path):
+    """3 steps, save, 4 more == the same 7 steps resumed from the checkpoint (D, its optimizer, G, RNG)."""
+
+    def run(first, last, resume_from=None, save_to=None):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        G, D = mlp(2, 2, 8), mlp(2, 1, 8)
+        loss = GANLoss(D, d_optim=torch.optim.Adam(D.parameters(), lr=1e-2))
+
+        def model(x):
+            pyro.module("G", G)
+            with pyro.plate("data", 50, subsample=x):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+                pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
+
+        optim = pyro.optim.Adam({"lr": 1e-2})
+        svi = SVI(model, lambda x: None, optim, loss)
+        data = torch.randn(50, 2, generator=torch.Generator().manual_seed(1))
+        if resume_from:
+            svi.step(data[:10])  # creates the optimizers; everything is then overwritten
+            load_checkpoint(resume_from, {"G": G, "gan": loss}, optim)
+        for i in range(first, last):
+            svi.step(data[10 * (i % 5) : 10 * (i % 5) + 10])
+            if save_to and i == 2:
+                save_checkpoint(save_to, {"G": G, "gan": loss}, optim)
+        return [p.detach().clone() for p in list(G.parameters()) + list(D.parameters())], loss.history
+
+    straight, history = run(0, 7, save_to=tmp_path / "c.pt")
+    resumed, resumed_history = run(3, 7, resume_from=tmp_path / "c.pt")
+    assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
+    assert resumed_history == history and len(history["g_loss"]) == 7
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input_gets_clear_errors_and_changes_nothing():
+    D = mlp(2, 1)
+    theta = torch.zeros(2, requires_grad=True)
+    loss = GANLoss(D, d_optim=torch.optim.Adam(D.parameters(), lr=1e-2))
+    before = [p.detach().clone() for p in D.parameters()]
+
+    def no_obs(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(torch.zeros(len(x), 2), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match="no observed site"):
+        loss(no_obs, None, torch.randn(5, 2))
+    with pytest.raises(ValueError, match="'x'.*shape"):
+        loss(point_model(theta), None, torch.randn(5, 3))  # the model draws (5, 2)
+
+    def outside_plate(x):
+        pyro.sample("x", dist.Delta(theta.expand(5, 2), event_dim=2), obs=x)
+
+    with pytest.raises(ValueError, match="no batch dimension"):
+        loss(outside_plate, None, torch.randn(5, 2))
+
+    def bernoulli(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Bernoulli(logits=theta.expand(len(x), 2)).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match="non-reparametrized"):
+        loss(bernoulli, None, torch.ones(5, 2))
+    bad = torch.randn(5, 2)
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        loss(point_model(theta), None, bad)
+    wrong = GANLoss(nn.Linear(2, 3))
+    with pytest.raises(ValueError, match="one value per"):
+        wrong(point_model(theta), None, torch.randn(5, 2))
+    assert all(torch.equal(a, b) for a, b in zip(before, D.parameters()))
+    for kwargs in ({"kind": "vanilla"}, {"d_steps": 0}, {"packing": 0}, {"gradient_penalty": -1.0}):
+        with pytest.raises(ValueError):
+            GANLoss(D, **kwargs)
+    with pytest.raises(ValueError, match="estimator"):
+        MMDLoss(estimator="quadratic")
+
+
+def test_nan_loss_raises_before_the_discriminator_moves():
+    D = mlp(2, 1)
+    loss = GANLoss(D, d_optim=torch.optim.Adam(D.parameters(), lr=1e-2))
+    before = [p.detach().clone() for p in D.parameters()]
+    theta = torch.full((2,), float("inf"), requires_grad=True)  # the generator has diverged
+    with pytest.raises(DivergenceError):
+        loss(point_model(theta), None, torch.randn(5, 2))
+    assert all(torch.equal(a, b) for a, b in zip(before, D.parameters()))
+    with pytest.raises(DivergenceError):
+        MMDLoss()(point_model(theta), None, torch.randn(5, 2))
+
+
+# ---------------------------------------------------------------- MMDLoss
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased", "linear"])
+def test_mmd_loss_is_mmd2_of_fakes_and_data(estimator):
+    kernel = RBFMixture([0.5, 2.0])
+    theta = torch.tensor([[0.5, -1.0], [0.0, 2.0], [1.0, 1.0], [2.0, 0.0]], requires_grad=True)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Delta(theta, event_dim=1), obs=x)
+
+    x = torch.randn(4, 2)
+    value = MMDLoss(kernel, estimator)(model, None, x)
+    expected = mmd2(theta, x, kernel, estimator)
+    assert torch.allclose(value, expected)
+    (g1,) = torch.autograd.grad(value, theta)
+    (g2,) = torch.autograd.grad(mmd2(theta, x, kernel, estimator), theta)
+    assert torch.allclose(g1, g2)
+
+
+def test_mmd_gan_feature_map_is_trained_apart_from_svi():
+    G, phi = mlp(2, 2, 8), mlp(2, 4, 8)
+    loss = MMDLoss(RBFMixture([1.0]), feature_map=phi, f_optim=torch.optim.Adam(phi.parameters(), lr=1e-2))
+    before = [p.detach().clone() for p in phi.parameters()]
+
+    def model(x):
+        pyro.module("G", G)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
+
+    svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-2}), loss)
+    svi.step(torch.randn(16, 2) + 2)
+    assert all(k.startswith("G$$$") for k in pyro.get_param_store().keys())
+    assert all(not torch.equal(a, b) for a, b in zip(before, phi.parameters()))
+    assert len(loss.history["mmd2"]) == 1
+
+
+# ---------------------------------------------------------------- fits of a two-mode 1-D target
+
+TARGET_MODES = (-2.0, 2.0)
+
+
+def fit_two_modes(make_loss, steps=1500, lr=1e-3, seed=0, batch=128):
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+    n = 2000
+    data = torch.cat([torch.randn(n // 2, 1) * 0.2 - 2, torch.randn(n // 2, 1) * 0.2 + 2])
+    G, D = mlp(2, 1), mlp(1, 1)
+
+    def model(x):
+        pyro.module("G", G)
+        with pyro.plate("data", n, subsample=x):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
+
+    loss = make_loss(D)
+    svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": lr, "betas": (0.5, 0.9)}), loss)
+    for _ in range(steps):
+        svi.step(data[torch.randint(n, (batch,))])
+    with torch.no_grad():
+        samples = G(torch.randn(4000, 2)).squeeze(-1)
+    return samples
+
+
+def assert_both_modes(samples):
+    left = (samples < 0).float().mean().item()
+    near = ((samples.abs() - 2).abs() < 0.5).float().mean().item()
+    assert 0.25 < left < 0.75, f"a mode was dropped: {left:.2f} of the samples are on the left"
+    assert near > 0.75, f"only {near:.2f} of the samples are within 0.5 of a mode"
+
+
+def d_adam(lr=1e-3):
+    return lambda params: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, make_loss",
+    [
+        ("minimax", lambda D: GANLoss(D, kind="minimax", d_optim=d_adam())),
+        ("nonsaturating", lambda D: GANLoss(D, kind="nonsaturating", d_optim=d_adam())),
+        ("hinge", lambda D: GANLoss(D, kind="hinge", d_optim=d_adam())),
+        ("least_squares", lambda D: GANLoss(D, kind="least_squares", d_optim=d_adam())),
+        ("wasserstein_clip", lambda D: GANLoss(D, kind="wasserstein", d_optim=d_adam(), d_steps=5, clip=0.05)),
+        (
+            "wasserstein_gp",
+            lambda D: GANLoss(D, kind="wasserstein", d_optim=d_adam(), d_steps=5, gradient_penalty=10, one_sided=True),
+        ),
+        ("mmd", lambda D: MMDLoss(RBFMixture([0.1, 0.3, 1.0, 3.0]))),
+    ],
+)
+def test_each_loss_fits_two_modes_without_dropping_one(name, make_loss):
+    assert_both_modes(fit_two_modes(make_loss))
+
+
+def test_a_generator_that_drops_a_mode_fails_the_check():
+    with pytest.raises(AssertionError, match="dropped"):
+        assert_both_modes(torch.randn(4000) * 0.2 + 2)
+    with pytest.raises(AssertionError, match="within"):
+        assert_both_modes(torch.randn(4000) * 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gan_and_mmd_step_on_cuda():
+    G, D = mlp(2, 2).cuda(), mlp(2, 1).cuda()
+
+    def model(x):
+        pyro.module("G", G)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
+
+    x = torch.randn(32, 2, device="cuda")
+    for loss in (GANLoss(D, gradient_penalty=10.0, packing=2), MMDLoss()):
+        assert math.isfinite(SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-3}), loss).step(x))
+
+
+def test_softplus_forms_are_stable_for_large_logits():
+    D = nn.Linear(1, 1)
+    with torch.no_grad():
+        D.weight.fill_(100.0)
+        D.bias.zero_()
+    loss = GANLoss(D, kind="minimax")
+    d_loss, _ = loss.discriminator_loss([torch.full((3, 1), 50.0)], [torch.full((3, 1), -50.0)], [])
+    assert torch.isfinite(d_loss) and d_loss.item() == pytest.approx(2 * F.softplus(torch.tensor(-5000.0)).item())
