@@ -112,7 +112,7 @@ def test_gradient_penalty_matches_finite_differences(one_sided):
     D = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
     with torch.no_grad():
         D[0].weight.mul_(2.0)
-        D[2].weight.mul_(5.0)  # gradient norms on both sides of 1
+        D[2].weight.mul_(10.0)  # gradient norms on both sides of 1
     real, fake = torch.randn(6, 3, dtype=torch.float64) * 2, torch.randn(6, 3, dtype=torch.float64)
     eps = torch.rand(6, dtype=torch.float64)
     penalty = gradient_penalty(D, real, fake, eps=eps, one_sided=one_sided)
