@@ -75,7 +75,7 @@ class RBFMixture(Kernel):
 
     def __init__(self, bandwidths: Sequence[float] | Tensor = (1.0,)):
         super().__init__()
-        bw = torch.as_tensor(bandwidths, dtype=torch.get_default_dtype()).reshape(-1)
+        bw = torch.as_tensor(bandwidths, dtype=torch.float64).reshape(-1)  # cast to the data's dtype on use
         if bw.numel() == 0 or not (bw > 0).all() or not torch.isfinite(bw).all():
             raise ValueError(f"bandwidths must be positive and finite, got {bandwidths}")
         self.register_buffer("bandwidths", bw)
@@ -102,7 +102,7 @@ class InverseMultiquadric(Kernel):
 
     def __init__(self, scales: Sequence[float] | Tensor = (1.0,)):
         super().__init__()
-        c = torch.as_tensor(scales, dtype=torch.get_default_dtype()).reshape(-1)
+        c = torch.as_tensor(scales, dtype=torch.float64).reshape(-1)
         if c.numel() == 0 or not (c > 0).all() or not torch.isfinite(c).all():
             raise ValueError(f"scales must be positive and finite, got {scales}")
         self.register_buffer("scales", c)

@@ -42,7 +42,6 @@ def _data(*shape):
     return torch.randn(*shape, dtype=torch.float64)
 
 
-# Dyadic values are exact in float32, where the kernels store their parameters (see the xfail test below).
 @pytest.mark.parametrize("bandwidths", [(1.0,), (0.5, 1.0, 2.0), (0.25, 4.0, 16.0)])
 def test_rbf_mixture_gram_matches_pairwise_loop(bandwidths):
     x, y = _data(7, 3), _data(5, 3)
@@ -192,11 +191,6 @@ def test_kernel_parameters_follow_the_module():
     assert "scales" in dict(IMQ([1.0]).named_buffers())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bandwidths/scales are stored in the default dtype (float32) before being cast to the input's "
-    "dtype, so a float64 Gram matrix with a non-dyadic bandwidth such as 0.3 is off by ~4e-7 relative",
-)
 def test_float64_gram_with_non_dyadic_bandwidth_is_exact():
     x = _data(6, 3)
     expected = _gram(x, x, lambda a, b: _rbf(a, b, (0.3, 0.7)))

@@ -102,6 +102,11 @@ def mode_coverage(
     )
 
 
+def _exact_distance(samples: Tensor, reference: Tensor, index: Tensor) -> Tensor:
+    """Distances recomputed from differences, so that an exact copy is at distance exactly 0."""
+    return (samples - reference[index]).pow(2).sum(-1).sqrt()
+
+
 @dataclass(frozen=True)
 class MemorizationResult:
     """``distances``: each sample's distance to its nearest training point; ``nearest``: that point's index;
@@ -122,14 +127,19 @@ def memorization(
 ) -> MemorizationResult:
     """Nearest-neighbour memorization check of generated ``samples`` against the ``train`` set (trailing
     dimensions flattened; Euclidean distance). Give ``held_out`` data to calibrate the distances."""
+    if not isinstance(train, Tensor) or train.dim() == 0 or len(train) == 0:
+        raise ValueError("train must be a non-empty batch of samples")
     train = train.detach().reshape(len(train), -1)
+    if not torch.isfinite(train).all():
+        raise ValueError("train contains NaN or inf")
     dim = train.shape[-1]
     samples = _as_samples(samples.detach().reshape(len(samples), -1), dim)
-    d2, nearest = _nearest(samples.to(train), train)
-    distances = d2.sqrt()
+    samples = samples.to(train)
+    nearest = _nearest(samples, train)[1]
+    distances = _exact_distance(samples, train, nearest)
     ratio = None
     if held_out is not None:
         held = _as_samples(held_out.detach().reshape(len(held_out), -1), dim).to(train)
-        reference = _nearest(held, train)[0].sqrt().median()
+        reference = _exact_distance(held, train, _nearest(held, train)[1]).median()
         ratio = (distances.median() / reference).item() if reference > 0 else float("inf")
     return MemorizationResult(distances.cpu(), nearest.cpu(), (distances <= tol).double().mean().item(), ratio)

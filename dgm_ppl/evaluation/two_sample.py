@@ -121,14 +121,16 @@ def mmd_test(
     (Gretton et al. 2012, §6) and :math:`p = 1 - \Phi(\widehat{\mathrm{MMD}}^2_l / \widehat{se})`.
     """
     x, y = _check(x, y, estimator)
+    if not (isinstance(num_permutations, int) and not isinstance(num_permutations, bool) and num_permutations >= 1):
+        raise ValueError(f"num_permutations must be a positive integer, got {num_permutations}")
     kernel = kernel if kernel is not None else _default_kernel(x, y)
     if estimator == "linear":
+        if min(len(x), len(y)) < 4:
+            raise ValueError("the linear-time test needs at least 4 samples on each side (2 pairs)")
         h = _linear_terms(x, y, kernel)
         stat, se = h.mean().item(), h.std().item() / math.sqrt(len(h))
         p = 0.5 * math.erfc(stat / se / math.sqrt(2)) if se > 0 else float(stat <= 0)
         return MMDTestResult(stat, p, estimator)
-    if not (isinstance(num_permutations, int) and num_permutations >= 1):
-        raise ValueError(f"num_permutations must be a positive integer, got {num_permutations}")
     n, m = len(x), len(y)
     z = torch.cat([x, y])
     gram = kernel(z, z)

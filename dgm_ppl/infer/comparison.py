@@ -25,8 +25,8 @@ __all__ = ["Comparison", "draw_real_and_fake", "pack", "frozen", "check_finite"]
 @dataclass
 class Comparison:
     """Real and generated samples at the observed sites, each ``(B, *event_shape)`` (``(B, 1)`` for scalar
-    sites) with the plates' batch dimensions flattened and masked-out entries dropped; ``context`` holds the extra per-sample
-    inputs; ``kl`` is the guide's ``log q(θ) − log p(θ)`` (0 without a guide)."""
+    sites) with the plates' batch dimensions flattened and masked-out entries dropped; ``context`` holds the
+    extra per-sample inputs; ``kl`` is the guide's ``log q(θ) − log p(θ)`` (0 without a guide)."""
 
     names: list[str]
     real: list[Tensor]

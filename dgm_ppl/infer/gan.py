@@ -109,9 +109,9 @@ class GANLoss:
     ``torch.no_grad()`` (``svi.evaluate_loss``) it only evaluates.
 
     The discriminator is called as ``D(*sites, *context)``: one tensor per observed site, ``(B, *event_shape)``
-    with the plates' batch dimensions flattened (masked entries dropped; ``(B, 1)`` for scalar sites), then ``context(*args, **kwargs)`` for
-    conditional GANs (e.g. ``context=lambda x, y: y`` when the labels are a model argument). It returns ``(B,)``
-    or ``(B, 1)`` logits (critic values).
+    with the plates' batch dimensions flattened (masked entries dropped; ``(B, 1)`` for scalar sites), then
+    ``context(*args, **kwargs)`` for conditional GANs (e.g. ``context=lambda x, y: y`` when the labels are a
+    model argument). It returns ``(B,)`` or ``(B, 1)`` logits (critic values).
 
     :param discriminator: an :class:`torch.nn.Module` (a plain module or a PyroModule; not registered with
         ``pyro.module`` in the model).
