@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .errors import DivergenceError
 
-__all__ = ["Comparison", "draw_real_and_fake", "pack", "frozen", "check_finite"]
+__all__ = ["ComparisonLoss", "Comparison", "draw_real_and_fake", "pack", "frozen", "check_finite", "make_optimizer"]
 
 
 @dataclass
@@ -185,3 +185,54 @@ def frozen(module: nn.Module):
 def check_finite(loss_name: str, what: str, value: Tensor) -> None:
     if not torch.isfinite(value).all():
         raise DivergenceError(f"{loss_name}: the {what} became {value.detach().flatten()[:1].item()}")
+
+
+def make_optimizer(module: nn.Module, optim, default: Callable[..., torch.optim.Optimizer]) -> torch.optim.Optimizer:
+    """``optim`` if it is an optimizer, else ``optim(params)`` (a factory), else ``default(params)``."""
+    if isinstance(optim, torch.optim.Optimizer):
+        return optim
+    return (optim or default)(module.parameters())
+
+
+class ComparisonLoss:
+    """Base of the sample-comparison losses: ``__call__(model, guide, *args, **kwargs)`` returns the
+    differentiable loss (what :class:`pyro.infer.SVI` backpropagates). ``_adversary()`` names the adversary
+    (discriminator or feature map) and its optimizer, which SVI never sees, for the checkpoint state."""
+
+    history: dict[str, list[float]]
+
+    def __call__(self, model: Callable, guide: Callable | None, *args, **kwargs) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, model: Callable, guide: Callable | None, *args, **kwargs) -> float:
+        """The loss, evaluated without updating anything."""
+        with torch.no_grad():
+            return self(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model: Callable, guide: Callable | None, *args, **kwargs) -> float:
+        """One round, with the gradients of the model's and guide's parameters accumulated."""
+        loss = self(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()
+
+    def _adversary(self) -> tuple[str, nn.Module, torch.optim.Optimizer] | None:
+        return None
+
+    def state_dict(self) -> dict:
+        """The adversary, its optimizer and the history (for :func:`dgm_ppl.save_checkpoint`)."""
+        state = {"history": {k: list(v) for k, v in self.history.items()}}
+        adversary = self._adversary()
+        if adversary is not None:
+            name, module, optim = adversary
+            state[name] = module.state_dict()
+            state[name + "_optim"] = optim.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        adversary = self._adversary()
+        if adversary is not None:
+            name, module, optim = adversary
+            module.load_state_dict(state[name])
+            optim.load_state_dict(state[name + "_optim"])
+        self.history = {k: list(v) for k, v in state["history"].items()}

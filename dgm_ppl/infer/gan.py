@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .comparison import check_finite, draw_real_and_fake, frozen, pack
+from .comparison import ComparisonLoss, check_finite, draw_real_and_fake, frozen, make_optimizer, pack
 
 __all__ = ["GANLoss", "gradient_penalty", "GAN_KINDS"]
 
@@ -99,7 +99,7 @@ def gradient_penalty(
     return (excess.clamp_min(0) if one_sided else excess).pow(2)
 
 
-class GANLoss:
+class GANLoss(ComparisonLoss):
     r"""Train the model's generator against a discriminator, as a loss for :class:`pyro.infer.SVI`.
 
     Each call (one ``svi.step``) runs the guide and the model with its observations removed, so the model draws
@@ -158,11 +158,9 @@ class GANLoss:
                 raise ValueError(f"{name} must be non-negative, got {value}")
         self.discriminator = discriminator
         self.kind = kind
-        if d_optim is None:
-            d_optim = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        elif not isinstance(d_optim, torch.optim.Optimizer):
-            d_optim = d_optim(discriminator.parameters())
-        self.d_optim = d_optim
+        self.d_optim = make_optimizer(
+            discriminator, d_optim, lambda params: torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
+        )
         self.d_steps = d_steps
         self.gradient_penalty = float(gradient_penalty)
         self.one_sided = one_sided
@@ -232,27 +230,5 @@ class GANLoss:
                 self.history["gradient_penalty"].append(penalty)
         return loss
 
-    def loss(self, model: Callable, guide: Callable | None, *args, **kwargs) -> float:
-        """The generator loss, evaluated without updating anything."""
-        with torch.no_grad():
-            return self(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model: Callable, guide: Callable | None, *args, **kwargs) -> float:
-        """One adversarial round, with the generator's gradients accumulated (what SVI does with ``__call__``)."""
-        loss = self(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
-
-    def state_dict(self) -> dict:
-        """The discriminator, its optimizer and the history (for :func:`dgm_ppl.save_checkpoint`)."""
-        return {
-            "discriminator": self.discriminator.state_dict(),
-            "d_optim": self.d_optim.state_dict(),
-            "history": {k: list(v) for k, v in self.history.items()},
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.d_optim.load_state_dict(state["d_optim"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
+    def _adversary(self):
+        return "discriminator", self.discriminator, self.d_optim

@@ -20,12 +20,12 @@ from torch import Tensor, nn
 
 from ..evaluation.two_sample import ESTIMATORS, mmd2
 from ..kernels import FeatureKernel, Kernel, RBFMixture
-from .comparison import check_finite, draw_real_and_fake, frozen
+from .comparison import ComparisonLoss, check_finite, draw_real_and_fake, frozen, make_optimizer
 
 __all__ = ["MMDLoss"]
 
 
-class MMDLoss:
+class MMDLoss(ComparisonLoss):
     r"""Generative moment matching network loss for :class:`pyro.infer.SVI`.
 
     Each call runs the guide and the model with observations removed and returns
@@ -68,11 +68,9 @@ class MMDLoss:
         self.kernel = kernel if feature_map is None else FeatureKernel(feature_map, kernel)
         self.f_optim = None
         if feature_map is not None:
-            if f_optim is None:
-                f_optim = torch.optim.Adam(feature_map.parameters(), lr=1e-4, betas=(0.5, 0.9))
-            elif not isinstance(f_optim, torch.optim.Optimizer):
-                f_optim = f_optim(feature_map.parameters())
-            self.f_optim = f_optim
+            self.f_optim = make_optimizer(
+                feature_map, f_optim, lambda params: torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.9))
+            )
         self.estimator = estimator
         self.clip = clip
         self.prior_scale = float(prior_scale)
@@ -113,26 +111,5 @@ class MMDLoss:
             self.history["mmd2"].append(value.item())
         return value + self.prior_scale * draw.kl if self.prior_scale else value
 
-    def loss(self, model: Callable, guide: Callable | None, *args, **kwargs) -> float:
-        """MMD², evaluated without updating anything."""
-        with torch.no_grad():
-            return self(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model: Callable, guide: Callable | None, *args, **kwargs) -> float:
-        loss = self(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
-
-    def state_dict(self) -> dict:
-        state = {"history": {k: list(v) for k, v in self.history.items()}}
-        if self.feature_map is not None:
-            state["feature_map"] = self.feature_map.state_dict()
-            state["f_optim"] = self.f_optim.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.feature_map is not None:
-            self.feature_map.load_state_dict(state["feature_map"])
-            self.f_optim.load_state_dict(state["f_optim"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
+    def _adversary(self):
+        return None if self.feature_map is None else ("feature_map", self.feature_map, self.f_optim)
