@@ -520,3 +520,20 @@ def test_weight_clipped_wasserstein_keeps_both_modes_and_clips():
     assert 0.3 < left < 0.7
     assert all(p.abs().max() <= 0.05 for p in losses[0].discriminator.parameters())
     assert GANLoss(nn.Linear(1, 1), kind="wasserstein", gradient_penalty=1.0).clip is None
+
+
+def test_train_drop_last_skips_the_short_batch():
+    from dgm_ppl.infer import train
+
+    class Recorder:
+        sizes = []
+
+        def step(self, batch):
+            self.sizes.append(len(batch))
+            return 0.0
+
+    train(Recorder(), torch.randn(10, 1), epochs=2, batch_size=4, drop_last=True, progress=False)
+    assert Recorder.sizes == [4, 4, 4, 4]
+    Recorder.sizes.clear()
+    train(Recorder(), torch.randn(10, 1), epochs=1, batch_size=4, progress=False)
+    assert Recorder.sizes == [4, 4, 2]

@@ -23,6 +23,7 @@ def train(
     epochs: int = 1,
     batch_size: int = 100,
     shuffle: bool = True,
+    drop_last: bool = False,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
     args: tuple = (),
@@ -32,21 +33,24 @@ def train(
 
     The model is expected to put the batch in ``pyro.plate(name, len(data), subsample=batch)``,
     so the loss is an unbiased estimate of the full-data loss. Returns the mean loss per epoch
-    (per datum). Raises :class:`DivergenceError` as soon as a loss or, at the end of an epoch,
-    a parameter is NaN or infinite. ``callback(epoch, mean_loss)`` runs after each epoch.
+    (per datum). ``drop_last`` skips a short final batch (useful for losses estimated per batch, such as
+    MMD, whose variance grows on a small batch). Raises :class:`DivergenceError` as soon as a loss or, at
+    the end of an epoch, a parameter is NaN or infinite. ``callback(epoch, mean_loss)`` runs after each epoch.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     kwargs = kwargs or {}
     n = data.shape[0]
     history = []
-    steps_per_epoch = math.ceil(n / batch_size)
+    steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"drop_last with batch_size {batch_size} > {n} data leaves no batch")
     bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, unit="step", mininterval=0.5)
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, device=data.device) if shuffle else torch.arange(n, device=data.device)
             total = 0.0
-            for i in range(0, n, batch_size):
+            for i in range(0, steps_per_epoch * batch_size, batch_size):
                 loss = svi.step(data[order[i : i + batch_size]], *args, **kwargs)
                 if not math.isfinite(loss):
                     raise DivergenceError(f"the loss became {loss} at epoch {epoch}, step {i // batch_size}")
