@@ -105,7 +105,8 @@ class GANLoss(ComparisonLoss):
     Each call (one ``svi.step``) runs the guide and the model with its observations removed, so the model draws
     fakes at its observed sites; takes ``d_steps`` steps of the discriminator with its own optimizer (fresh fakes
     for each step after the first); and returns the generator loss, whose gradient SVI's optimizer applies to the
-    model's (and guide's) parameters. The discriminator's parameters are never seen by SVI. Under
+    model's (and guide's) parameters. The discriminator's parameters are never seen by SVI. (Each redraw runs the
+    model again, so batch-norm layers in the generator update their running statistics once per draw.) Under
     ``torch.no_grad()`` (``svi.evaluate_loss``) it only evaluates.
 
     The discriminator is called as ``D(*sites, *context)``: one tensor per observed site, ``(B, *event_shape)``
