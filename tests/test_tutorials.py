@@ -1,4 +1,4 @@
-"""The quickstart runs end to end (shortened) and writes its report, model and figure."""
+"""The tutorials run end to end (shortened) and write their reports, models and figures."""
 
 import json
 import math
