@@ -36,6 +36,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from gan_modes import BANDWIDTHS, Critic, mlp  # the same networks and kernel as the mode benchmark
 from pyro.infer import SVI
 from torch import nn
 
@@ -48,31 +49,10 @@ SIZES = {
     "small": dict(g_hidden=128, g_layers=3, d_hidden=128, d_layers=2, batch=256),
 }
 PAIRS = (("svi", "raw"), ("svi_no_validation", "raw"), ("mmd_svi", "mmd_raw"))
-BANDWIDTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # as in gan_modes.py
 
 
 def emit(**record):
     print(json.dumps(record), flush=True)
-
-
-def mlp(sizes, act, batch_norm=False):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(b))
-            layers.append(act())
-    return nn.Sequential(*layers)
-
-
-class Critic(nn.Module):
-    def __init__(self, in_features, hidden, layers):
-        super().__init__()
-        self.net = mlp([in_features] + [hidden] * layers + [1], lambda: nn.LeakyReLU(0.2))
-
-    def forward(self, x):
-        return self.net(x).squeeze(-1)
 
 
 def make_svi(name, G, D, n, zdim, lr, bandwidths):

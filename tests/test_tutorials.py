@@ -9,27 +9,31 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_quickstart_runs(tmp_path):
+def run_tutorial(script: str, *args: str) -> dict:
+    """Run ``tutorials/<script>`` with ``args`` and return the JSON report it prints."""
     out = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tutorials", "quickstart_rbm.py"),
-            "--epochs",
-            "3",
-            "--hidden",
-            "12",
-            "--ais-betas",
-            "500",
-            "--no-progress",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, os.path.join(ROOT, "tutorials", script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     ).stdout
-    report = json.loads(out[: out.rindex("}") + 1])
+    return json.loads(out[: out.rindex("}") + 1])
+
+
+def test_quickstart_runs(tmp_path):
+    report = run_tutorial(
+        "quickstart_rbm.py",
+        "--epochs",
+        "3",
+        "--hidden",
+        "12",
+        "--ais-betas",
+        "500",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    )
     assert abs(report["log_z_ais"] - report["log_z_exact"]) < 0.2
     assert -40 < report["test_log_likelihood_exact"] < -15
     assert (tmp_path / "quickstart_rbm.png").stat().st_size > 1000
@@ -37,28 +41,20 @@ def test_quickstart_runs(tmp_path):
 
 
 def test_dbm_digits_runs(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tutorials", "dbm_digits.py"),
-            "--epochs",
-            "3",
-            "--pretrain-epochs",
-            "2",
-            "--finetune-epochs",
-            "2",
-            "--ais-betas",
-            "500",
-            "--no-progress",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    report = json.loads(out[: out.rindex("}") + 1])
+    report = run_tutorial(
+        "dbm_digits.py",
+        "--epochs",
+        "3",
+        "--pretrain-epochs",
+        "2",
+        "--finetune-epochs",
+        "2",
+        "--ais-betas",
+        "500",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    )
     assert abs(report["log_z_ais"] - report["log_z_exact"]) < 0.2
     assert -40 < report["test_log_likelihood_exact"] < -15
     assert report["test_log_likelihood_bound_exact"] <= report["test_log_likelihood_exact"] + 1e-3
@@ -70,24 +66,16 @@ def test_dbm_digits_runs(tmp_path):
 
 
 def test_learning_by_comparison_runs(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tutorials", "learning_by_comparison.py"),
-            "--steps",
-            "480",
-            "--digit-epochs",
-            "6",
-            "--no-progress",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    report = json.loads(out[: out.rindex("}") + 1])
+    report = run_tutorial(
+        "learning_by_comparison.py",
+        "--steps",
+        "480",
+        "--digit-epochs",
+        "6",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    )
     ring = report["mixture"]
     assert ring["real_data"]["modes"] == 8 and ring["real_data"]["high_quality"] > 0.95
     assert ring["real_data"]["mmd_test_p_value"] > 0.01  # two samples of real data: no rejection

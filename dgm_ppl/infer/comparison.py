@@ -19,7 +19,16 @@ from torch import Tensor, nn
 
 from .errors import DivergenceError
 
-__all__ = ["ComparisonLoss", "Comparison", "draw_real_and_fake", "pack", "frozen", "check_finite", "make_optimizer"]
+__all__ = [
+    "ComparisonLoss",
+    "Comparison",
+    "draw_real_and_fake",
+    "pack",
+    "frozen",
+    "check_finite",
+    "make_optimizer",
+    "adversary_step",
+]
 
 
 @dataclass
@@ -185,6 +194,21 @@ def frozen(module: nn.Module):
 def check_finite(loss_name: str, what: str, value: Tensor) -> None:
     if not torch.isfinite(value).all():
         raise DivergenceError(f"{loss_name}: the {what} became {value.detach().flatten()[:1].item()}")
+
+
+def adversary_step(
+    loss_name: str, what: str, loss: Tensor, module: nn.Module, optim: torch.optim.Optimizer, clip: float | None
+) -> None:
+    """One optimizer step of the adversary on ``loss`` (refused if it is not finite, before anything moves),
+    then clip its weights to ``[-clip, clip]`` when ``clip`` is given."""
+    check_finite(loss_name, what, loss)
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    optim.step()
+    if clip is not None:
+        with torch.no_grad():
+            for p in module.parameters():
+                p.clamp_(-clip, clip)
 
 
 def make_optimizer(module: nn.Module, optim, default: Callable[..., torch.optim.Optimizer]) -> torch.optim.Optimizer:

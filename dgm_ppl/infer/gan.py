@@ -30,7 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .comparison import ComparisonLoss, check_finite, draw_real_and_fake, frozen, make_optimizer, pack
+from .comparison import (
+    ComparisonLoss,
+    adversary_step,
+    check_finite,
+    draw_real_and_fake,
+    frozen,
+    make_optimizer,
+    pack,
+)
 
 __all__ = ["GANLoss", "gradient_penalty", "GAN_KINDS"]
 
@@ -193,14 +201,7 @@ class GANLoss(ComparisonLoss):
 
     def _discriminator_step(self, real, fake, context) -> tuple[float, float]:
         d_loss, penalty = self.discriminator_loss(real, fake, context)
-        check_finite("GANLoss", "discriminator loss", d_loss)
-        self.d_optim.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_optim.step()
-        if self.clip is not None:
-            with torch.no_grad():
-                for p in self.discriminator.parameters():
-                    p.clamp_(-self.clip, self.clip)
+        adversary_step("GANLoss", "discriminator loss", d_loss, self.discriminator, self.d_optim, self.clip)
         return d_loss.item(), penalty.item()
 
     def __call__(self, model: Callable, guide: Callable | None, *args, **kwargs) -> Tensor:

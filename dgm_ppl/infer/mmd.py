@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..evaluation.two_sample import ESTIMATORS, mmd2
 from ..kernels import FeatureKernel, Kernel, RBFMixture
-from .comparison import ComparisonLoss, check_finite, draw_real_and_fake, frozen, make_optimizer
+from .comparison import ComparisonLoss, adversary_step, check_finite, draw_real_and_fake, frozen, make_optimizer
 
 __all__ = ["MMDLoss"]
 
@@ -79,14 +79,7 @@ class MMDLoss(ComparisonLoss):
 
     def _feature_step(self, real: Tensor, fake: Tensor) -> None:
         loss = -mmd2(fake.detach(), real, self.kernel, self.estimator)
-        check_finite("MMDLoss", "feature-map loss", loss)
-        self.f_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.f_optim.step()
-        if self.clip is not None:
-            with torch.no_grad():
-                for p in self.feature_map.parameters():
-                    p.clamp_(-self.clip, self.clip)
+        adversary_step("MMDLoss", "feature-map loss", loss, self.feature_map, self.f_optim, self.clip)
 
     def __call__(self, model: Callable, guide: Callable | None, *args, **kwargs) -> Tensor:
         """Returns the differentiable MMD² (plus the KL term when ``prior_scale`` > 0)."""
