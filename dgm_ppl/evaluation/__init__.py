@@ -1,9 +1,12 @@
-"""Evaluation of generative models: two-sample tests, mode coverage, memorization."""
+"""Evaluation of generative models: likelihoods, two-sample tests, mode coverage, memorization."""
 
+from .likelihood import LogLikelihoodEstimate, log_likelihood
 from .modes import MemorizationResult, ModeCoverage, memorization, mode_coverage
 from .two_sample import MMDTestResult, mmd2, mmd_test
 
 __all__ = [
+    "log_likelihood",
+    "LogLikelihoodEstimate",
     "mmd2",
     "mmd_test",
     "MMDTestResult",

@@ -1,0 +1,483 @@
+r"""Pyro results in ArviZ: InferenceData from SVI guides, MCMC and sample dicts, and LOO that is right for VI.
+
+:func:`to_inference_data` runs the model once per posterior draw θ_s (from a guide, an MCMC run or a dict of samples)
+and records
+
+- ``posterior``: the latent sites (and ``pyro.deterministic`` sites), dims ``(chain, draw, *plates)``;
+- ``log_likelihood``: :math:`\log p(y_i \mid \theta_s)` for every observed site, pointwise over its plates;
+- ``posterior_predictive``: :math:`\tilde y \sim p(y \mid \theta_s)` at every observed site;
+- ``sample_stats``: ``lp`` = :math:`\log p(\theta_s, y)` and, for a guide, ``log_q`` = :math:`\log q(\theta_s)`;
+- ``observed_data``, and ``prior``/``prior_predictive`` on request.
+
+Draws from a guide are not posterior draws. :func:`loo` corrects PSIS-LOO for this: with
+:math:`r_s = p(\theta_s, y) / q(\theta_s)`, the leave-one-out posterior is reached from q by the ratios
+
+.. math::
+
+    w_{is} \propto \frac{r_s}{p(y_i \mid \theta_s)}, \qquad
+    \widehat{\mathrm{elpd}}_{\mathrm{loo},i}
+    = \log \frac{\sum_s \tilde w_{is}\, p(y_i \mid \theta_s)}{\sum_s \tilde w_{is}},
+
+with :math:`\tilde w` Pareto-smoothed (Magnusson et al. 2019, "Bayesian leave-one-out cross-validation for large
+data", §3; the ``loo_approximate_posterior`` recipe of the R package loo). The Pareto :math:`\hat k` of the
+:math:`r_s` themselves (:func:`guide_pareto_k`) diagnoses the guide (Yao et al. 2018, "Yes, but did it work?").
+
+For deep generative models with point-estimate weights, :func:`heldout_elpd` wraps per-datum importance-sampled
+:math:`\log p(x_i)` on held-out data (:func:`dgm_ppl.evaluation.log_likelihood`) as an ``ELPDData`` that
+``az.compare`` ranks with ELPD differences and their standard errors.
+
+ArviZ 0.x returns ``InferenceData``; ArviZ ≥ 1 (Python ≥ 3.12) returns a ``DataTree`` through the same ``from_dict``
+(called with a dict of groups). :func:`loo` and :func:`heldout_elpd` build ArviZ 0.x ``ELPDData``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import arviz as az
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .evaluation.likelihood import LogLikelihoodEstimate
+
+__all__ = ["to_inference_data", "loo", "guide_pareto_k", "heldout_elpd"]
+
+ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
+
+
+@dataclass
+class _Site:
+    name: str
+    shape: tuple[int, ...]
+    dims: list[str]
+    batch_dims: list[str]
+    observed: bool
+    deterministic: bool
+    value: Tensor | None = field(default=None, repr=False)
+
+
+def _site_dims(name: str, site: dict) -> tuple[list[str], list[str]]:
+    """Dim names of a site's value: plate names where a plate sits, ``{name}_dim_{i}`` elsewhere."""
+    shape = site["value"].shape
+    batch_ndim = len(shape) - site["fn"].event_dim
+    at = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
+    dims = [at.get(i - batch_ndim, f"{name}_dim_{i}") for i in range(batch_ndim)]
+    dims += [f"{name}_dim_{i}" for i in range(batch_ndim, len(shape))]
+    return dims, dims[:batch_ndim]
+
+
+def _sample_sites(trace) -> Iterator[tuple[str, dict]]:
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site) and not site["infer"].get("is_auxiliary"):
+            yield name, site
+
+
+def _inspect(model: Callable, args: tuple, kwargs: dict) -> dict[str, _Site]:
+    """One run of the model: its sample sites, which are observed, their shapes and plate dims."""
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    sites = {}
+    for name, site in _sample_sites(trace):
+        for f in site["cond_indep_stack"]:
+            if f.full_size is not None and f.size != f.full_size:
+                raise ValueError(
+                    f"site {name!r} is in plate {f.name!r}, subsampled to {f.size} of {f.full_size}: "
+                    "convert with the full data (no subsample_size)"
+                )
+        deterministic = bool(site["infer"].get("_deterministic"))
+        dims, batch_dims = _site_dims(name, site)
+        sites[name] = _Site(
+            name,
+            tuple(site["value"].shape),
+            dims,
+            batch_dims,
+            observed=site["is_observed"] and not deterministic,
+            deterministic=deterministic,
+            value=site["value"].detach() if site["is_observed"] and not deterministic else None,
+        )
+    if not any(s.observed for s in sites.values()):
+        raise ValueError("the model has no observed sites (pass the data with obs=...): nothing to compare with")
+    return sites
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_values(values: Mapping[str, Tensor], sites: dict[str, _Site], where: str) -> None:
+    latents = {n for n, s in sites.items() if not s.observed and not s.deterministic}
+    for name, value in values.items():
+        if name not in sites or sites[name].observed:
+            kind = "an observed site" if name in sites else "not a site"
+            raise ValueError(f"{where} has a value for {name!r}, which is {kind} of the model")
+        if name in latents and tuple(value.shape) != sites[name].shape:
+            raise ValueError(
+                f"{where} gives site {name!r} shape {tuple(value.shape)}, the model expects {sites[name].shape}"
+            )
+    missing = latents - set(values)
+    if missing:
+        raise ValueError(f"{where} has no value for the model's latent sites {sorted(missing)}")
+
+
+def _guide_draws(guide: Callable, sites, args, kwargs, num_samples: int):
+    for s in range(num_samples):
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        values = {n: site["value"] for n, site in _sample_sites(trace) if not site["is_observed"]}
+        if s == 0:
+            _check_values(values, sites, "the guide")
+        yield (0, s), values, trace.log_prob_sum()
+
+
+def _sample_draws(samples: Mapping[str, Tensor], sites, group_by_chain: bool):
+    samples = {k: torch.as_tensor(v) for k, v in samples.items()}
+    lead = 2 if group_by_chain else 1
+    shapes = {tuple(v.shape[:lead]) for v in samples.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"posterior samples disagree on the number of draws: {sorted(shapes)}")
+    (shape,) = shapes
+    if len(shape) < lead or 0 in shape:
+        raise ValueError("posterior samples must have a leading draw dimension (and chain first, from MCMC)")
+    chains, draws = shape if group_by_chain else (1, shape[0])
+    recomputed = {n for n, s in sites.items() if s.deterministic}  # the model recomputes deterministic sites
+    for c in range(chains):
+        for d in range(draws):
+            index = (c, d) if group_by_chain else (d,)
+            values = {k: v[index] for k, v in samples.items() if k not in recomputed}
+            if c == 0 and d == 0:
+                _check_values(values, sites, "posterior_samples" if not group_by_chain else "the MCMC samples")
+            yield (c, d), values, None
+
+
+def _numpy(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+class _Group:
+    """Per-variable draws of one group, filled at (chain, draw) and stacked to (chain, draw, ...)."""
+
+    def __init__(self):
+        self.data: dict[str, dict[tuple[int, int], np.ndarray]] = {}
+
+    def add(self, key: tuple[int, int], name: str, value: Tensor) -> None:
+        self.data.setdefault(name, {})[key] = _numpy(value)
+
+    def stack(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, by_key in self.data.items():
+            chains = 1 + max(c for c, _ in by_key)
+            draws = 1 + max(d for _, d in by_key)
+            first = next(iter(by_key.values()))
+            array = np.empty((chains, draws, *first.shape), dtype=first.dtype)
+            for (c, d), v in by_key.items():
+                array[c, d] = v
+            out[name] = array
+        return out
+
+
+def _from_dict(groups: dict[str, dict[str, np.ndarray]], coords, dims, ll_dims, attrs: dict):
+    """``az.from_dict`` for ArviZ 0.x and 1.x; the log-likelihood gets its own dims (observed batch dims only)."""
+    groups = {k: v for k, v in groups.items() if v}
+    ll = {"log_likelihood": groups.pop("log_likelihood")} if "log_likelihood" in groups else {}
+    if ARVIZ_1:  # arviz_base.from_dict(data: {group: {var: array}}, ...) -> DataTree
+        data = az.from_dict(groups, coords=coords, dims=dims)
+        if ll:
+            data["log_likelihood"] = az.from_dict(ll, coords=coords, dims=ll_dims)["log_likelihood"]
+    else:
+        data = az.from_dict(**groups, coords=coords, dims=dims)
+        if ll:
+            data.extend(az.from_dict(**ll, coords=coords, dims=ll_dims))
+    for name in [*groups, *ll]:
+        getattr(data, name).attrs.update(attrs)
+    return data
+
+
+def to_inference_data(
+    model: Callable,
+    guide: Callable | None = None,
+    *,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    num_samples: int = 1000,
+    posterior_samples: Mapping[str, Tensor] | None = None,
+    mcmc=None,
+    prior: bool = False,
+    num_prior_samples: int | None = None,
+    posterior_predictive: bool = True,
+    log_likelihood: bool = True,
+    var_names: list[str] | None = None,
+    coords: dict | None = None,
+    dims: dict[str, list[str]] | None = None,
+    progress: bool = False,
+):
+    """Convert a Pyro model and its posterior (a guide, an MCMC run or samples) to ArviZ.
+
+    Args:
+        model: the Pyro model, run as ``model(*model_args, **model_kwargs)`` with its observations (full data: a
+            subsampled plate is refused).
+        guide: a fitted guide (any Pyro guide, autoguides included); ``num_samples`` draws go in chain 0.
+        model_args, model_kwargs: the model's arguments (default for ``mcmc``: the ones it was run with).
+        num_samples: draws from the guide (and from the prior, unless ``num_prior_samples`` is given).
+        posterior_samples: ``{site: tensor (draws, ...)}``, e.g. from ``Predictive`` or ``mcmc.get_samples()``;
+            one chain.
+        mcmc: a ``pyro.infer.MCMC`` that has run; chains are kept, and its extra fields (e.g. ``diverging``) go to
+            ``sample_stats``.
+        prior: add ``prior`` and ``prior_predictive`` groups (also allowed with no posterior at all, for a prior
+            predictive check before fitting).
+        posterior_predictive, log_likelihood: whether to build these groups.
+        var_names: posterior variables to keep (default: all latent and deterministic sites).
+        coords, dims: passed to ``az.from_dict``; ``dims`` overrides the plate names found in the model.
+        progress: tqdm bar over draws.
+
+    Returns:
+        ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x). Dims of a site: ``(chain, draw)``, then
+        the names of its plates, then ``{site}_dim_{i}`` for other batch and event dims.
+    """
+    model_kwargs = {} if model_kwargs is None else model_kwargs
+    if not isinstance(model_args, tuple | list) or not isinstance(model_kwargs, Mapping):
+        raise TypeError("model_args must be a tuple and model_kwargs a dict")
+    sources = [s for s in (guide, posterior_samples, mcmc) if s is not None]
+    if len(sources) > 1:
+        raise ValueError("give one of guide, posterior_samples or mcmc, not several")
+    if not sources and not prior:
+        raise ValueError("nothing to convert: give a guide, posterior_samples or mcmc (or prior=True)")
+    num_samples = _check_count("num_samples", num_samples)
+    num_prior_samples = _check_count("num_prior_samples", num_prior_samples or num_samples)
+    if mcmc is not None and not model_args and not model_kwargs:
+        model_args, model_kwargs = tuple(mcmc._args or ()), dict(mcmc._kwargs or {})
+    sites = _inspect(model, tuple(model_args), dict(model_kwargs))
+    observed = {n: s for n, s in sites.items() if s.observed}
+    unknown = set(var_names or ()) - {n for n, s in sites.items() if not s.observed}
+    if unknown:
+        raise ValueError(f"var_names {sorted(unknown)} are not latent or deterministic sites of the model")
+
+    groups = {g: _Group() for g in ("posterior", "log_likelihood", "posterior_predictive", "sample_stats")}
+    source = None
+    if sources:
+        if guide is not None:
+            source, draws, total = (
+                "guide",
+                _guide_draws(guide, sites, model_args, model_kwargs, num_samples),
+                num_samples,
+            )
+        elif mcmc is not None:
+            samples = mcmc.get_samples(group_by_chain=True)
+            source, draws = "mcmc", _sample_draws(samples, sites, group_by_chain=True)
+            total = int(np.prod(next(iter(samples.values())).shape[:2]))
+            draws_per_chain = next(iter(samples.values())).shape[1]
+            for c, diverging in enumerate(_divergences(mcmc, draws_per_chain)):
+                for d in range(draws_per_chain):
+                    groups["sample_stats"].add((c, d), "diverging", diverging[d])
+        else:
+            source, draws = "samples", _sample_draws(posterior_samples, sites, group_by_chain=False)
+            total = len(next(iter(posterior_samples.values())))
+        _posterior(
+            model, draws, total, sites, groups, model_args, model_kwargs, log_likelihood, posterior_predictive, progress
+        )
+    prior_groups = {"prior": _Group(), "prior_predictive": _Group()}
+    if prior:
+        with torch.no_grad():
+            for s in tqdm(range(num_prior_samples), disable=not progress, desc="prior"):
+                trace = poutine.trace(poutine.uncondition(model)).get_trace(*model_args, **model_kwargs)
+                for name, site in _sample_sites(trace):
+                    if name in sites:
+                        group = "prior_predictive" if sites[name].observed else "prior"
+                        prior_groups[group].add((0, s), name, site["value"])
+
+    stacked = {name: group.stack() for name, group in {**groups, **prior_groups}.items()}
+    if var_names is not None:
+        for group in ("posterior", "prior"):
+            stacked[group] = {k: v for k, v in stacked[group].items() if k in var_names}
+    stacked["observed_data"] = {n: _numpy(s.value) for n, s in observed.items()}
+    all_dims = {n: s.dims for n, s in sites.items()} | (dims or {})
+    ll_dims = {n: all_dims[n][: len(s.batch_dims)] for n, s in observed.items()}
+    attrs = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "creation_library": "dgm_ppl",
+        "posterior_source": source or "none",
+    }
+    return _from_dict(stacked, coords, all_dims, ll_dims, attrs)
+
+
+def _divergences(mcmc, draws: int) -> list[Tensor]:
+    """Per-chain boolean ``diverging`` flags from ``mcmc.diagnostics()`` (HMC/NUTS record post-warmup indices)."""
+    try:
+        per_chain = mcmc.diagnostics().get("divergences", {})
+    except Exception:  # kernels without diagnostics
+        return []
+    flags = []
+    for c in range(len(per_chain)):
+        flag = torch.zeros(draws, dtype=torch.bool)
+        flag[list(per_chain.get(f"chain {c}", []))] = True
+        flags.append(flag)
+    return flags
+
+
+def _posterior(model, draws, total, sites, groups, args, kwargs, log_likelihood, predictive, progress) -> None:
+    observed = [n for n, s in sites.items() if s.observed]
+    with torch.no_grad():
+        for key, values, log_q in tqdm(draws, total=total, disable=not progress, desc="posterior"):
+            conditioned = poutine.condition(model, data=values)
+            trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+            lp = trace.log_prob_sum()
+            if torch.isnan(lp) or (log_q is not None and torch.isnan(log_q)):
+                raise ValueError(f"NaN log-density at draw {key}: the draws do not fit the model")
+            groups["sample_stats"].add(key, "lp", lp)
+            if log_q is not None:
+                groups["sample_stats"].add(key, "log_q", log_q)
+            for name, site in _sample_sites(trace):
+                if name not in sites:
+                    raise ValueError(f"the model sampled a site {name!r} that its first run did not have")
+                if not sites[name].observed:
+                    groups["posterior"].add(key, name, site["value"])
+                elif log_likelihood:
+                    value = site["value"]
+                    batch = value.shape[: value.dim() - site["fn"].event_dim]
+                    groups["log_likelihood"].add(key, name, site["fn"].log_prob(value).expand(batch))
+            if predictive:
+                fresh = poutine.trace(poutine.condition(poutine.uncondition(model), data=values))
+                trace = fresh.get_trace(*args, **kwargs)
+                for name in observed:
+                    groups["posterior_predictive"].add(key, name, trace.nodes[name]["value"])
+
+
+def _stacked_log_likelihood(data, var_name: str | None):
+    group = data.log_likelihood
+    names = list(group.data_vars)
+    if var_name is None:
+        if len(names) != 1:
+            raise ValueError(f"the log_likelihood group has several variables {names}: pick one with var_name")
+        var_name = names[0]
+    if var_name not in names:
+        raise ValueError(f"no log-likelihood variable {var_name!r}; there are {names}")
+    return group[var_name].stack(__sample__=("chain", "draw"))
+
+
+def _log_ratio(data):
+    """log p(θ_s, y) − log q(θ_s) over stacked draws, or None when the draws are not from a guide."""
+    stats = getattr(data, "sample_stats", None)
+    if stats is None or "log_q" not in stats or "lp" not in stats:
+        return None
+    return (stats["lp"] - stats["log_q"]).stack(__sample__=("chain", "draw"))
+
+
+def guide_pareto_k(data) -> float:
+    """Pareto :math:`\\hat k` of the importance ratios :math:`p(\\theta_s, y)/q(\\theta_s)` of guide draws.
+
+    Below 0.5 the guide is close to the posterior; 0.5-0.7 usable with care; above 0.7 the guide is off and
+    importance-weighted quantities (including :func:`loo`) are unreliable (Yao et al. 2018). Same statistic as
+    ``pyro.infer.importance.psis_diagnostic``, computed from the draws already in ``data``.
+    """
+    log_r = _log_ratio(data)
+    if log_r is None:
+        raise ValueError("data has no sample_stats.lp and sample_stats.log_q: convert from a guide")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, k = az.psislw(log_r.values.astype(np.float64))
+    return float(k)
+
+
+def _elpd_data(elpd_i, pareto_k, p, n_samples: int, scale: str, good_k: float):
+    values = np.asarray(elpd_i).ravel()
+    scale_value = {"log": 1, "negative_log": -1, "deviance": -2}[scale]
+    elpd_i = scale_value * elpd_i
+    warning = bool(pareto_k is not None and np.any(np.asarray(pareto_k) > good_k))
+    data = [
+        scale_value * values.sum(),
+        abs(scale_value) * (values.size * np.var(values)) ** 0.5,
+        p,
+        n_samples,
+        values.size,
+        warning,
+        elpd_i.rename("loo_i"),
+    ]
+    index = ["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i"]
+    if pareto_k is not None:
+        data.append(pareto_k)
+        index.append("pareto_k")
+    from arviz.stats.stats_utils import ELPDData
+
+    return ELPDData(data=[*data, scale, good_k], index=[*index, "scale", "good_k"])
+
+
+def _check_scale(scale: str) -> None:
+    if scale not in ("log", "negative_log", "deviance"):
+        raise ValueError(f"scale must be 'log', 'negative_log' or 'deviance', got {scale!r}")
+    if ARVIZ_1:
+        raise NotImplementedError(
+            "dgm_ppl.arviz.loo/heldout_elpd build ArviZ 0.x ELPDData; ArviZ >= 1 is not supported"
+        )
+
+
+def loo(data, var_name: str | None = None, *, scale: str = "log", reweight: bool = True):
+    """PSIS-LOO that is valid for draws from a variational guide (ELPDData for ``az.compare``, pointwise).
+
+    For guide draws (``sample_stats.log_q`` present) and ``reweight=True``, the importance ratios of each left-out
+    point are :math:`r_s / p(y_i \\mid \\theta_s)` with :math:`\\log r_s` = ``lp − log_q`` (module docstring),
+    Pareto-smoothed by ``az.psislw``; ``p_loo`` uses the reweighted in-sample density. Without ``log_q`` (MCMC or
+    given samples) or with ``reweight=False`` this is ``az.loo(data, pointwise=True)``.
+    """
+    _check_scale(scale)
+    log_r = _log_ratio(data) if reweight else None
+    if log_r is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return az.loo(data, var_name=var_name, pointwise=True, scale=scale)
+    ll = _stacked_log_likelihood(data, var_name).astype(np.float64)
+    log_r = log_r.astype(np.float64)
+    n_samples = ll.sizes["__sample__"]
+    if not np.isfinite(ll.values).all() or not np.isfinite(log_r.values).all():
+        raise ValueError("log-likelihood or log-ratio values are not finite; drop draws with zero density first")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        log_w, pareto_k = az.psislw((log_r - ll).transpose(..., "__sample__"), 1.0)
+        log_w_post, _ = az.psislw(log_r, 1.0)
+    from scipy.special import logsumexp
+
+    elpd_i = (ll + log_w).reduce(logsumexp, dim="__sample__")
+    lppd = float((ll + log_w_post).reduce(logsumexp, dim="__sample__").sum())
+    good_k = min(1 - 1 / np.log10(n_samples), 0.7)
+    return _elpd_data(elpd_i, pareto_k, lppd - float(elpd_i.sum()), n_samples, scale, good_k)
+
+
+def heldout_elpd(
+    log_likelihood: LogLikelihoodEstimate | Tensor | np.ndarray, *, dim: str | None = None, scale: str = "log"
+):
+    """Per-datum log-likelihoods on held-out data as an ``ELPDData`` that ``az.compare`` accepts.
+
+    The ELPD of a model with fitted (point) weights on held-out points is :math:`\\sum_i \\log p(x_i)`, estimated
+    here from per-datum values (e.g. importance-sampled, :func:`dgm_ppl.evaluation.log_likelihood`). Its standard
+    error is :math:`\\sqrt{N \\operatorname{Var}_i \\log p(x_i)}`; ``az.compare`` computes the difference of two models
+    and its SE from the paired per-datum values, as for LOO. The values are stored in the LOO fields (``elpd_loo``,
+    ``loo_i``) with ``p_loo`` = 0 because ``az.compare`` reads those; they are held-out, not leave-one-out. A
+    :class:`~dgm_ppl.evaluation.LogLikelihoodEstimate` with ``pareto_k`` also fills ``pareto_k`` (the importance
+    sampler's k̂ per datum), so ``az.plot_khat`` and the warning flag work.
+    """
+    _check_scale(scale)
+    import xarray as xr
+
+    pareto_k, n_samples = None, 1
+    if isinstance(log_likelihood, LogLikelihoodEstimate):
+        dim = dim or log_likelihood.plate
+        pareto_k, n_samples = log_likelihood.pareto_k, log_likelihood.num_samples
+        log_likelihood = log_likelihood.log_p
+    values = np.asarray(log_likelihood.detach().cpu() if isinstance(log_likelihood, Tensor) else log_likelihood)
+    values = values.astype(np.float64)
+    if values.ndim != 1 or values.size < 2:
+        raise ValueError(f"need a 1-D array of at least 2 per-datum log-likelihoods, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("per-datum log-likelihoods must be finite")
+    dim = dim or "datum"
+    elpd_i = xr.DataArray(values, dims=[dim], coords={dim: np.arange(values.size)})
+    if pareto_k is not None:
+        pareto_k = xr.DataArray(_numpy(pareto_k).astype(np.float64), dims=[dim], coords=elpd_i.coords)
+    return _elpd_data(elpd_i, pareto_k, 0.0, n_samples, scale, 0.7)

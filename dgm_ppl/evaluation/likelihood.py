@@ -1,0 +1,232 @@
+r"""Importance-sampled log-likelihood of latent-variable models, one value per datum.
+
+For a model :math:`p_\theta(x, z) = p(z)\,p_\theta(x \mid z)` with local latents in a plate over the data and a guide
+:math:`q(z \mid x)` (amortized or not), each datum gets
+
+.. math::
+
+    \log \hat p(x_i) = \log \frac1S \sum_{s=1}^S w_{is}, \qquad
+    \log w_{is} = \log p_\theta(x_i, z_{is}) - \log q(z_{is} \mid x_i), \quad z_{is} \sim q(\cdot \mid x_i),
+
+a stochastic lower bound on :math:`\log p(x_i)` in expectation (Jensen) that tightens as S grows; it is the IWAE bound
+of Burda et al. (2016) with S samples. The quality of the proposal shows in the effective sample size
+:math:`(\sum_s w_{is})^2 / \sum_s w_{is}^2` and in the Pareto :math:`\hat k` of the weights (Vehtari et al. 2024):
+above 0.7 the estimate is not to be trusted.
+
+Samples are drawn in vectorized chunks (an outer ``pyro.plate`` over particles, as in ``vectorize_particles``) and the
+data is processed in batches, so that thousands of samples for thousands of points fit in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from tqdm.auto import tqdm
+
+__all__ = ["log_likelihood", "LogLikelihoodEstimate"]
+
+
+@dataclass
+class LogLikelihoodEstimate:
+    """Per-datum importance-sampled log-likelihoods.
+
+    Attributes:
+        log_p: :math:`\\log \\hat p(x_i)`, shape (N,).
+        ess: effective sample size of each datum's importance weights, shape (N,), in [1, num_samples].
+        pareto_k: Pareto :math:`\\hat k` of each datum's weights, shape (N,), or None if not requested.
+        num_samples: S, the number of importance samples per datum.
+        plate: name of the data plate.
+    """
+
+    log_p: Tensor
+    ess: Tensor
+    pareto_k: Tensor | None
+    num_samples: int
+    plate: str
+
+    def mean(self) -> float:
+        """Average log-likelihood per datum (nats); the negative of the usual NLL figure."""
+        return self.log_p.mean().item()
+
+
+def _check_count(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _sites(trace) -> dict:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site) and not site["infer"].get("_deterministic")
+    }
+
+
+def _data_plate(model_sites: dict, plate: str | None, size: int) -> str:
+    observed = [s for s in model_sites.values() if s["is_observed"]]
+    if not observed:
+        raise ValueError("the model has no observed sites: there is no likelihood to estimate")
+    names = None
+    for site in observed:
+        here = {f.name for f in site["cond_indep_stack"] if f.vectorized and f.size == size}
+        names = here if names is None else names & here
+    if plate is not None:
+        if plate not in names:
+            raise ValueError(
+                f"plate {plate!r} does not enclose every observed site with size {size} (the data's first dimension)"
+            )
+        return plate
+    if len(names) != 1:
+        found = "no plate" if not names else f"plates {sorted(names)}"
+        raise ValueError(
+            f"need one plate of size {size} (the data's first dimension) around every observed site; found {found}. "
+            "Put the observations in pyro.plate(..., x.shape[0]) or pass plate=NAME"
+        )
+    return names.pop()
+
+
+def _per_datum(site: dict, plate: str, num_dims: int) -> Tensor:
+    """Unscaled log-density of a site summed over everything but the particle and data-plate dims → (P|1, N|1)."""
+    frames = [f for f in site["cond_indep_stack"] if f.name == plate]
+    if not frames:
+        raise ValueError(
+            f"site {site['name']!r} is outside the data plate {plate!r}: a per-datum likelihood needs every latent "
+            "site to be local (global weights belong in pyro.param or nn modules)"
+        )
+    log_prob = site["fn"].log_prob(site["value"])
+    if site["mask"] is not None:
+        log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
+    log_prob = log_prob.reshape((1,) * (num_dims - log_prob.dim()) + log_prob.shape)
+    data_dim = num_dims + frames[0].dim
+    others = [d for d in range(1, num_dims) if d != data_dim]
+    return log_prob.sum(others) if others else log_prob
+
+
+def _plate_nesting(*traces) -> int:
+    dims = [
+        -f.dim
+        for trace in traces
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
+    return max(dims, default=0)
+
+
+def _chunk(args: tuple, kwargs: dict, n: int, index: slice) -> tuple[tuple, dict]:
+    """Slice every tensor argument whose first dimension has the data's length."""
+
+    def cut(a):
+        return a[index] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
+
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
+def _log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, particles: int, nesting: int, plate):
+    with pyro.plate("_num_particles", particles, dim=-(nesting + 1)):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    model_sites, guide_sites = _sites(model_trace), _sites(guide_trace)
+    for name, site in model_sites.items():
+        if not site["is_observed"] and name not in guide_sites:
+            raise ValueError(f"the guide does not sample the model's latent site {name!r}")
+    num_dims = nesting + 1
+    log_w = sum(_per_datum(s, plate, num_dims) for s in model_sites.values())
+    for site in guide_sites.values():
+        if not site["is_observed"]:
+            log_w = log_w - _per_datum(site, plate, num_dims)
+    return log_w
+
+
+def log_likelihood(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1000,
+    batch_size: int | None = 100,
+    particle_batch_size: int = 500,
+    plate: str | None = None,
+    pareto_k: bool = False,
+    progress: bool = False,
+    **kwargs,
+) -> LogLikelihoodEstimate:
+    """Importance-sampled :math:`\\log p(x_i)` for every datum, with the guide as proposal.
+
+    Args:
+        model: a Pyro model whose first argument is the data x (N, ...), with observations and latents in a plate of
+            size N; global weights are parameters (``pyro.module``/``pyro.param``), not sample sites.
+        guide: a guide with the model's signature, vectorizable over an outer particle plate (use ``pyro.plate`` with
+            the same names and dims as the model).
+        *args, **kwargs: the model's arguments. Every tensor argument whose first dimension is N is cut into
+            batches along with x (e.g. the labels of a CVAE).
+        num_samples: S, importance samples per datum.
+        batch_size: data points per pass (None: all at once).
+        particle_batch_size: samples per vectorized pass; memory grows with ``batch_size * particle_batch_size``.
+        plate: name of the data plate, if the model has several plates of size N.
+        pareto_k: also fit the Pareto :math:`\\hat k` of each datum's weights (uses ArviZ's ``psislw``).
+        progress: show a tqdm bar over data batches.
+
+    Returns:
+        :class:`LogLikelihoodEstimate` with ``log_p``, ``ess`` and ``pareto_k`` of shape (N,).
+    """
+    _check_count("num_samples", num_samples)
+    _check_count("batch_size", batch_size, allow_none=True)
+    _check_count("particle_batch_size", particle_batch_size)
+    if not args or not isinstance(args[0], Tensor) or args[0].dim() == 0:
+        raise ValueError("the model's first argument must be the data tensor x of shape (N, ...)")
+    x = args[0]
+    if not torch.isfinite(x).all():
+        raise ValueError("the data contains NaN or inf")
+    n = x.shape[0]
+    step = n if batch_size is None else batch_size
+    with torch.no_grad():
+        first_args, first_kwargs = _chunk(args, kwargs, n, slice(0, min(step, n)))
+        guide_trace = poutine.trace(guide).get_trace(*first_args, **first_kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*first_args, **first_kwargs)
+        nesting = _plate_nesting(guide_trace, model_trace)
+        plate = _data_plate(_sites(model_trace), plate, min(step, n))
+        log_p, ess, khat = [], [], []
+        for start in tqdm(range(0, n, step), disable=not progress, desc="log-likelihood", unit="batch"):
+            chunk_args, chunk_kwargs = _chunk(args, kwargs, n, slice(start, start + step))
+            size = chunk_args[0].shape[0]
+            log_w = []
+            for done in range(0, num_samples, particle_batch_size):
+                particles = min(particle_batch_size, num_samples - done)
+                w = _log_weights(model, guide, chunk_args, chunk_kwargs, particles, nesting, plate)
+                log_w.append(w.expand(particles, size))
+            log_w = torch.cat(log_w).T  # (size, S)
+            if torch.isnan(log_w).any():
+                raise ValueError("NaN importance weight: the model or guide gives a NaN log-density")
+            log_p.append(torch.logsumexp(log_w, -1) - math.log(num_samples))
+            ess.append(torch.exp(2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1)))
+            if pareto_k:
+                khat.append(_pareto_k(log_w))
+    return LogLikelihoodEstimate(
+        log_p=torch.cat(log_p),
+        ess=torch.cat(ess),
+        pareto_k=torch.cat(khat) if pareto_k else None,
+        num_samples=num_samples,
+        plate=plate,
+    )
+
+
+def _pareto_k(log_w: Tensor) -> Tensor:
+    """Pareto k̂ of each row of log-weights (rows: data, columns: samples), via ArviZ's PSIS."""
+    import warnings
+
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # psislw warns on short tails; k̂ is what we report
+        _, k = az.psislw(log_w.double().cpu().numpy())
+    return torch.as_tensor(k, dtype=log_w.dtype, device=log_w.device).reshape(log_w.shape[0])
