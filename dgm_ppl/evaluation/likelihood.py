@@ -94,14 +94,20 @@ def _data_plate(model_sites: dict, plate: str | None, size: int) -> str:
     return names.pop()
 
 
-def _per_datum(site: dict, plate: str, num_dims: int) -> Tensor:
-    """Unscaled log-density of a site summed over everything but the particle and data-plate dims → (P|1, N|1)."""
+def _data_frames(site: dict, plate: str) -> list:
+    """The site's frame of the data plate; a site outside it is a global latent, which has no per-datum weight."""
     frames = [f for f in site["cond_indep_stack"] if f.name == plate]
     if not frames:
         raise ValueError(
             f"site {site['name']!r} is outside the data plate {plate!r}: a per-datum likelihood needs every latent "
             "site to be local (global weights belong in pyro.param or nn modules)"
         )
+    return frames
+
+
+def _per_datum(site: dict, plate: str, num_dims: int) -> Tensor:
+    """Unscaled log-density of a site summed over everything but the particle and data-plate dims → (P|1, N|1)."""
+    frames = _data_frames(site, plate)
     log_prob = site["fn"].log_prob(site["value"])
     if site["mask"] is not None:
         log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
@@ -195,6 +201,8 @@ def log_likelihood(
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*first_args, **first_kwargs)
         nesting = _plate_nesting(guide_trace, model_trace)
         plate = _data_plate(_sites(model_trace), plate, min(step, n))
+        for site in [*_sites(model_trace).values(), *_sites(guide_trace).values()]:
+            _data_frames(site, plate)
         log_p, ess, khat = [], [], []
         for start in tqdm(range(0, n, step), disable=not progress, desc="log-likelihood", unit="batch"):
             chunk_args, chunk_kwargs = _chunk(args, kwargs, n, slice(start, start + step))
