@@ -41,6 +41,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -79,8 +80,8 @@ def _sample_sites(trace) -> Iterator[tuple[str, dict]]:
             yield name, site
 
 
-def _inspect(model: Callable, args: tuple, kwargs: dict) -> dict[str, _Site]:
-    """One run of the model: its sample sites, which are observed, their shapes and plate dims."""
+def _inspect(model: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, _Site], int]:
+    """One run of the model: its sample sites (observed or not, shapes, plate dims) and its plate nesting."""
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
     sites = {}
@@ -104,7 +105,10 @@ def _inspect(model: Callable, args: tuple, kwargs: dict) -> dict[str, _Site]:
         )
     if not any(s.observed for s in sites.values()):
         raise ValueError("the model has no observed sites (pass the data with obs=...): nothing to compare with")
-    return sites
+    nesting = max(
+        (-f.dim for _, site in _sample_sites(trace) for f in site["cond_indep_stack"] if f.vectorized), default=0
+    )
+    return sites, nesting
 
 
 def _check_count(name: str, value) -> int:
@@ -128,33 +132,23 @@ def _check_values(values: Mapping[str, Tensor], sites: dict[str, _Site], where: 
         raise ValueError(f"{where} has no value for the model's latent sites {sorted(missing)}")
 
 
-def _guide_draws(guide: Callable, sites, args, kwargs, num_samples: int):
-    for s in range(num_samples):
+def _guide_draws(guide: Callable, sites, args, kwargs, keys: list[tuple[int, int]]):
+    for key in keys:
         trace = poutine.trace(guide).get_trace(*args, **kwargs)
         values = {n: site["value"] for n, site in _sample_sites(trace) if not site["is_observed"]}
-        if s == 0:
+        if key == keys[0]:
             _check_values(values, sites, "the guide")
-        yield (0, s), values, trace.log_prob_sum()
+        yield key, values, trace.log_prob_sum()
 
 
-def _sample_draws(samples: Mapping[str, Tensor], sites, group_by_chain: bool):
-    samples = {k: torch.as_tensor(v) for k, v in samples.items()}
-    lead = 2 if group_by_chain else 1
-    shapes = {tuple(v.shape[:lead]) for v in samples.values()}
-    if len(shapes) != 1:
-        raise ValueError(f"posterior samples disagree on the number of draws: {sorted(shapes)}")
-    (shape,) = shapes
-    if len(shape) < lead or 0 in shape:
-        raise ValueError("posterior samples must have a leading draw dimension (and chain first, from MCMC)")
-    chains, draws = shape if group_by_chain else (1, shape[0])
-    recomputed = {n for n, s in sites.items() if s.deterministic}  # the model recomputes deterministic sites
-    for c in range(chains):
-        for d in range(draws):
-            index = (c, d) if group_by_chain else (d,)
-            values = {k: v[index] for k, v in samples.items() if k not in recomputed}
-            if c == 0 and d == 0:
-                _check_values(values, sites, "posterior_samples" if not group_by_chain else "the MCMC samples")
-            yield (c, d), values, None
+def _check_samples(samples: Mapping[str, Tensor], sites: dict[str, _Site], where: str) -> dict[str, Tensor]:
+    """Posterior samples ``{site: (draws, ...)}``, deterministic sites dropped (the model recomputes them)."""
+    samples = {k: torch.as_tensor(v) for k, v in samples.items() if not (k in sites and sites[k].deterministic)}
+    counts = {v.shape[0] if v.dim() else 0 for v in samples.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(f"{where} need one leading draw dimension, the same for all sites; got {sorted(counts)}")
+    _check_values({k: v[0] for k, v in samples.items()}, sites, where)
+    return samples
 
 
 def _numpy(x: Tensor) -> np.ndarray:
@@ -169,6 +163,11 @@ class _Group:
 
     def add(self, key: tuple[int, int], name: str, value: Tensor) -> None:
         self.data.setdefault(name, {})[key] = _numpy(value)
+
+    def add_draws(self, keys: list[tuple[int, int]], name: str, values: Tensor) -> None:
+        by_key = self.data.setdefault(name, {})
+        for key, value in zip(keys, _numpy(values)):
+            by_key[key] = value
 
     def stack(self) -> dict[str, np.ndarray]:
         out = {}
@@ -216,6 +215,7 @@ def to_inference_data(
     var_names: list[str] | None = None,
     coords: dict | None = None,
     dims: dict[str, list[str]] | None = None,
+    parallel: bool = False,
     progress: bool = False,
 ):
     """Convert a Pyro model and its posterior (a guide, an MCMC run or samples) to ArviZ.
@@ -235,7 +235,10 @@ def to_inference_data(
         posterior_predictive, log_likelihood: whether to build these groups.
         var_names: posterior variables to keep (default: all latent and deterministic sites).
         coords, dims: passed to ``az.from_dict``; ``dims`` overrides the plate names found in the model.
-        progress: tqdm bar over draws.
+        parallel: run all draws in one vectorized pass under ``pyro.plate("_num_draws", S)`` (like
+            ``Predictive(parallel=True)``; much faster): the model and guide must be vectorizable, with every batch
+            dim in a plate.
+        progress: tqdm bar over draws (sequential mode).
 
     Returns:
         ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x). Dims of a site: ``(chain, draw)``, then
@@ -253,44 +256,41 @@ def to_inference_data(
     num_prior_samples = _check_count("num_prior_samples", num_prior_samples or num_samples)
     if mcmc is not None and not model_args and not model_kwargs:
         model_args, model_kwargs = tuple(mcmc._args or ()), dict(mcmc._kwargs or {})
-    sites = _inspect(model, tuple(model_args), dict(model_kwargs))
+    sites, nesting = _inspect(model, tuple(model_args), dict(model_kwargs))
     observed = {n: s for n, s in sites.items() if s.observed}
     unknown = set(var_names or ()) - {n for n, s in sites.items() if not s.observed}
     if unknown:
         raise ValueError(f"var_names {sorted(unknown)} are not latent or deterministic sites of the model")
 
     groups = {g: _Group() for g in ("posterior", "log_likelihood", "posterior_predictive", "sample_stats")}
-    source = None
-    if sources:
-        if guide is not None:
-            source, draws, total = (
-                "guide",
-                _guide_draws(guide, sites, model_args, model_kwargs, num_samples),
-                num_samples,
-            )
-        elif mcmc is not None:
-            samples = mcmc.get_samples(group_by_chain=True)
-            source, draws = "mcmc", _sample_draws(samples, sites, group_by_chain=True)
-            total = int(np.prod(next(iter(samples.values())).shape[:2]))
-            draws_per_chain = next(iter(samples.values())).shape[1]
-            for c, diverging in enumerate(_divergences(mcmc, draws_per_chain)):
-                for d in range(draws_per_chain):
-                    groups["sample_stats"].add((c, d), "diverging", diverging[d])
-        else:
-            source, draws = "samples", _sample_draws(posterior_samples, sites, group_by_chain=False)
-            total = len(next(iter(posterior_samples.values())))
-        _posterior(
-            model, draws, total, sites, groups, model_args, model_kwargs, log_likelihood, posterior_predictive, progress
+    source, samples = None, None
+    if mcmc is not None:
+        by_chain = mcmc.get_samples(group_by_chain=True)
+        chains, per_chain = next(iter(by_chain.values())).shape[:2]
+        keys = [(c, d) for c in range(chains) for d in range(per_chain)]
+        samples = _check_samples({k: v.flatten(0, 1) for k, v in by_chain.items()}, sites, "the MCMC samples")
+        source = "mcmc"
+        for c, diverging in enumerate(_divergences(mcmc, per_chain)):
+            groups["sample_stats"].add_draws(keys[c * per_chain : (c + 1) * per_chain], "diverging", diverging)
+    elif posterior_samples is not None:
+        samples, source = _check_samples(posterior_samples, sites, "posterior_samples"), "samples"
+        keys = [(0, d) for d in range(len(next(iter(samples.values()))))]
+    elif guide is not None:
+        keys, source = [(0, d) for d in range(num_samples)], "guide"
+    args, kwargs = tuple(model_args), dict(model_kwargs)
+    if source is not None and parallel:
+        _posterior_parallel(
+            model, guide, samples, keys, sites, nesting, groups, args, kwargs, log_likelihood, posterior_predictive
         )
+    elif source is not None:
+        if guide is not None:
+            draws = _guide_draws(guide, sites, args, kwargs, keys)
+        else:
+            draws = ((key, {k: v[i] for k, v in samples.items()}, None) for i, key in enumerate(keys))
+        _posterior(model, draws, len(keys), sites, groups, args, kwargs, log_likelihood, posterior_predictive, progress)
     prior_groups = {"prior": _Group(), "prior_predictive": _Group()}
     if prior:
-        with torch.no_grad():
-            for s in tqdm(range(num_prior_samples), disable=not progress, desc="prior"):
-                trace = poutine.trace(poutine.uncondition(model)).get_trace(*model_args, **model_kwargs)
-                for name, site in _sample_sites(trace):
-                    if name in sites:
-                        group = "prior_predictive" if sites[name].observed else "prior"
-                        prior_groups[group].add((0, s), name, site["value"])
+        _prior(model, sites, nesting, num_prior_samples, prior_groups, args, kwargs, parallel, progress)
 
     stacked = {name: group.stack() for name, group in {**groups, **prior_groups}.items()}
     if var_names is not None:
@@ -306,6 +306,35 @@ def to_inference_data(
         "posterior_source": source or "none",
     }
     return _from_dict(stacked, coords, all_dims, ll_dims, attrs)
+
+
+def _value(site: dict) -> Tensor:
+    """A site's value; for a deterministic site under ``uncondition``, the computed value, not a Delta sample of it
+    (which Pyro draws from the plate-expanded Delta, with extra dims under a vectorized plate)."""
+    if site["infer"].get("_deterministic") and site["infer"].get("was_observed"):
+        return site["infer"]["obs"]
+    return site["value"]
+
+
+def _prior(model, sites, nesting, num, groups, args, kwargs, parallel: bool, progress: bool) -> None:
+    """Prior draws of the latent sites and prior predictive draws of the observed ones."""
+    unconditioned = poutine.uncondition(model)
+    with torch.no_grad():
+        if parallel:
+            _check_vectorizable(sites, nesting)
+            with pyro.plate("_num_draws", num, dim=-(nesting + 1)):
+                trace = poutine.trace(unconditioned).get_trace(*args, **kwargs)
+            keys = [(0, d) for d in range(num)]
+            for name, site in _sample_sites(trace):
+                if name in sites:
+                    group = groups["prior_predictive" if sites[name].observed else "prior"]
+                    group.add_draws(keys, name, _draw_major(_value(site), num, sites[name], nesting))
+            return
+        for d in tqdm(range(num), disable=not progress, desc="prior"):
+            trace = poutine.trace(unconditioned).get_trace(*args, **kwargs)
+            for name, site in _sample_sites(trace):
+                if name in sites:
+                    groups["prior_predictive" if sites[name].observed else "prior"].add((0, d), name, _value(site))
 
 
 def _divergences(mcmc, draws: int) -> list[Tensor]:
@@ -348,6 +377,91 @@ def _posterior(model, draws, total, sites, groups, args, kwargs, log_likelihood,
                 trace = fresh.get_trace(*args, **kwargs)
                 for name in observed:
                     groups["posterior_predictive"].add(key, name, trace.nodes[name]["value"])
+
+
+def _draw_major(value: Tensor, num: int, site: _Site, nesting: int, batch_only: bool = False) -> Tensor:
+    """A value (or log-density) under the draw plate, (num, 1, ..., *shape) or broadcastable to it, as (num, *shape)."""
+    batch_ndim = len(site.batch_dims)
+    shape = site.shape[:batch_ndim] if batch_only else site.shape
+    return value.expand((num,) + (1,) * (nesting - batch_ndim) + tuple(shape)).reshape((num, *shape))
+
+
+def _per_draw_sum(log_prob: Tensor, num: int, nesting: int) -> Tensor:
+    if log_prob.dim() > nesting + 1:
+        raise ValueError(
+            f"a log-density of shape {tuple(log_prob.shape)} under the draw plate at dim {-nesting - 1}: the model or "
+            "guide does not broadcast over extra leading dims; use parallel=False"
+        )
+    log_prob = log_prob.reshape((1,) * (nesting + 1 - log_prob.dim()) + log_prob.shape)
+    return log_prob.sum(list(range(1, nesting + 1))).expand(num)
+
+
+def _log_density(trace, num: int, nesting: int) -> Tensor:
+    """Per-draw log_prob_sum of a trace run under the draw plate (scales and masks applied, like Pyro's)."""
+    total = torch.zeros(num)
+    for _, site in _sample_sites_all(trace):
+        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+        total = total.to(log_prob) + _per_draw_sum(log_prob, num, nesting)
+    return total
+
+
+def _sample_sites_all(trace):
+    return [(n, s) for n, s in trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)]
+
+
+def _check_vectorizable(sites: dict[str, _Site], nesting: int) -> None:
+    for site in sites.values():
+        loose = [d for d, n in zip(site.batch_dims, site.shape) if d.startswith(f"{site.name}_dim_") and n > 1]
+        if len(site.batch_dims) > nesting or loose:
+            raise ValueError(
+                f"parallel=True needs every batch dim of site {site.name!r} in a plate (found {site.batch_dims}); "
+                "declare it with pyro.plate, move it to the event with .to_event(), or use parallel=False"
+            )
+
+
+def _posterior_parallel(model, guide, samples, keys, sites, nesting, groups, args, kwargs, log_likelihood, predictive):
+    """All draws in one vectorized pass: guide and model run under ``pyro.plate("_num_draws", S)``."""
+    _check_vectorizable(sites, nesting)
+    num = len(keys)
+    latents = {n: s for n, s in sites.items() if not s.observed and not s.deterministic}
+    with torch.no_grad(), pyro.plate("_num_draws", num, dim=-(nesting + 1)):
+        if guide is not None:
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            values = {n: site["value"] for n, site in _sample_sites(guide_trace) if not site["is_observed"]}
+            _check_values(
+                {n: _draw_major(v, num, sites[n], nesting)[0] if n in latents else v[0] for n, v in values.items()},
+                sites,
+                "the guide",
+            )
+            log_q = _log_density(guide_trace, num, nesting)
+        else:
+            values = {
+                n: v.reshape((num,) + (1,) * (nesting - len(sites[n].batch_dims)) + sites[n].shape)
+                for n, v in samples.items()
+            }
+            log_q = None
+        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+        lp = _log_density(trace, num, nesting)
+        if torch.isnan(lp).any() or (log_q is not None and torch.isnan(log_q).any()):
+            raise ValueError("NaN log-density in some draws: the draws do not fit the model")
+        groups["sample_stats"].add_draws(keys, "lp", lp)
+        if log_q is not None:
+            groups["sample_stats"].add_draws(keys, "log_q", log_q)
+        for name, site in _sample_sites(trace):
+            if name not in sites:
+                raise ValueError(f"the model sampled a site {name!r} that its first run did not have")
+            if not sites[name].observed:
+                groups["posterior"].add_draws(keys, name, _draw_major(site["value"], num, sites[name], nesting))
+            elif log_likelihood:
+                log_prob = _draw_major(site["fn"].log_prob(site["value"]), num, sites[name], nesting, batch_only=True)
+                groups["log_likelihood"].add_draws(keys, name, log_prob)
+        if predictive:
+            fresh = poutine.trace(poutine.condition(poutine.uncondition(model), data=values))
+            trace = fresh.get_trace(*args, **kwargs)
+            for name, site in sites.items():
+                if site.observed:
+                    value = _draw_major(trace.nodes[name]["value"], num, site, nesting)
+                    groups["posterior_predictive"].add_draws(keys, name, value)
 
 
 def _stacked_log_likelihood(data, var_name: str | None):
