@@ -156,28 +156,24 @@ def _numpy(x: Tensor) -> np.ndarray:
 
 
 class _Group:
-    """Per-variable draws of one group, filled at (chain, draw) and stacked to (chain, draw, ...)."""
+    """Per-variable draws of one group, filled at (chain, draw) keys and stacked to (chain, draw, ...)."""
 
     def __init__(self):
-        self.data: dict[str, dict[tuple[int, int], np.ndarray]] = {}
+        self.blocks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def add(self, key: tuple[int, int], name: str, value: Tensor) -> None:
-        self.data.setdefault(name, {})[key] = _numpy(value)
+        self.add_draws([key], name, value.unsqueeze(0))
 
     def add_draws(self, keys: list[tuple[int, int]], name: str, values: Tensor) -> None:
-        by_key = self.data.setdefault(name, {})
-        for key, value in zip(keys, _numpy(values)):
-            by_key[key] = value
+        self.blocks.setdefault(name, []).append((np.asarray(keys).reshape(-1, 2), _numpy(values)))
 
     def stack(self) -> dict[str, np.ndarray]:
         out = {}
-        for name, by_key in self.data.items():
-            chains = 1 + max(c for c, _ in by_key)
-            draws = 1 + max(d for _, d in by_key)
-            first = next(iter(by_key.values()))
-            array = np.empty((chains, draws, *first.shape), dtype=first.dtype)
-            for (c, d), v in by_key.items():
-                array[c, d] = v
+        for name, blocks in self.blocks.items():
+            keys = np.concatenate([k for k, _ in blocks])
+            values = np.concatenate([v for _, v in blocks])
+            array = np.empty((keys[:, 0].max() + 1, keys[:, 1].max() + 1, *values.shape[1:]), dtype=values.dtype)
+            array[keys[:, 0], keys[:, 1]] = values
             out[name] = array
         return out
 
