@@ -67,8 +67,11 @@ class _Site:
 def _site_dims(name: str, site: dict) -> tuple[list[str], list[str]]:
     """Dim names of a site's value: plate names where a plate sits, ``{name}_dim_{i}`` elsewhere."""
     shape = site["value"].shape
-    batch_ndim = len(shape) - site["fn"].event_dim
     at = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
+    batch_ndim = len(shape) - site["fn"].event_dim
+    if site["infer"].get("_deterministic") and batch_ndim == 0 and at:
+        # pyro.deterministic's default event_dim is the value's ndim: its plate dims are batch dims all the same
+        batch_ndim = min(len(shape), max(-d for d in at))
     dims = [at.get(i - batch_ndim, f"{name}_dim_{i}") for i in range(batch_ndim)]
     dims += [f"{name}_dim_{i}" for i in range(batch_ndim, len(shape))]
     return dims, dims[:batch_ndim]
@@ -249,7 +252,9 @@ def to_inference_data(
     if not sources and not prior:
         raise ValueError("nothing to convert: give a guide, posterior_samples or mcmc (or prior=True)")
     num_samples = _check_count("num_samples", num_samples)
-    num_prior_samples = _check_count("num_prior_samples", num_prior_samples or num_samples)
+    num_prior_samples = _check_count(
+        "num_prior_samples", num_samples if num_prior_samples is None else num_prior_samples
+    )
     if mcmc is not None and not model_args and not model_kwargs:
         model_args, model_kwargs = tuple(mcmc._args or ()), dict(mcmc._kwargs or {})
     sites, nesting = _inspect(model, tuple(model_args), dict(model_kwargs))
@@ -379,7 +384,14 @@ def _draw_major(value: Tensor, num: int, site: _Site, nesting: int, batch_only: 
     """A value (or log-density) under the draw plate, (num, 1, ..., *shape) or broadcastable to it, as (num, *shape)."""
     batch_ndim = len(site.batch_dims)
     shape = site.shape[:batch_ndim] if batch_only else site.shape
-    return value.expand((num,) + (1,) * (nesting - batch_ndim) + tuple(shape)).reshape((num, *shape))
+    try:
+        return value.expand((num,) + (1,) * (nesting - batch_ndim) + tuple(shape)).reshape((num, *shape))
+    except RuntimeError:
+        raise ValueError(
+            f"site {site.name!r} has shape {tuple(value.shape)} under the draw plate, which does not broadcast to "
+            f"{num} draws of the model's shape {tuple(shape)}: a guide of the wrong shape, or a model that does not "
+            "broadcast over extra leading dims (use parallel=False)"
+        ) from None
 
 
 def _per_draw_sum(log_prob: Tensor, num: int, nesting: int) -> Tensor:
