@@ -306,7 +306,10 @@ def to_inference_data(
         "creation_library": "dgm_ppl",
         "posterior_source": source or "none",
     }
-    return _from_dict(stacked, coords, all_dims, ll_dims, attrs)
+    data = _from_dict(stacked, coords, all_dims, ll_dims, attrs)
+    if source == "guide":
+        data.sample_stats.attrs["guide_pareto_k"] = guide_pareto_k(data)
+    return data
 
 
 def _value(site: dict) -> Tensor:

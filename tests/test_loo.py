@@ -95,7 +95,7 @@ def test_guide_pareto_k_separates_good_and_bad_guides(data):
     narrow = to_inference_data(
         model, normal_guide(m + 2 * s, 0.5 * s), model_args=(data,), num_samples=2000, parallel=True
     )
-    assert guide_pareto_k(wide) < 0.5
+    assert guide_pareto_k(wide) < 0.5 and wide.sample_stats.attrs["guide_pareto_k"] == guide_pareto_k(wide)
     assert guide_pareto_k(narrow) > 0.7
     # Pyro's psis_diagnostic gives the same verdicts (its k̂ is not shrunk towards 0.5 as ArviZ's is, and its draws
     # are independent of ours, so the values differ)
