@@ -26,8 +26,9 @@ For deep generative models with point-estimate weights, :func:`heldout_elpd` wra
 :math:`\log p(x_i)` on held-out data (:func:`dgm_ppl.evaluation.log_likelihood`) as an ``ELPDData`` that
 ``az.compare`` ranks with ELPD differences and their standard errors.
 
-ArviZ 0.x returns ``InferenceData``; ArviZ ≥ 1 (Python ≥ 3.12) returns a ``DataTree`` through the same ``from_dict``
-(called with a dict of groups). :func:`loo` and :func:`heldout_elpd` build ArviZ 0.x ``ELPDData``.
+ArviZ 0.x returns ``InferenceData`` and 0.x ``ELPDData``; ArviZ ≥ 1 (Python ≥ 3.12) returns a ``DataTree`` through
+the same ``from_dict`` (called with a dict of groups) and ``arviz_stats.ELPDData``. (Under ArviZ ≥ 1,
+``az.loo_approximate_posterior(data, log_p=lp, log_q=log_q)`` is the same correction as :func:`loo`.)
 """
 
 from __future__ import annotations
@@ -46,11 +47,10 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._arviz_compat import ARVIZ_1, elpd_data, psislw
 from .evaluation.likelihood import LogLikelihoodEstimate
 
 __all__ = ["to_inference_data", "loo", "guide_pareto_k", "heldout_elpd"]
-
-ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 
 
 @dataclass
@@ -475,7 +475,8 @@ def _posterior_parallel(model, guide, samples, keys, sites, nesting, groups, arg
                     groups["posterior_predictive"].add_draws(keys, name, value)
 
 
-def _stacked_log_likelihood(data, var_name: str | None):
+def _log_likelihood(data, var_name: str | None):
+    """The pointwise log-likelihood as an array (draws, points), and a template DataArray with the points' dims."""
     group = data.log_likelihood
     names = list(group.data_vars)
     if var_name is None:
@@ -484,63 +485,32 @@ def _stacked_log_likelihood(data, var_name: str | None):
         var_name = names[0]
     if var_name not in names:
         raise ValueError(f"no log-likelihood variable {var_name!r}; there are {names}")
-    return group[var_name].stack(__sample__=("chain", "draw"))
+    array = group[var_name].transpose("chain", "draw", ...)
+    template = array.isel(chain=0, draw=0, drop=True)
+    return np.asarray(array.values, dtype=np.float64).reshape(-1, template.size), template
 
 
-def _log_ratio(data):
-    """log p(θ_s, y) − log q(θ_s) over stacked draws, or None when the draws are not from a guide."""
+def _log_ratio(data) -> np.ndarray | None:
+    """log p(θ_s, y) − log q(θ_s) over (chain, draw) flattened, or None when the draws are not from a guide."""
     stats = getattr(data, "sample_stats", None)
-    if stats is None or "log_q" not in stats or "lp" not in stats:
+    if stats is None or "log_q" not in stats.data_vars or "lp" not in stats.data_vars:
         return None
-    return (stats["lp"] - stats["log_q"]).stack(__sample__=("chain", "draw"))
+    log_r = stats["lp"].transpose("chain", "draw") - stats["log_q"].transpose("chain", "draw")
+    return np.asarray(log_r.values, dtype=np.float64).reshape(-1)
 
 
 def guide_pareto_k(data) -> float:
     """Pareto :math:`\\hat k` of the importance ratios :math:`p(\\theta_s, y)/q(\\theta_s)` of guide draws.
 
     Below 0.5 the guide is close to the posterior; 0.5-0.7 usable with care; above 0.7 the guide is off and
-    importance-weighted quantities (including :func:`loo`) are unreliable (Yao et al. 2018). Same statistic as
-    ``pyro.infer.importance.psis_diagnostic``, computed from the draws already in ``data``.
+    importance-weighted quantities (including :func:`loo`) are unreliable (Yao et al. 2018). The statistic of
+    ``pyro.infer.importance.psis_diagnostic``, computed from the draws already in ``data`` with ArviZ's PSIS (whose
+    k̂ is regularized towards 0.5 for small samples, so the two differ a little).
     """
     log_r = _log_ratio(data)
     if log_r is None:
         raise ValueError("data has no sample_stats.lp and sample_stats.log_q: convert from a guide")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, k = az.psislw(log_r.values.astype(np.float64))
-    return float(k)
-
-
-def _elpd_data(elpd_i, pareto_k, p, n_samples: int, scale: str, good_k: float):
-    values = np.asarray(elpd_i).ravel()
-    scale_value = {"log": 1, "negative_log": -1, "deviance": -2}[scale]
-    elpd_i = scale_value * elpd_i
-    warning = bool(pareto_k is not None and np.any(np.asarray(pareto_k) > good_k))
-    data = [
-        scale_value * values.sum(),
-        abs(scale_value) * (values.size * np.var(values)) ** 0.5,
-        p,
-        n_samples,
-        values.size,
-        warning,
-        elpd_i.rename("loo_i"),
-    ]
-    index = ["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i"]
-    if pareto_k is not None:
-        data.append(pareto_k)
-        index.append("pareto_k")
-    from arviz.stats.stats_utils import ELPDData
-
-    return ELPDData(data=[*data, scale, good_k], index=[*index, "scale", "good_k"])
-
-
-def _check_scale(scale: str) -> None:
-    if scale not in ("log", "negative_log", "deviance"):
-        raise ValueError(f"scale must be 'log', 'negative_log' or 'deviance', got {scale!r}")
-    if ARVIZ_1:
-        raise NotImplementedError(
-            "dgm_ppl.arviz.loo/heldout_elpd build ArviZ 0.x ELPDData; ArviZ >= 1 is not supported"
-        )
+    return float(psislw(log_r)[1])
 
 
 def loo(data, var_name: str | None = None, *, scale: str = "log", reweight: bool = True):
@@ -548,30 +518,33 @@ def loo(data, var_name: str | None = None, *, scale: str = "log", reweight: bool
 
     For guide draws (``sample_stats.log_q`` present) and ``reweight=True``, the importance ratios of each left-out
     point are :math:`r_s / p(y_i \\mid \\theta_s)` with :math:`\\log r_s` = ``lp − log_q`` (module docstring),
-    Pareto-smoothed by ``az.psislw``; ``p_loo`` uses the reweighted in-sample density. Without ``log_q`` (MCMC or
+    Pareto-smoothed with ArviZ's PSIS; ``p_loo`` uses the reweighted in-sample density. Without ``log_q`` (MCMC or
     given samples) or with ``reweight=False`` this is ``az.loo(data, pointwise=True)``.
     """
-    _check_scale(scale)
+    if scale not in ("log", "negative_log", "deviance"):
+        raise ValueError(f"scale must be 'log', 'negative_log' or 'deviance', got {scale!r}")
     log_r = _log_ratio(data) if reweight else None
     if log_r is None:
+        if ARVIZ_1:
+            if scale != "log":
+                raise ValueError("under ArviZ >= 1 loo() without a guide is az.loo, which has no scale argument")
+            return az.loo(data, pointwise=True, var_name=var_name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return az.loo(data, var_name=var_name, pointwise=True, scale=scale)
-    ll = _stacked_log_likelihood(data, var_name).astype(np.float64)
-    log_r = log_r.astype(np.float64)
-    n_samples = ll.sizes["__sample__"]
-    if not np.isfinite(ll.values).all() or not np.isfinite(log_r.values).all():
+    ll, template = _log_likelihood(data, var_name)  # (S, n)
+    if not np.isfinite(ll).all() or not np.isfinite(log_r).all():
         raise ValueError("log-likelihood or log-ratio values are not finite; drop draws with zero density first")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        log_w, pareto_k = az.psislw((log_r - ll).transpose(..., "__sample__"), 1.0)
-        log_w_post, _ = az.psislw(log_r, 1.0)
     from scipy.special import logsumexp
 
-    elpd_i = (ll + log_w).reduce(logsumexp, dim="__sample__")
-    lppd = float((ll + log_w_post).reduce(logsumexp, dim="__sample__").sum())
+    log_w, pareto_k = psislw(log_r[None, :] - ll.T)  # (n, S): the ratios of each left-out point
+    elpd_i = logsumexp(ll.T + log_w, axis=-1)
+    lppd = logsumexp(ll.T + psislw(log_r)[0], axis=-1).sum()
+    n_samples = ll.shape[0]
     good_k = min(1 - 1 / np.log10(n_samples), 0.7)
-    return _elpd_data(elpd_i, pareto_k, lppd - float(elpd_i.sum()), n_samples, scale, good_k)
+    elpd_i = template.copy(data=elpd_i.reshape(template.shape))
+    pareto_k = template.copy(data=pareto_k.reshape(template.shape))
+    return elpd_data(elpd_i, pareto_k, float(lppd - elpd_i.values.sum()), n_samples, scale, good_k)
 
 
 def heldout_elpd(
@@ -587,7 +560,8 @@ def heldout_elpd(
     :class:`~dgm_ppl.evaluation.LogLikelihoodEstimate` with ``pareto_k`` also fills ``pareto_k`` (the importance
     sampler's k̂ per datum), so ``az.plot_khat`` and the warning flag work.
     """
-    _check_scale(scale)
+    if scale not in ("log", "negative_log", "deviance"):
+        raise ValueError(f"scale must be 'log', 'negative_log' or 'deviance', got {scale!r}")
     import xarray as xr
 
     pareto_k, n_samples = None, 1
@@ -605,4 +579,4 @@ def heldout_elpd(
     elpd_i = xr.DataArray(values, dims=[dim], coords={dim: np.arange(values.size)})
     if pareto_k is not None:
         pareto_k = xr.DataArray(_numpy(pareto_k).astype(np.float64), dims=[dim], coords=elpd_i.coords)
-    return _elpd_data(elpd_i, pareto_k, 0.0, n_samples, scale, 0.7)
+    return elpd_data(elpd_i, pareto_k, 0.0, n_samples, scale, 0.7)

@@ -230,11 +230,7 @@ def log_likelihood(
 
 def _pareto_k(log_w: Tensor) -> Tensor:
     """Pareto k̂ of each row of log-weights (rows: data, columns: samples), via ArviZ's PSIS."""
-    import warnings
+    from .._arviz_compat import psislw  # imports ArviZ, only when k̂ is asked for
 
-    import arviz as az
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # psislw warns on short tails; k̂ is what we report
-        _, k = az.psislw(log_w.double().cpu().numpy())
+    _, k = psislw(log_w.double().cpu().numpy())
     return torch.as_tensor(k, dtype=log_w.dtype, device=log_w.device).reshape(log_w.shape[0])
