@@ -223,7 +223,8 @@ def to_inference_data(
         model: the Pyro model, run as ``model(*model_args, **model_kwargs)`` with its observations (full data: a
             subsampled plate is refused).
         guide: a fitted guide (any Pyro guide, autoguides included); ``num_samples`` draws go in chain 0.
-        model_args, model_kwargs: the model's arguments (default for ``mcmc``: the ones it was run with).
+        model_args, model_kwargs: the model's arguments (default for ``mcmc``: the ones it was run with, which Pyro
+            keeps in the private ``MCMC._args``/``_kwargs``; pass them to be independent of that).
         num_samples: draws from the guide (and from the prior, unless ``num_prior_samples`` is given).
         posterior_samples: ``{site: tensor (draws, ...)}``, e.g. from ``Predictive`` or ``mcmc.get_samples()``;
             one chain.
@@ -256,7 +257,7 @@ def to_inference_data(
         "num_prior_samples", num_samples if num_prior_samples is None else num_prior_samples
     )
     if mcmc is not None and not model_args and not model_kwargs:
-        model_args, model_kwargs = tuple(mcmc._args or ()), dict(mcmc._kwargs or {})
+        model_args, model_kwargs = tuple(getattr(mcmc, "_args", None) or ()), dict(getattr(mcmc, "_kwargs", None) or {})
     sites, nesting = _inspect(model, tuple(model_args), dict(model_kwargs))
     observed = {n: s for n, s in sites.items() if s.observed}
     unknown = set(var_names or ()) - {n for n, s in sites.items() if not s.observed}

@@ -95,3 +95,62 @@ def test_learning_by_comparison_runs(tmp_path):
         assert 0.8 < scores["memorization_ratio"] < 4, (name, scores)
     assert math.isfinite(report["total_seconds"])
     assert (tmp_path / "learning_by_comparison.png").stat().st_size > 1000
+
+
+def test_bayesian_workflow_runs(tmp_path):
+    report = run_tutorial(
+        "bayesian_workflow.py",
+        "--svi-steps",
+        "250",
+        "--draws",
+        "200",
+        "--prior-draws",
+        "100",
+        "--nuts-warmup",
+        "60",
+        "--nuts-samples",
+        "100",
+        "--vae-epochs",
+        "6",
+        "--is-samples",
+        "200",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    )
+    assert report["prior_predictive"]["fraction_of_y_inside_90pct"] > 0.9  # the prior covers the data
+    ppc = report["posterior_predictive"]
+    assert ppc["normal"]["coverage_50"] > 0.7  # the Normal's intervals are too wide for the bulk of the data
+    assert abs(ppc["student_t_flow"]["coverage_50"] - 0.5) < 0.15
+    loo = report["loo"]
+    nuts = loo["nuts"]
+    assert math.isfinite(nuts["elpd"]) and nuts["divergences"] == 0 and nuts["max_r_hat"] < 1.1
+    for name in ("normal", "student_t_meanfield", "student_t_flow"):
+        entry = loo[name]
+        assert -1 < entry["guide_k"] < 2, (name, entry)
+        for kind in ("reweighted", "unweighted"):
+            assert -1 < entry[kind]["max_k"] < 2 and math.isfinite(entry[kind]["elpd"]), (name, kind, entry)
+    # The flow guide is close to the posterior: its reweighted LOO agrees with NUTS to within Monte Carlo error.
+    assert loo["student_t_flow"]["guide_k"] < 0.7
+    assert abs(loo["student_t_flow"]["reweighted_minus_nuts"]) < 1.5
+    # ... with few bad points (200 draws of a guide fitted in 250 steps: k̂ is noisy, a few points may pass 0.7),
+    assert loo["student_t_flow"]["reweighted"]["num_k_above_0.7"] <= 20
+    # while mean field is flagged almost everywhere
+    assert loo["student_t_meanfield"]["reweighted"]["num_k_above_0.7"] > 40
+    # Mean field misses the a-b correlation, which NUTS and the flow see.
+    corr = report["posterior_corr_a_b"]
+    assert abs(corr["student_t_meanfield"]) < 0.3 and corr["nuts"] < -0.6 and corr["student_t_flow"] < -0.6
+    compare = report["compare"]
+    assert compare["ranking"] == ["student_t", "normal"]
+    assert compare["elpd_diff"] > 2 * compare["dse"] > 0
+    vae = report["vae"]
+    check = vae["vectorized_guide_check"]  # the flow guide runs under an outer particle plate
+    assert check["z_shape"] == [3, 20, 8] and check["log_q_shape"] == [3, 20] and check["max_abs_diff"] < 1e-3
+    for name in ("diagonal", "flow"):
+        scores = vae[name]
+        assert -45 < scores["test_log_likelihood"] < -15, (name, scores)
+        assert scores["test_log_likelihood"] >= scores["test_elbo"] - 0.05, (name, scores)  # IWAE bound above ELBO
+        assert 1 <= scores["mean_ess"] <= vae["is_samples"] and -1 < scores["max_k"] < 2, (name, scores)
+    assert set(vae["ranking"]) == {"diagonal", "flow"} and vae["elpd_diff"] >= 0 and vae["dse"] > 0
+    assert math.isfinite(report["total_seconds"])
+    assert (tmp_path / "bayesian_workflow.png").stat().st_size > 1000

@@ -182,6 +182,9 @@ def log_likelihood(
         pareto_k: also fit the Pareto :math:`\\hat k` of each datum's weights (uses ArviZ's ``psislw``).
         progress: show a tqdm bar over data batches.
 
+    Densities are the sites' own ``log_prob`` with masks applied and ``poutine.scale`` ignored, so a KL-annealing
+    or subsampling scale in the program does not change the estimate.
+
     Returns:
         :class:`LogLikelihoodEstimate` with ``log_p``, ``ess`` and ``pareto_k`` of shape (N,).
     """
