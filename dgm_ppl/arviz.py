@@ -228,8 +228,8 @@ def to_inference_data(
         num_samples: draws from the guide (and from the prior, unless ``num_prior_samples`` is given).
         posterior_samples: ``{site: tensor (draws, ...)}``, e.g. from ``Predictive`` or ``mcmc.get_samples()``;
             one chain.
-        mcmc: a ``pyro.infer.MCMC`` that has run; chains are kept, and its extra fields (e.g. ``diverging``) go to
-            ``sample_stats``.
+        mcmc: a ``pyro.infer.MCMC`` that has run; chains are kept, and HMC/NUTS divergences go to
+            ``sample_stats.diverging``.
         prior: add ``prior`` and ``prior_predictive`` groups (also allowed with no posterior at all, for a prior
             predictive check before fitting).
         posterior_predictive, log_likelihood: whether to build these groups.
@@ -412,6 +412,8 @@ def _log_density(trace, num: int, nesting: int) -> Tensor:
     """Per-draw log_prob_sum of a trace run under the draw plate (scales and masks applied, like Pyro's)."""
     total = torch.zeros(num)
     for _, site in _sample_sites_all(trace):
+        if site["infer"].get("_deterministic"):  # masked out of the density anyway
+            continue
         log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
         total = total.to(log_prob) + _per_draw_sum(log_prob, num, nesting)
     return total
