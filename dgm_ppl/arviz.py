@@ -356,27 +356,32 @@ def _divergences(mcmc, draws: int) -> list[Tensor]:
     return flags
 
 
+def _record(groups, keys, trace, lp: Tensor, log_q: Tensor | None, sites, nesting: int, log_likelihood: bool):
+    """Store the densities, latent values and pointwise log-likelihoods of a conditioned model run over ``keys``
+    (one draw, or all of them under the draw plate at dim ``-(nesting + 1)``)."""
+    if torch.isnan(lp).any() or (log_q is not None and torch.isnan(log_q).any()):
+        raise ValueError(f"NaN log-density in the draws from {keys[0]}: they do not fit the model")
+    groups["sample_stats"].add_draws(keys, "lp", lp)
+    if log_q is not None:
+        groups["sample_stats"].add_draws(keys, "log_q", log_q)
+    for name, site in _sample_sites(trace):
+        if name not in sites:
+            raise ValueError(f"the model sampled a site {name!r} that its first run did not have")
+        if not sites[name].observed:
+            groups["posterior"].add_draws(keys, name, _draw_major(site["value"], len(keys), sites[name], nesting))
+        elif log_likelihood:
+            log_prob = site["fn"].log_prob(site["value"])
+            log_prob = _draw_major(log_prob, len(keys), sites[name], nesting, batch_only=True)
+            groups["log_likelihood"].add_draws(keys, name, log_prob)
+
+
 def _posterior(model, draws, total, sites, groups, args, kwargs, log_likelihood, predictive, progress) -> None:
     observed = [n for n, s in sites.items() if s.observed]
     with torch.no_grad():
         for key, values, log_q in tqdm(draws, total=total, disable=not progress, desc="posterior"):
-            conditioned = poutine.condition(model, data=values)
-            trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-            lp = trace.log_prob_sum()
-            if torch.isnan(lp) or (log_q is not None and torch.isnan(log_q)):
-                raise ValueError(f"NaN log-density at draw {key}: the draws do not fit the model")
-            groups["sample_stats"].add(key, "lp", lp)
-            if log_q is not None:
-                groups["sample_stats"].add(key, "log_q", log_q)
-            for name, site in _sample_sites(trace):
-                if name not in sites:
-                    raise ValueError(f"the model sampled a site {name!r} that its first run did not have")
-                if not sites[name].observed:
-                    groups["posterior"].add(key, name, site["value"])
-                elif log_likelihood:
-                    value = site["value"]
-                    batch = value.shape[: value.dim() - site["fn"].event_dim]
-                    groups["log_likelihood"].add(key, name, site["fn"].log_prob(value).expand(batch))
+            trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+            log_q = None if log_q is None else log_q.reshape(1)
+            _record(groups, [key], trace, trace.log_prob_sum().reshape(1), log_q, sites, 0, log_likelihood)
             if predictive:
                 fresh = poutine.trace(poutine.condition(poutine.uncondition(model), data=values))
                 trace = fresh.get_trace(*args, **kwargs)
@@ -455,20 +460,7 @@ def _posterior_parallel(model, guide, samples, keys, sites, nesting, groups, arg
             }
             log_q = None
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-        lp = _log_density(trace, num, nesting)
-        if torch.isnan(lp).any() or (log_q is not None and torch.isnan(log_q).any()):
-            raise ValueError("NaN log-density in some draws: the draws do not fit the model")
-        groups["sample_stats"].add_draws(keys, "lp", lp)
-        if log_q is not None:
-            groups["sample_stats"].add_draws(keys, "log_q", log_q)
-        for name, site in _sample_sites(trace):
-            if name not in sites:
-                raise ValueError(f"the model sampled a site {name!r} that its first run did not have")
-            if not sites[name].observed:
-                groups["posterior"].add_draws(keys, name, _draw_major(site["value"], num, sites[name], nesting))
-            elif log_likelihood:
-                log_prob = _draw_major(site["fn"].log_prob(site["value"]), num, sites[name], nesting, batch_only=True)
-                groups["log_likelihood"].add_draws(keys, name, log_prob)
+        _record(groups, keys, trace, _log_density(trace, num, nesting), log_q, sites, nesting, log_likelihood)
         if predictive:
             fresh = poutine.trace(poutine.condition(poutine.uncondition(model), data=values))
             trace = fresh.get_trace(*args, **kwargs)
