@@ -243,6 +243,11 @@ def to_inference_data(
     Returns:
         ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x). Dims of a site: ``(chain, draw)``, then
         the names of its plates, then ``{site}_dim_{i}`` for other batch and event dims.
+
+    The pointwise log-likelihood is each observed site's ``log_prob`` without its scale or mask: points masked out
+    with ``poutine.mask`` (e.g. missing values) get a density too, which is meaningless for them; drop them from the
+    model's data before converting. The posterior predictive reruns the model with its observations removed, so an
+    observed site that depends on another one (a time series) is replicated from the replicated values.
     """
     model_kwargs = {} if model_kwargs is None else model_kwargs
     if not isinstance(model_args, tuple | list) or not isinstance(model_kwargs, Mapping):
