@@ -1,0 +1,209 @@
+r"""Amortized guides for local latents: an encoder network maps each datum to its own posterior approximation.
+
+For a model with local latents :math:`z_i` in a plate over the data, the guide
+
+.. math::
+
+    q_\phi(z \mid x) = \prod_i q(z_i;\ \lambda_\phi(x_i)), \qquad h_i = \mathrm{encoder}(x_i)
+
+shares one network over all data points (amortization, Kingma & Welling 2014; Rezende et al. 2014), so a new point
+costs one forward pass instead of an optimization. ``AmortizedNormal`` is the diagonal Gaussian
+:math:`N(\mu(h), \mathrm{diag}\,\sigma^2(h))`, ``AmortizedMultivariateNormal`` the full-rank
+:math:`N(\mu(h), L(h) L(h)^\top)` with a Cholesky factor L whose diagonal is softplus-positive. Both are Pyro
+autoguides (:class:`~pyro.infer.autoguide.AutoGuide`), callable with the model's signature, and they compose with other
+autoguides for the global latents in an :class:`~pyro.infer.autoguide.AutoGuideList`.
+
+Conventions: the data batch x is the model's first argument, with the data plate over its first dimension (the plate
+may be subsampled, ``pyro.plate("data", N, subsample=x)``); the guide finds the plate, the event shape and the support
+of each site from one run of the model; a site whose support is not the real line is reached through
+``biject_to(support)``, as in Pyro's autoguides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.infer.autoguide import AutoGuide
+from torch import Tensor, nn
+from torch.distributions import biject_to, constraints
+
+__all__ = ["AmortizedGuide", "AmortizedNormal", "AmortizedMultivariateNormal"]
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + torch.log(-torch.expm1(torch.tensor(-y))).item()
+
+
+class AmortizedGuide(AutoGuide):
+    """Base class: finds the local sites' plate, shapes and supports, runs the encoder, samples each site.
+
+    Subclasses implement :meth:`_build` (create the heads, given the feature size) and :meth:`base_distribution`
+    (the distribution of the unconstrained latent of one site, with batch shape ``(B,)`` and one event dim).
+    """
+
+    def __init__(self, model, encoder: nn.Module, site: str | Sequence[str] = "z", *, init_scale: float = 0.1):
+        super().__init__(model)
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be an nn.Module mapping the data batch to features, got {type(encoder)}")
+        if init_scale <= 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        self.encoder = encoder  # a PyroModule registers its children's parameters as Pyro params when used
+        self.sites = (site,) if isinstance(site, str) else tuple(site)
+        if not self.sites:
+            raise ValueError("site must name at least one latent site")
+        self.init_scale = init_scale
+
+    # -- set-up from one run of the model ---------------------------------------------------------------------
+    def _setup_prototype(self, *args, **kwargs) -> None:
+        super()._setup_prototype(*args, **kwargs)
+        if not args or not isinstance(args[0], Tensor) or args[0].dim() == 0:
+            raise ValueError("the model's first argument must be the data batch x of shape (B, ...)")
+        batch = args[0].shape[0]
+        self._frame, self._shapes, self._supports = None, {}, {}
+        for name in self.sites:
+            site = self.prototype_trace.nodes.get(name)
+            if site is None or site["type"] != "sample":
+                latent = [n for n, s in self.prototype_trace.iter_stochastic_nodes()]
+                raise ValueError(
+                    f"the model has no latent sample site {name!r} (observed sites are not guided); its latent sites "
+                    f"are {latent}"
+                )
+            if site["is_observed"]:
+                raise ValueError(f"site {name!r} is observed: an amortized guide is for latent sites")
+            frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.size == batch]
+            if not frames:
+                raise ValueError(
+                    f"site {name!r} is not in a plate over the data (size {batch}, the first dimension of the model's "
+                    "first argument): an amortized guide is for local latents; use an autoguide for global ones"
+                )
+            frame = frames[0]
+            if self._frame is not None and frame.name != self._frame.name:
+                raise ValueError(f"sites {self.sites} are in different plates ({self._frame.name!r}, {frame.name!r})")
+            self._frame = frame
+            fn = site["fn"]
+            batch_shape = site["value"].shape[: site["value"].dim() - fn.event_dim]
+            other = [s for i, s in enumerate(batch_shape) if i != len(batch_shape) + frame.dim and s != 1]
+            if other:
+                raise ValueError(
+                    f"site {name!r} has batch shape {tuple(batch_shape)}: besides the data plate, its batch dims must "
+                    "be 1 (move other dims to the event with .to_event(), or guide nested plates by hand)"
+                )
+            self._shapes[name] = tuple(fn.event_shape)
+            self._supports[name] = fn.support
+        features = self._features(args[0])
+        self._build(features.shape[-1])
+        self._batch_ndim = -self._frame.dim
+
+    def _features(self, x: Tensor) -> Tensor:
+        h = self.encoder(x)
+        if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[0] != x.shape[0]:
+            shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+            raise ValueError(
+                f"the encoder must map the data batch {tuple(x.shape)} to features of shape (B, F) with B = "
+                f"{x.shape[0]}; it returned {shape}"
+            )
+        return h
+
+    def _size(self, name: str) -> int:
+        return int(torch.Size(self._shapes[name]).numel())
+
+    def _build(self, features: int) -> None:
+        raise NotImplementedError
+
+    def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    # -- the guide --------------------------------------------------------------------------------------------
+    def _plate(self, batch: int, args, kwargs):
+        frame = self._frame
+        if self.master is not None:  # inside an AutoGuideList: its plates (pass it create_plates for varying batches)
+            return self._create_plates(*args, **kwargs)[frame.name]
+        if frame.full_size is not None and frame.full_size != frame.size:  # the model subsamples this plate
+            return pyro.plate(frame.name, frame.full_size, subsample_size=batch, dim=frame.dim)
+        return pyro.plate(frame.name, batch, dim=frame.dim)
+
+    def distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
+        """q(z_i | x_i) of one site, batch shape (B,), on the site's support and event shape."""
+        q = self.base_distribution(name, h)
+        transforms = []
+        if self._shapes[name] != (self._size(name),):
+            transforms.append(dist.transforms.ReshapeTransform((self._size(name),), self._shapes[name]))
+        support = self._supports[name]
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if support is not constraints.real:
+            transforms.append(biject_to(self._supports[name]))
+        if not transforms:
+            return q
+        if isinstance(q, dist.TransformedDistribution):  # one flat chain of transforms
+            return dist.TransformedDistribution(q.base_dist, [*q.transforms, *transforms])
+        return dist.TransformedDistribution(q, transforms)
+
+    def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        x = args[0]
+        h = self._features(x)
+        # the latent's batch dims: B at the plate's dim, then 1s up to the rightmost batch dim
+        h = h.reshape(h.shape[:1] + (1,) * (self._batch_ndim - 1) + h.shape[1:])
+        values = {}
+        with self._plate(x.shape[0], args, kwargs):
+            for name in self.sites:
+                values[name] = pyro.sample(name, self.distribution(name, h))
+        return values
+
+
+class AmortizedNormal(AmortizedGuide):
+    r"""Diagonal Gaussian :math:`q(z_i \mid x_i) = N(\mu(h_i), \mathrm{diag}\,\sigma^2(h_i))`, :math:`\sigma` =
+    softplus of an affine head (starting near ``init_scale``), on each listed local site.
+
+    Example::
+
+        guide = AmortizedNormal(model, encoder=nn.Sequential(nn.Linear(784, 200), nn.ReLU()), site="z")
+        svi = SVI(model, guide, Adam({"lr": 1e-3}), Trace_ELBO())
+    """
+
+    def _build(self, features: int) -> None:
+        self.loc = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
+        self.scale = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
+        with torch.no_grad():
+            for n in self.sites:
+                self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
+                self.loc[n].bias.zero_()
+                self.scale[n].weight.mul_(0.01)
+                self.scale[n].bias.fill_(_inverse_softplus(self.init_scale))
+
+    def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
+        return dist.Normal(self.loc[name](h), F.softplus(self.scale[name](h))).to_event(1)
+
+
+class AmortizedMultivariateNormal(AmortizedGuide):
+    r"""Full-rank Gaussian :math:`q(z_i \mid x_i) = N(\mu(h_i), L(h_i) L(h_i)^\top)` with a lower-triangular Cholesky
+    factor from an affine head: softplus on the diagonal (starting near ``init_scale``), free below it."""
+
+    def _build(self, features: int) -> None:
+        self.loc = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
+        self.tril = nn.ModuleDict(
+            {n: nn.Linear(features, self._size(n) * (self._size(n) + 1) // 2) for n in self.sites}
+        )
+        with torch.no_grad():
+            for n in self.sites:
+                d = self._size(n)
+                self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
+                self.loc[n].bias.zero_()
+                self.tril[n].weight.mul_(0.01)
+                rows, cols = torch.tril_indices(d, d)
+                self.tril[n].bias.copy_(torch.where(rows == cols, _inverse_softplus(self.init_scale), 0.0))
+
+    def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
+        d = self._size(name)
+        raw = self.tril[name](h)
+        rows, cols = torch.tril_indices(d, d, device=raw.device)
+        values = torch.where(rows == cols, F.softplus(raw) + 1e-5, raw)
+        tril = raw.new_zeros(raw.shape[:-1] + (d, d))
+        tril[..., rows, cols] = values
+        return dist.MultivariateNormal(self.loc[name](h), scale_tril=tril)
