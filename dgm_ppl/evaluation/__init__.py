@@ -1,5 +1,6 @@
-"""Evaluation of generative models: likelihoods, two-sample tests, mode coverage, memorization."""
+"""Evaluation of generative models: likelihoods, collapse diagnostics, two-sample tests, mode coverage, memorization."""
 
+from .collapse import ActiveUnits, active_units, kl_per_dimension
 from .likelihood import LogLikelihoodEstimate, log_likelihood
 from .modes import MemorizationResult, ModeCoverage, memorization, mode_coverage
 from .two_sample import MMDTestResult, mmd2, mmd_test
@@ -7,6 +8,9 @@ from .two_sample import MMDTestResult, mmd2, mmd_test
 __all__ = [
     "log_likelihood",
     "LogLikelihoodEstimate",
+    "kl_per_dimension",
+    "active_units",
+    "ActiveUnits",
     "mmd2",
     "mmd_test",
     "MMDTestResult",

@@ -3,6 +3,19 @@
 from .errors import DivergenceError
 from .gan import GAN_KINDS, GANLoss, gradient_penalty
 from .mmd import MMDLoss
+from .objectives import IWAE, AnnealedELBO, FreeBitsELBO, LatentScaleMessenger, linear_warmup
 from .training import train
 
-__all__ = ["DivergenceError", "GANLoss", "GAN_KINDS", "gradient_penalty", "MMDLoss", "train"]
+__all__ = [
+    "DivergenceError",
+    "GANLoss",
+    "GAN_KINDS",
+    "gradient_penalty",
+    "MMDLoss",
+    "AnnealedELBO",
+    "FreeBitsELBO",
+    "IWAE",
+    "LatentScaleMessenger",
+    "linear_warmup",
+    "train",
+]
