@@ -48,7 +48,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._arviz_compat import ARVIZ_1, elpd_data, psislw
-from .evaluation.likelihood import LogLikelihoodEstimate
+from .evaluation.likelihood import LogLikelihoodEstimate, _check_count
 
 __all__ = ["to_inference_data", "loo", "guide_pareto_k", "heldout_elpd"]
 
@@ -112,12 +112,6 @@ def _inspect(model: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, _Sit
         (-f.dim for _, site in _sample_sites(trace) for f in site["cond_indep_stack"] if f.vectorized), default=0
     )
     return sites, nesting
-
-
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_values(values: Mapping[str, Tensor], sites: dict[str, _Site], where: str) -> None:

@@ -14,15 +14,9 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from ..infer.objectives import _per_dimension_kl
+from ..infer.objectives import _per_dimension_kl, _traces
 
 __all__ = ["kl_per_dimension", "active_units", "ActiveUnits"]
-
-
-def _traces(model, guide, args, kwargs):
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return model_trace, guide_trace
 
 
 def _site(trace, site: str, role: str) -> dict:

@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -56,11 +57,13 @@ class LogLikelihoodEstimate:
         return self.log_p.mean().item()
 
 
-def _check_count(name: str, value, allow_none: bool = False) -> None:
+def _check_count(name: str, value, allow_none: bool = False) -> int | None:
+    """``value`` as an int, if it is a positive integer (or None when allowed); else a ValueError naming it."""
     if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _sites(trace) -> dict:

@@ -114,6 +114,14 @@ class AmortizedGuide(AutoGuide):
     def _build(self, features: int) -> None:
         raise NotImplementedError
 
+    def _build_loc(self, features: int) -> None:
+        """Affine heads for the means, started near 0 (q starts near N(0, init_scale²) for every x)."""
+        self.loc = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
+        with torch.no_grad():
+            for n in self.sites:
+                self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
+                self.loc[n].bias.zero_()
+
     def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
 
@@ -168,12 +176,10 @@ class AmortizedNormal(AmortizedGuide):
     """
 
     def _build(self, features: int) -> None:
-        self.loc = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
+        self._build_loc(features)
         self.scale = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
         with torch.no_grad():
             for n in self.sites:
-                self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
-                self.loc[n].bias.zero_()
                 self.scale[n].weight.mul_(0.01)
                 self.scale[n].bias.fill_(_inverse_softplus(self.init_scale))
 
@@ -186,15 +192,13 @@ class AmortizedMultivariateNormal(AmortizedGuide):
     factor from an affine head: softplus on the diagonal (starting near ``init_scale``), free below it."""
 
     def _build(self, features: int) -> None:
-        self.loc = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
+        self._build_loc(features)
         self.tril = nn.ModuleDict(
             {n: nn.Linear(features, self._size(n) * (self._size(n) + 1) // 2) for n in self.sites}
         )
         with torch.no_grad():
             for n in self.sites:
                 d = self._size(n)
-                self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
-                self.loc[n].bias.zero_()
                 self.tril[n].weight.mul_(0.01)
                 rows, cols = torch.tril_indices(d, d)
                 self.tril[n].bias.copy_(torch.where(rows == cols, _inverse_softplus(self.init_scale), 0.0))

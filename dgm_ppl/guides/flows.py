@@ -28,10 +28,9 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .amortized import AmortizedGuide, _inverse_softplus
+from .amortized import AmortizedNormal
 
 __all__ = ["AmortizedFlow", "FLOWS"]
 
@@ -50,7 +49,7 @@ def _step(flow: str, dim: int, context: int, hidden: list[int]):
     return T.conditional_spline_autoregressive(dim, context, hidden_dims=hidden, count_bins=8)
 
 
-class AmortizedFlow(AmortizedGuide):
+class AmortizedFlow(AmortizedNormal):
     """Amortized flow guide: ``flow`` in ``FLOWS``, ``num_flows`` steps, each conditioned on the encoder's features.
 
     Args:
@@ -83,8 +82,7 @@ class AmortizedFlow(AmortizedGuide):
         sizes = {n: self._size(n) for n in self.sites}
         if self.flow in ("iaf", "affine_coupling", "spline") and min(sizes.values()) < 2:
             raise ValueError(f"flow {self.flow!r} needs a latent of at least 2 dimensions, got sizes {sizes}")
-        self.loc = nn.ModuleDict({n: nn.Linear(features, d) for n, d in sizes.items()})
-        self.scale = nn.ModuleDict({n: nn.Linear(features, d) for n, d in sizes.items()})
+        super()._build(features)  # the base Gaussian's heads
         steps, self._layers = {}, {}
         for n, d in sizes.items():
             hidden = self.hidden_dims or [2 * (d + features)]
@@ -96,15 +94,9 @@ class AmortizedFlow(AmortizedGuide):
             self._layers[n] = layers
             steps[n] = nn.ModuleList([layer for layer in layers if isinstance(layer, nn.Module)])
         self.steps = nn.ModuleDict(steps)  # the trainable steps (permutations have no parameters)
-        with torch.no_grad():
-            for n in self.sites:
-                self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
-                self.loc[n].bias.zero_()
-                self.scale[n].weight.mul_(0.01)
-                self.scale[n].bias.fill_(_inverse_softplus(self.init_scale))
 
     def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
-        base = dist.Normal(self.loc[name](h), F.softplus(self.scale[name](h))).to_event(1)
+        base = super().base_distribution(name, h)
         self.steps  # noqa: B018  (PyroModule registers the steps' parameters as Pyro params on access)
         transforms = [t.condition(h) if hasattr(t, "condition") else t for t in self._layers[name]]
         return dist.TransformedDistribution(base, transforms)

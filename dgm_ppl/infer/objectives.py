@@ -99,6 +99,12 @@ class AnnealedELBO(ELBO):
         self.step = int(state["step"])
 
 
+def _traces(model, guide, args, kwargs):
+    """A guide trace and the model replayed on it."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs), guide_trace
+
+
 def _per_dimension_kl(guide_site: dict, model_site: dict) -> Tensor:
     """KL(q || p) per latent coordinate, batch dims kept: needs Independent(factorized) or factorized distributions."""
     q, p = guide_site["fn"], model_site["fn"]
@@ -127,8 +133,7 @@ class FreeBitsELBO(ELBO):
         self.free_bits, self.sites = float(free_bits), None if sites is None else set(sites)
 
     def _terms(self, model, guide, args, kwargs) -> Tensor:
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        model_trace, guide_trace = _traces(model, guide, args, kwargs)
         loss = 0.0
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
