@@ -128,6 +128,7 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 import torch.nn.functional as F
+from _figures import tile  # tutorials/_figures.py
 from pyro import poutine
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal
@@ -607,7 +608,7 @@ def make_figure(path, report, x, y, outlier, prior, idata, loos, plain_loos, est
     tiles = [x_test[:8]]
     for name in ("diagonal", "flow"):
         tiles += [vae_images[name]["reconstructions"], vae_images[name]["samples"][:8]]
-    ax.imshow(_tile(torch.cat(tiles), 5, 8), cmap="gray_r", interpolation="nearest", vmin=0, vmax=1)
+    ax.imshow(tile(torch.cat(tiles), 5, 8), cmap="gray_r", interpolation="nearest", vmin=0, vmax=1)
     rows = ["test", "diag. recon.", "diag. samples", "flow recon.", "flow samples"]
     ax.set_yticks([5 + 10 * i for i in range(len(rows))], rows)
     ax.set_xticks([])
@@ -638,13 +639,6 @@ def make_figure(path, report, x, y, outlier, prior, idata, loos, plain_loos, est
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-
-
-def _tile(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    images = images.reshape(-1, 8, 8)[: rows * cols]
-    pad = torch.full((rows * cols, 10, 10), float("nan"))
-    pad[: len(images), 1:9, 1:9] = images
-    return pad.reshape(rows, cols, 10, 10).permute(0, 2, 1, 3).reshape(rows * 10, cols * 10)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import os
 import pyro
 import torch
 import torch.nn.functional as F
+from _figures import tile  # tutorials/_figures.py
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
@@ -179,7 +180,7 @@ def main():
         (axes[0, 1], dbm_samples, "DBM: persistent chains + 1,000 Gibbs sweeps"),
         (axes[1, 0], dbn_samples, "DBN: 1,000 sweeps in the top RBM, then down"),
     ):
-        ax.imshow(_tile(images, 4, 8), cmap="gray_r", interpolation="nearest")
+        ax.imshow(tile(images, 4, 8), cmap="gray_r", interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
     ax = axes[1, 1]
@@ -239,13 +240,6 @@ def _fine_tune(net: nn.Module, x, y, x_test, y_test, epochs: int, seed: int) -> 
         with torch.no_grad():
             accuracy.append(float((net(x_test).argmax(-1) == y_test).float().mean()))
     return accuracy
-
-
-def _tile(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    images = images.reshape(-1, 8, 8)[: rows * cols]
-    pad = torch.full((rows * cols, 10, 10), float("nan"))
-    pad[: len(images), 1:9, 1:9] = images
-    return pad.reshape(rows, cols, 10, 10).permute(0, 2, 1, 3).reshape(rows * 10, cols * 10)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from _figures import tile  # tutorials/_figures.py
 from pyro.infer import SVI
 from torch import nn
 
@@ -430,7 +431,7 @@ def make_figure(path, report, ring_samples, histories, real, centers, x_train, x
         (f"conv generator, {'GAN' if k == 'gan' else 'MMD'}", s) for k, (s, _) in digit_samples.items()
     ]
     for ax, (title, images) in zip(axes[2], image_panels):
-        ax.imshow(_tile(images, 6, 8), cmap="gray_r", interpolation="nearest", vmin=0, vmax=1)
+        ax.imshow(tile(images, 6, 8), cmap="gray_r", interpolation="nearest", vmin=0, vmax=1)
         ax.set_title(title)
         ax.axis("off")
     for ax in [*axes[0, len(panels) :], *axes[1, len(histories) : 3], *axes[2, len(image_panels) : 3]]:
@@ -457,13 +458,6 @@ def _smooth(values, parts: int = 100):
     if w == 1:
         return v.numpy()
     return torch.nn.functional.avg_pool1d(v[None, None], w, stride=1).flatten().numpy()
-
-
-def _tile(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    images = images.reshape(-1, 8, 8)[: rows * cols]
-    pad = torch.full((rows * cols, 10, 10), float("nan"))
-    pad[: len(images), 1:9, 1:9] = images
-    return pad.reshape(rows, cols, 10, 10).permute(0, 2, 1, 3).reshape(rows * 10, cols * 10)
 
 
 if __name__ == "__main__":

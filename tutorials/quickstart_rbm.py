@@ -18,6 +18,7 @@ import os
 
 import pyro
 import torch
+from _figures import tile  # tutorials/_figures.py
 from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl.datasets import load_digits
@@ -93,9 +94,9 @@ def main():
     samples = rbm.distribution(chains, sample_steps=1000).sample((32,))
     filters = rbm.weight.detach().T[:20]
     fig, axes = plt.subplots(2, 1, figsize=(8, 5.5))
-    axes[0].imshow(_tile(samples, 4, 8), cmap="gray_r", interpolation="nearest")
+    axes[0].imshow(tile(samples, 4, 8), cmap="gray_r", interpolation="nearest")
     axes[0].set_title("Gibbs samples (1,000 sweeps from the persistent chains)")
-    axes[1].imshow(_tile(filters, 2, 10, normalize=True), cmap="RdBu_r", interpolation="nearest")
+    axes[1].imshow(tile(filters, 2, 10, normalize=True), cmap="RdBu_r", interpolation="nearest")
     axes[1].set_title("learned filters (columns of W)")
     for ax in axes:
         ax.axis("off")
@@ -103,15 +104,6 @@ def main():
     path = os.path.join(args.out, "quickstart_rbm.png")
     fig.savefig(path, dpi=120)
     print(f"saved {path}")
-
-
-def _tile(images: torch.Tensor, rows: int, cols: int, normalize: bool = False) -> torch.Tensor:
-    images = images.reshape(-1, 8, 8)[: rows * cols]
-    if normalize:
-        images = images / images.abs().amax((1, 2), keepdim=True)
-    pad = torch.full((rows * cols, 10, 10), float("nan"))
-    pad[: len(images), 1:9, 1:9] = images
-    return pad.reshape(rows, cols, 10, 10).permute(0, 2, 1, 3).reshape(rows * 10, cols * 10)
 
 
 if __name__ == "__main__":
