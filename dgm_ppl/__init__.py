@@ -1,6 +1,6 @@
 """dgm_ppl: deep generative models on top of Pyro."""
 
-from . import datasets, energy, evaluation, guides, infer, kernels, nn
+from . import datasets, energy, evaluation, guides, infer, kernels, models, nn
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
@@ -12,6 +12,7 @@ __all__ = [
     "guides",
     "infer",
     "kernels",
+    "models",
     "nn",
     "save_checkpoint",
     "load_checkpoint",

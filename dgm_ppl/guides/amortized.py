@@ -13,7 +13,8 @@ costs one forward pass instead of an optimization. ``AmortizedNormal`` is the di
 autoguides (:class:`~pyro.infer.autoguide.AutoGuide`), callable with the model's signature, and they compose with other
 autoguides for the global latents in an :class:`~pyro.infer.autoguide.AutoGuideList`.
 
-Conventions: the data batch x is the model's first argument, with the data plate over its first dimension (the plate
+Conventions: the data batch x is the model's first argument (the encoder sees it, or the first ``encoder_args``
+arguments, e.g. ``(x, y)`` for a conditional VAE), with the data plate over its first dimension (the plate
 may be subsampled, ``pyro.plate("data", N, subsample=x)``); the guide finds the plate, the event shape and the support
 of each site from one run of the model; a site whose support is not the real line is reached through
 ``biject_to(support)``, as in Pyro's autoguides.
@@ -45,8 +46,18 @@ class AmortizedGuide(AutoGuide):
     (the distribution of the unconstrained latent of one site, with batch shape ``(B,)`` and one event dim).
     """
 
-    def __init__(self, model, encoder: nn.Module, site: str | Sequence[str] = "z", *, init_scale: float = 0.1):
+    def __init__(
+        self,
+        model,
+        encoder: nn.Module,
+        site: str | Sequence[str] = "z",
+        *,
+        init_scale: float = 0.1,
+        encoder_args: int = 1,
+    ):
         super().__init__(model)
+        if isinstance(encoder_args, bool) or not isinstance(encoder_args, int) or encoder_args < 1:
+            raise ValueError(f"encoder_args must be a positive integer, got {encoder_args!r}")
         if not isinstance(encoder, nn.Module):
             raise TypeError(f"encoder must be an nn.Module mapping the data batch to features, got {type(encoder)}")
         if init_scale <= 0:
@@ -55,7 +66,7 @@ class AmortizedGuide(AutoGuide):
         self.sites = (site,) if isinstance(site, str) else tuple(site)
         if not self.sites:
             raise ValueError("site must name at least one latent site")
-        self.init_scale = init_scale
+        self.init_scale, self.encoder_args = init_scale, encoder_args
 
     # -- set-up from one run of the model ---------------------------------------------------------------------
     def _setup_prototype(self, *args, **kwargs) -> None:
@@ -94,12 +105,16 @@ class AmortizedGuide(AutoGuide):
                 )
             self._shapes[name] = tuple(fn.event_shape)
             self._supports[name] = fn.support
-        features = self._features(args[0])
+        features = self._features(args)
         self._build(features.shape[-1])
         self._batch_ndim = -self._frame.dim
 
-    def _features(self, x: Tensor) -> Tensor:
-        h = self.encoder(x)
+    def _features(self, args: tuple) -> Tensor:
+        """encoder(x, ...) from the model's first ``encoder_args`` arguments (a CVAE's encoder also sees the label)."""
+        if len(args) < self.encoder_args:
+            raise ValueError(f"the encoder takes the model's first {self.encoder_args} arguments, got {len(args)}")
+        x = args[0]
+        h = self.encoder(*args[: self.encoder_args])
         if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[0] != x.shape[0]:
             shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
             raise ValueError(
@@ -155,7 +170,7 @@ class AmortizedGuide(AutoGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         x = args[0]
-        h = self._features(x)
+        h = self._features(args)
         # the latent's batch dims: B at the plate's dim, then 1s up to the rightmost batch dim
         h = h.reshape(h.shape[:1] + (1,) * (self._batch_ndim - 1) + h.shape[1:])
         values = {}

@@ -53,7 +53,7 @@ class AmortizedFlow(AmortizedNormal):
     """Amortized flow guide: ``flow`` in ``FLOWS``, ``num_flows`` steps, each conditioned on the encoder's features.
 
     Args:
-        model, encoder, site, init_scale: as :class:`~dgm_ppl.guides.AmortizedNormal`.
+        model, encoder, site, init_scale, encoder_args: as :class:`~dgm_ppl.guides.AmortizedNormal`.
         flow: ``"planar"``, ``"radial"``, ``"iaf"``, ``"affine_coupling"`` or ``"spline"``.
         num_flows: number of steps.
         hidden_dims: hidden layers of each step's network (default: one layer of 2 * (latent + feature) units).
@@ -69,12 +69,13 @@ class AmortizedFlow(AmortizedNormal):
         num_flows: int = 2,
         hidden_dims: Sequence[int] | None = None,
         init_scale: float = 0.1,
+        encoder_args: int = 1,
     ):
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
             raise ValueError(f"num_flows must be a positive integer, got {num_flows!r}")
-        super().__init__(model, encoder, site, init_scale=init_scale)
+        super().__init__(model, encoder, site, init_scale=init_scale, encoder_args=encoder_args)
         self.flow, self.num_flows = flow, num_flows
         self.hidden_dims = None if hidden_dims is None else list(hidden_dims)
 
