@@ -1,7 +1,9 @@
 r"""Posterior-collapse diagnostics for amortized latent-variable models.
 
 - KL per latent dimension, :math:`\mathbb E_x\, \mathrm{KL}(q(z_j \mid x) \,\|\, p(z_j))` in closed form for
-  factorized guides and priors: a collapsed dimension has KL ≈ 0 (its posterior is the prior whatever x is).
+  factorized priors and factorized or full-rank Gaussian guides (through the marginals
+  :math:`q(z_j \mid x) = N(\mu_j, \Sigma_{jj})`): a collapsed dimension has KL ≈ 0 (its posterior is the prior
+  whatever x is).
 - Active units (Burda et al. 2016): dimension j is active when :math:`A_j = \mathrm{Var}_x\, \mathbb E_{q}[z_j \mid x]`
   exceeds a threshold (0.01): its posterior mean moves with the data.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import Tensor
@@ -32,6 +35,10 @@ def kl_per_dimension(model, guide, *args, site: str = "z", **kwargs) -> Tensor:
     with torch.no_grad():
         model_trace, guide_trace = _traces(model, guide, args, kwargs)
         q_site = _site(guide_trace, site, "guide")
+        if isinstance(q_site["fn"], dist.MultivariateNormal):  # its marginals
+            q = q_site["fn"]
+            marginals = dist.Normal(q.loc, q.variance.sqrt()).to_event(1)
+            q_site = {**q_site, "fn": marginals}
         kl = _per_dimension_kl(q_site, _site(model_trace, site, "model"))
         event = q_site["fn"].event_dim
         kl = kl.reshape(-1, *kl.shape[kl.dim() - event :]) if event else kl.reshape(-1, 1)

@@ -13,6 +13,19 @@ costs one forward pass instead of an optimization. ``AmortizedNormal`` is the di
 autoguides (:class:`~pyro.infer.autoguide.AutoGuide`), callable with the model's signature, and they compose with other
 autoguides for the global latents in an :class:`~pyro.infer.autoguide.AutoGuideList`.
 
+Semi-amortized inference (Kim et al. 2018; Krishnan et al. 2018): with ``refine_steps=K`` the encoder's output
+:math:`\lambda_0 = \lambda_\phi(x)` (the local parameters: means and scales, or the Cholesky factor) is only the start;
+K gradient steps on the ELBO of the batch refine it per datum before the guide samples,
+
+.. math::
+
+    \lambda_{k+1} = \lambda_k + \eta\, \mathrm{Adam}\big(\nabla_\lambda \mathrm{ELBO}(x_i; \lambda_k)\big),
+
+with Adam's elementwise normalization (one step size η suits every datum and curvature). This closes part of the
+amortization gap (the encoder's error on top of the family's). By default the update is
+first-order: the encoder gets the gradient at :math:`\lambda_K` as if :math:`\lambda_K = \lambda_0 + \text{const}`;
+``refine_backprop=True`` differentiates through the K steps (SA-VAE; second order, costlier).
+
 Conventions: the data batch x is the model's first argument (the encoder sees it, or the first ``encoder_args``
 arguments, e.g. ``(x, y)`` for a conditional VAE), with the data plate over its first dimension (the plate
 may be subsampled, ``pyro.plate("data", N, subsample=x)``); the guide finds the plate, the event shape and the support
@@ -28,11 +41,16 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoGuide
 from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 
 __all__ = ["AmortizedGuide", "AmortizedNormal", "AmortizedMultivariateNormal"]
+
+
+_BETAS = (0.9, 0.999)  # Adam's, for the refinement steps
 
 
 def _inverse_softplus(y: float) -> float:
@@ -42,8 +60,19 @@ def _inverse_softplus(y: float) -> float:
 class AmortizedGuide(AutoGuide):
     """Base class: finds the local sites' plate, shapes and supports, runs the encoder, samples each site.
 
-    Subclasses implement :meth:`_build` (create the heads, given the feature size) and :meth:`base_distribution`
-    (the distribution of the unconstrained latent of one site, with batch shape ``(B,)`` and one event dim).
+    Subclasses implement :meth:`_build` (create the heads, given the feature size), :meth:`local_parameters` (the
+    per-datum parameters λ(h) of one site, a dict of tensors with leading dim B) and :meth:`base_distribution` (the
+    distribution of the site's unconstrained latent given h and λ, batch shape ``(B,)`` and one event dim).
+
+    Args:
+        model: the Pyro model; its first argument is the data batch.
+        encoder: network from the model's first ``encoder_args`` arguments to features of shape (B, F).
+        site: the local latent site(s) to guide.
+        init_scale: the guide's initial standard deviation.
+        encoder_args: how many of the model's leading arguments the encoder takes.
+        refine_steps: K > 0 makes the guide semi-amortized (K gradient steps on λ per call; see the module's notes).
+        refine_lr: the step size η of the refinement's Adam updates (per datum and coordinate).
+        refine_backprop: differentiate through the refinement instead of the first-order update.
     """
 
     def __init__(
@@ -54,8 +83,16 @@ class AmortizedGuide(AutoGuide):
         *,
         init_scale: float = 0.1,
         encoder_args: int = 1,
+        refine_steps: int = 0,
+        refine_lr: float = 0.05,
+        refine_backprop: bool = False,
     ):
         super().__init__(model)
+        if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+            raise ValueError(f"refine_steps must be a non-negative integer, got {refine_steps!r}")
+        if not refine_lr > 0:
+            raise ValueError(f"refine_lr must be positive, got {refine_lr}")
+        self.refine_steps, self.refine_lr, self.refine_backprop = refine_steps, float(refine_lr), refine_backprop
         if isinstance(encoder_args, bool) or not isinstance(encoder_args, int) or encoder_args < 1:
             raise ValueError(f"encoder_args must be a positive integer, got {encoder_args!r}")
         if not isinstance(encoder, nn.Module):
@@ -105,6 +142,13 @@ class AmortizedGuide(AutoGuide):
                 )
             self._shapes[name] = tuple(fn.event_shape)
             self._supports[name] = fn.support
+        if self.refine_steps:
+            unguided = [n for n, _ in self.prototype_trace.iter_stochastic_nodes() if n not in self.sites]
+            if unguided:
+                raise ValueError(
+                    f"refine_steps > 0 optimizes the ELBO of this guide alone, so it must guide every latent site; "
+                    f"{unguided} are not guided (train global latents without refinement, or list them in site=)"
+                )
         features = self._features(args)
         self._build(features.shape[-1])
         self._batch_ndim = -self._frame.dim
@@ -137,7 +181,10 @@ class AmortizedGuide(AutoGuide):
                 self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
                 self.loc[n].bias.zero_()
 
-    def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
+    def local_parameters(self, name: str, h: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def base_distribution(self, name: str, h: Tensor, local: dict[str, Tensor] | None = None) -> dist.TorchDistribution:
         raise NotImplementedError
 
     # -- the guide --------------------------------------------------------------------------------------------
@@ -149,9 +196,10 @@ class AmortizedGuide(AutoGuide):
             return pyro.plate(frame.name, frame.full_size, subsample_size=batch, dim=frame.dim)
         return pyro.plate(frame.name, batch, dim=frame.dim)
 
-    def distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
-        """q(z_i | x_i) of one site, batch shape (B,), on the site's support and event shape."""
-        q = self.base_distribution(name, h)
+    def distribution(self, name: str, h: Tensor, local: dict[str, Tensor] | None = None) -> dist.TorchDistribution:
+        """q(z_i | x_i) of one site, batch shape (B,), on the site's support and event shape (λ = ``local`` if given,
+        else the encoder's)."""
+        q = self.base_distribution(name, h, local)
         transforms = []
         if self._shapes[name] != (self._size(name),):
             transforms.append(dist.transforms.ReshapeTransform((self._size(name),), self._shapes[name]))
@@ -173,11 +221,52 @@ class AmortizedGuide(AutoGuide):
         h = self._features(args)
         # the latent's batch dims: B at the plate's dim, then 1s up to the rightmost batch dim
         h = h.reshape(h.shape[:1] + (1,) * (self._batch_ndim - 1) + h.shape[1:])
+        local = {name: self.local_parameters(name, h) for name in self.sites}
+        if self.refine_steps:
+            local = self._refine(h, local, args, kwargs)
         values = {}
         with self._plate(x.shape[0], args, kwargs):
             for name in self.sites:
-                values[name] = pyro.sample(name, self.distribution(name, h))
+                values[name] = pyro.sample(name, self.distribution(name, h, local[name]))
         return values
+
+    def _refine(self, h: Tensor, local: dict, args, kwargs) -> dict:
+        """K gradient steps on λ maximizing a one-sample ELBO of the batch, hidden from the enclosing inference."""
+        if self.master is not None:
+            raise ValueError("refine_steps > 0 is not supported inside an AutoGuideList (it must guide every latent)")
+        batch, frame = args[0].shape[0], self._frame
+        scale = frame.full_size / batch if frame.full_size is not None and frame.full_size != frame.size else 1.0
+        backprop = self.refine_backprop and torch.is_grad_enabled()  # evaluation (no_grad) needs no second order
+        h_inner = h if backprop else h.detach()
+        start = (
+            local if backprop else {n: {k: v.detach().requires_grad_() for k, v in d.items()} for n, d in local.items()}
+        )
+        current = start
+
+        def refined_guide(*a, **k):
+            with self._plate(batch, a, k):
+                for name in self.sites:
+                    pyro.sample(name, self.distribution(name, h_inner, current[name]))
+
+        elbo, leaves = Trace_ELBO(), [(n, k) for n, d in current.items() for k in d]
+        moments = {key: (0.0, 0.0) for key in leaves}
+        with torch.enable_grad(), poutine.block():
+            for t in range(1, self.refine_steps + 1):
+                loss = elbo.differentiable_loss(self.model, refined_guide, *args, **kwargs) / scale
+                if not torch.isfinite(loss):
+                    raise ValueError(f"semi-amortized refinement: the ELBO became {-loss.item()}; lower refine_lr")
+                grads = torch.autograd.grad(loss, [current[n][k] for n, k in leaves], create_graph=backprop)
+                current = {n: dict(d) for n, d in current.items()}
+                for (n, k), g in zip(leaves, grads):  # Adam, elementwise: per datum and coordinate
+                    m, v = moments[n, k]
+                    m, v = _BETAS[0] * m + (1 - _BETAS[0]) * g, _BETAS[1] * v + (1 - _BETAS[1]) * g * g
+                    moments[n, k] = m, v
+                    m_hat, v_hat = m / (1 - _BETAS[0] ** t), v / (1 - _BETAS[1] ** t)
+                    current[n][k] = current[n][k] - self.refine_lr * m_hat / (v_hat.sqrt() + 1e-8)
+        if backprop:
+            return current
+        # first order: λ_K = λ_0 + (λ_K - λ_0) with the increment treated as a constant
+        return {n: {k: v + (current[n][k] - start[n][k]).detach() for k, v in d.items()} for n, d in local.items()}
 
 
 class AmortizedNormal(AmortizedGuide):
@@ -198,8 +287,12 @@ class AmortizedNormal(AmortizedGuide):
                 self.scale[n].weight.mul_(0.01)
                 self.scale[n].bias.fill_(_inverse_softplus(self.init_scale))
 
-    def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
-        return dist.Normal(self.loc[name](h), F.softplus(self.scale[name](h))).to_event(1)
+    def local_parameters(self, name: str, h: Tensor) -> dict[str, Tensor]:
+        return {"loc": self.loc[name](h), "scale": self.scale[name](h)}  # the scale before its softplus
+
+    def base_distribution(self, name: str, h: Tensor, local: dict[str, Tensor] | None = None) -> dist.TorchDistribution:
+        local = self.local_parameters(name, h) if local is None else local
+        return dist.Normal(local["loc"], F.softplus(local["scale"])).to_event(1)
 
 
 class AmortizedMultivariateNormal(AmortizedGuide):
@@ -218,11 +311,15 @@ class AmortizedMultivariateNormal(AmortizedGuide):
                 rows, cols = torch.tril_indices(d, d)
                 self.tril[n].bias.copy_(torch.where(rows == cols, _inverse_softplus(self.init_scale), 0.0))
 
-    def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
+    def local_parameters(self, name: str, h: Tensor) -> dict[str, Tensor]:
+        return {"loc": self.loc[name](h), "tril": self.tril[name](h)}  # the factor's entries, diagonal before softplus
+
+    def base_distribution(self, name: str, h: Tensor, local: dict[str, Tensor] | None = None) -> dist.TorchDistribution:
+        local = self.local_parameters(name, h) if local is None else local
         d = self._size(name)
-        raw = self.tril[name](h)
+        raw = local["tril"]
         rows, cols = torch.tril_indices(d, d, device=raw.device)
         values = torch.where(rows == cols, F.softplus(raw) + 1e-5, raw)
         tril = raw.new_zeros(raw.shape[:-1] + (d, d))
         tril[..., rows, cols] = values
-        return dist.MultivariateNormal(self.loc[name](h), scale_tril=tril)
+        return dist.MultivariateNormal(local["loc"], scale_tril=tril)

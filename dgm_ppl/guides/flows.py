@@ -53,7 +53,8 @@ class AmortizedFlow(AmortizedNormal):
     """Amortized flow guide: ``flow`` in ``FLOWS``, ``num_flows`` steps, each conditioned on the encoder's features.
 
     Args:
-        model, encoder, site, init_scale, encoder_args: as :class:`~dgm_ppl.guides.AmortizedNormal`.
+        model, encoder, site, init_scale, encoder_args, refine_steps, refine_lr, refine_backprop: as
+            :class:`~dgm_ppl.guides.AmortizedNormal`.
         flow: ``"planar"``, ``"radial"``, ``"iaf"``, ``"affine_coupling"`` or ``"spline"``.
         num_flows: number of steps.
         hidden_dims: hidden layers of each step's network (default: one layer of 2 * (latent + feature) units).
@@ -70,12 +71,24 @@ class AmortizedFlow(AmortizedNormal):
         hidden_dims: Sequence[int] | None = None,
         init_scale: float = 0.1,
         encoder_args: int = 1,
+        refine_steps: int = 0,
+        refine_lr: float = 0.05,
+        refine_backprop: bool = False,
     ):
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
             raise ValueError(f"num_flows must be a positive integer, got {num_flows!r}")
-        super().__init__(model, encoder, site, init_scale=init_scale, encoder_args=encoder_args)
+        super().__init__(
+            model,
+            encoder,
+            site,
+            init_scale=init_scale,
+            encoder_args=encoder_args,
+            refine_steps=refine_steps,
+            refine_lr=refine_lr,
+            refine_backprop=refine_backprop,
+        )
         self.flow, self.num_flows = flow, num_flows
         self.hidden_dims = None if hidden_dims is None else list(hidden_dims)
 
@@ -96,8 +109,8 @@ class AmortizedFlow(AmortizedNormal):
             steps[n] = nn.ModuleList([layer for layer in layers if isinstance(layer, nn.Module)])
         self.steps = nn.ModuleDict(steps)  # the trainable steps (permutations have no parameters)
 
-    def base_distribution(self, name: str, h: Tensor) -> dist.TorchDistribution:
-        base = super().base_distribution(name, h)
+    def base_distribution(self, name: str, h: Tensor, local: dict[str, Tensor] | None = None) -> dist.TorchDistribution:
+        base = super().base_distribution(name, h, local)  # the Gaussian's λ may be refined; the flow steps are not
         self.steps  # noqa: B018  (PyroModule registers the steps' parameters as Pyro params on access)
         transforms = [t.condition(h) if hasattr(t, "condition") else t for t in self._layers[name]]
         return dist.TransformedDistribution(base, transforms)
