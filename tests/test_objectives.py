@@ -137,3 +137,34 @@ def test_kl_per_dimension_and_active_units_match_closed_forms(problem):
     assert units.count == 2 and units.variances[2] < 0.01, units
     with pytest.raises(ValueError, match="no latent sample site 'w'"):
         kl_per_dimension(model, guide, x, site="w")
+
+
+@pytest.mark.parametrize(
+    "objective", [lambda: AnnealedELBO(beta=0.5), lambda: FreeBitsELBO(0.1), lambda: IWAE(3, max_plate_nesting=1)]
+)
+def test_a_nan_loss_raises_and_changes_nothing(objective):
+    """A decoder whose weights went NaN: the objective raises DivergenceError inside svi.step, before the optimizer
+    moves anything, and leaves no NaN gradient behind."""
+    from dgm_ppl.infer import DivergenceError
+
+    pyro.clear_param_store()
+    decoder = nn.Linear(2, D)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 1.0, validate_args=False).to_event(1), obs=x)
+
+    x = torch.randn(N, D)
+    guide = AmortizedNormal(model, nn.Linear(D, 8))
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), objective())
+    assert math.isfinite(svi.step(x))
+    with torch.no_grad():
+        decoder.bias[0] = float("nan")
+    before = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+    with pytest.raises(DivergenceError, match="loss is nan"):
+        svi.step(x)
+    for name, value in pyro.get_param_store().items():
+        assert torch.equal(value.detach(), before[name]) or name == "decoder$$$bias", name
+        assert value.grad is None, name

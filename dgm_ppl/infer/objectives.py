@@ -7,7 +7,7 @@ r"""Objectives for deep latent-variable models, as thin layers over Pyro's ELBOs
 - :class:`FreeBitsELBO`: :math:`\mathbb E_q \log p(x \mid z) - \sum_j \max(\lambda, \mathbb E_x \mathrm{KL}_j)`, the
   per-dimension KL averaged over the minibatch and floored at λ nats (Kingma et al. 2016), so that the optimizer gains
   nothing by pushing a latent dimension onto the prior; KLs in closed form, for factorized latents.
-- :func:`IWAE`: Burda et al.'s k-sample bound, which is Pyro's ``RenyiELBO(alpha=0)``.
+- :class:`IWAE`: Burda et al.'s k-sample bound, which is Pyro's ``RenyiELBO(alpha=0)``.
 
 Wake-sleep (``pyro.infer.ReweightedWakeSleep``) and REINFORCE with baselines (``TraceGraph_ELBO``) are Pyro's own and
 need no layer.
@@ -15,8 +15,10 @@ need no layer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import Independent
@@ -26,6 +28,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import kl_divergence
+
+from .errors import DivergenceError
 
 __all__ = ["AnnealedELBO", "FreeBitsELBO", "IWAE", "LatentScaleMessenger", "linear_warmup"]
 
@@ -42,6 +46,16 @@ class LatentScaleMessenger(Messenger):
             return
         if self.sites is None or msg["name"] in self.sites:
             msg["scale"] = self.scale * msg["scale"]
+
+
+def _check_finite(loss: float, objective: str) -> float:
+    """Raise :class:`DivergenceError` on a NaN or infinite loss, before any parameter moves (SVI steps after the loss;
+    the gradients just accumulated are dropped so that nothing carries over)."""
+    if math.isfinite(loss):
+        return loss
+    for param in pyro.get_param_store().values():
+        param.grad = None
+    raise DivergenceError(f"{objective}: the loss is {loss}; no parameter was updated")
 
 
 def linear_warmup(steps: int, start: float = 0.0) -> Callable[[int], float]:
@@ -89,6 +103,7 @@ class AnnealedELBO(ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.elbo.loss_and_grads(self._scaled(model), self._scaled(guide), *args, **kwargs)
+        _check_finite(loss, type(self).__name__)
         self.step += 1
         return loss
 
@@ -167,15 +182,23 @@ class FreeBitsELBO(ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        _check_finite(loss.item(), type(self).__name__)
         loss.backward()  # SVI's param capture collects the parameters and steps them
         return loss.item()
 
 
-def IWAE(k: int, vectorize_particles: bool = True, max_plate_nesting: float = float("inf")) -> RenyiELBO:
+class IWAE(RenyiELBO):
     r"""The importance-weighted bound :math:`\mathbb E \log \frac1k \sum_{s=1}^k p(x, z_s)/q(z_s \mid x)` (Burda et
-    al. 2016), i.e. Pyro's ``RenyiELBO(alpha=0, num_particles=k)``; it increases with k towards log p(x)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return RenyiELBO(
-        alpha=0.0, num_particles=k, vectorize_particles=vectorize_particles, max_plate_nesting=max_plate_nesting
-    )
+    al. 2016): Pyro's ``RenyiELBO(alpha=0, num_particles=k)``, which increases with k towards log p(x), plus a check
+    that raises :class:`DivergenceError` on a NaN or infinite loss."""
+
+    def __init__(self, k: int, vectorize_particles: bool = True, max_plate_nesting: float = float("inf")):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        super().__init__(
+            alpha=0.0, num_particles=k, vectorize_particles=vectorize_particles, max_plate_nesting=max_plate_nesting
+        )
+        self.k = k
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        return _check_finite(super().loss_and_grads(model, guide, *args, **kwargs), f"IWAE(k={self.k})")
