@@ -73,6 +73,9 @@ class AmortizedGuide(AutoGuide):
         refine_steps: K > 0 makes the guide semi-amortized (K gradient steps on λ per call; see the module's notes).
         refine_lr: the step size η of the refinement's Adam updates (per datum and coordinate).
         refine_backprop: differentiate through the refinement instead of the first-order update.
+        create_plates: as in Pyro's autoguides, ``create_plates(*args, **kwargs)`` returns the data plate for this
+            call: pass it when the subsampling changes between calls (without it the plate's full size is the one
+            seen at the first call, and only the batch size follows the data).
     """
 
     def __init__(
@@ -86,8 +89,9 @@ class AmortizedGuide(AutoGuide):
         refine_steps: int = 0,
         refine_lr: float = 0.05,
         refine_backprop: bool = False,
+        create_plates=None,
     ):
-        super().__init__(model)
+        super().__init__(model, create_plates=create_plates)
         if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
             raise ValueError(f"refine_steps must be a non-negative integer, got {refine_steps!r}")
         if not refine_lr > 0:
@@ -190,7 +194,7 @@ class AmortizedGuide(AutoGuide):
     # -- the guide --------------------------------------------------------------------------------------------
     def _plate(self, batch: int, args, kwargs):
         frame = self._frame
-        if self.master is not None:  # inside an AutoGuideList: its plates (pass it create_plates for varying batches)
+        if self.master is not None or self.create_plates is not None:  # the master's plates, or the user's
             return self._create_plates(*args, **kwargs)[frame.name]
         if frame.full_size is not None and frame.full_size != frame.size:  # the model subsamples this plate
             return pyro.plate(frame.name, frame.full_size, subsample_size=batch, dim=frame.dim)

@@ -53,7 +53,8 @@ class AmortizedFlow(AmortizedNormal):
     """Amortized flow guide: ``flow`` in ``FLOWS``, ``num_flows`` steps, each conditioned on the encoder's features.
 
     Args:
-        model, encoder, site, init_scale, encoder_args, refine_steps, refine_lr, refine_backprop: as
+        model, encoder, site, init_scale, encoder_args, refine_steps, refine_lr, refine_backprop,
+            create_plates: as
             :class:`~dgm_ppl.guides.AmortizedNormal`.
         flow: ``"planar"``, ``"radial"``, ``"iaf"``, ``"affine_coupling"`` or ``"spline"``.
         num_flows: number of steps.
@@ -74,6 +75,7 @@ class AmortizedFlow(AmortizedNormal):
         refine_steps: int = 0,
         refine_lr: float = 0.05,
         refine_backprop: bool = False,
+        create_plates=None,
     ):
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
@@ -88,6 +90,7 @@ class AmortizedFlow(AmortizedNormal):
             refine_steps=refine_steps,
             refine_lr=refine_lr,
             refine_backprop=refine_backprop,
+            create_plates=create_plates,
         )
         self.flow, self.num_flows = flow, num_flows
         self.hidden_dims = None if hidden_dims is None else list(hidden_dims)

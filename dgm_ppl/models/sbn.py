@@ -10,9 +10,11 @@ with the recognition model :math:`q(h^{(1)} \mid x) \prod_l q(h^{(l+1)} \mid h^{
 with an affine logit (Mnih & Gregor 2014). The latents are discrete, so there is no reparametrization: train with
 
 - REINFORCE with baselines, Pyro's ``TraceGraph_ELBO()``: each latent site of :meth:`SigmoidBeliefNet.guide` carries
-  an input-dependent baseline network b(x) and a decaying-average baseline (NVIL; Mnih & Gregor 2014), which Pyro
-  subtracts from the downstream cost of the score-function term and fits by squared error;
-- reweighted wake-sleep, Pyro's ``ReweightedWakeSleep(num_particles=K)`` (Bornschein & Bengio 2015).
+  an input-dependent baseline network b(x) (NVIL; Mnih & Gregor 2014; its bias plays the data-independent
+  baseline), which Pyro subtracts from the downstream cost of the score-function term and fits by squared error;
+- reweighted wake-sleep, Pyro's ``ReweightedWakeSleep(num_particles=K)`` (Bornschein & Bengio 2015). Note that
+  Pyro normalizes the importance weights of the whole minibatch jointly (log-weights summed over the batch before
+  the softmax over particles), not per datum, so the weights degenerate as the batch grows: use small batches.
 
 :meth:`SigmoidBeliefNet.log_marginal` gives the exact log p(x) by enumeration for small nets (≤ 20 latent units).
 """
@@ -58,8 +60,8 @@ class SigmoidBeliefNet(nn.Module):
     Args:
         x_dim: data size.
         latent_dims: sizes of the latent layers, bottom (``"h1"``) to top.
-        baseline: give each guide site a neural and a decaying-average baseline (used by ``TraceGraph_ELBO``;
-            other objectives ignore them).
+        baseline: give each guide site a neural baseline b(x) (used by ``TraceGraph_ELBO``; other objectives ignore
+            it).
         baseline_hidden: hidden units of each baseline network.
         name: prefix in Pyro's param store.
     """
@@ -104,16 +106,16 @@ class SigmoidBeliefNet(nn.Module):
         values, h = {}, x
         with _plate(x.shape[0], num_data):
             for layer, net in enumerate(self.recognition):
-                infer = {}
-                if self.baselines is not None:
-                    infer["baseline"] = {
-                        "nn_baseline": self.baselines[layer],
-                        "nn_baseline_input": x,
-                        "use_decaying_avg_baseline": True,
-                        "baseline_beta": 0.9,
-                    }
+                # Pyro reads the baseline's input when it computes the loss, and wants b(x) in the shape of the site's
+                # batch, particles included: the input is set to x broadcast to the sample's shape once it is drawn.
+                # (Pyro's decaying-average baseline is a param of one batch's shape; the bias of b(x) does its job.)
+                baseline = {} if self.baselines is None else {"nn_baseline": self.baselines[layer]}
                 name = f"h{layer + 1}"
-                h = values[name] = pyro.sample(name, dist.Bernoulli(logits=net(h)).to_event(1), infer=infer)
+                h = values[name] = pyro.sample(
+                    name, dist.Bernoulli(logits=net(h)).to_event(1), infer={"baseline": baseline}
+                )
+                if baseline:
+                    baseline["nn_baseline_input"] = x.expand(h.shape[:-1] + x.shape[-1:])
         return values
 
     def _log_joint(self, x: Tensor, hs: list[Tensor]) -> Tensor:
@@ -132,6 +134,8 @@ class SigmoidBeliefNet(nn.Module):
     def log_marginal(self, x: Tensor, chunk: int = 1024) -> Tensor:
         """Exact log p(x) per datum, shape (B,), by enumerating every latent configuration (at most 20 units)."""
         _check_batch("x", x, self.x_dim)
+        if not ((x == 0) | (x == 1)).all():
+            raise ValueError("x must be binary (0/1) for a sigmoid belief net")
         total = sum(self.latent_dims)
         if total > MAX_ENUMERATED_UNITS:
             raise ValueError(f"exact enumeration needs at most {MAX_ENUMERATED_UNITS} latent units, got {total}")

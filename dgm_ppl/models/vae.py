@@ -89,12 +89,18 @@ def _plate(batch: int, num_data: int | None):
 
 
 def _make_guide(model, encoder: nn.Module, kind: str, encoder_args: int, **kwargs) -> AmortizedGuide:
+    def create_plates(*args, num_data=None):  # the model's data plate, with this call's subsampling
+        if len(args) > encoder_args:
+            num_data = args[encoder_args]
+        return _plate(args[0].shape[0], num_data)
+
+    kwargs = {"encoder_args": encoder_args, "create_plates": create_plates, **kwargs}
     if kind == "diagonal":
-        return AmortizedNormal(model, encoder, "z", encoder_args=encoder_args, **kwargs)
+        return AmortizedNormal(model, encoder, "z", **kwargs)
     if kind == "full_rank":
-        return AmortizedMultivariateNormal(model, encoder, "z", encoder_args=encoder_args, **kwargs)
+        return AmortizedMultivariateNormal(model, encoder, "z", **kwargs)
     if kind in FLOWS:
-        return AmortizedFlow(model, encoder, "z", flow=kind, encoder_args=encoder_args, **kwargs)
+        return AmortizedFlow(model, encoder, "z", flow=kind, **kwargs)
     raise ValueError(f"kind must be one of {GUIDES}, got {kind!r}")
 
 
@@ -167,6 +173,11 @@ class _JointEncoder(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        if not isinstance(y, Tensor) or y.dim() != 2 or y.shape[0] != x.shape[0]:
+            shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(
+                f"x and y must have the same batch size: y must be (B, y_dim) with B = {x.shape[0]}, got {shape}"
+            )
         return self.net(torch.cat([x, y], dim=-1))
 
 
