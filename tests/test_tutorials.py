@@ -154,3 +154,43 @@ def test_bayesian_workflow_runs(tmp_path):
     assert set(vae["ranking"]) == {"diagonal", "flow"} and vae["elpd_diff"] >= 0 and vae["dse"] > 0
     assert math.isfinite(report["total_seconds"])
     assert (tmp_path / "bayesian_workflow.png").stat().st_size > 1000
+
+
+def test_vae_digits_runs(tmp_path):
+    report = run_tutorial(
+        "vae_digits.py",
+        "--epochs",
+        "6",
+        "--kl-warmup",
+        "2",
+        "--is-samples",
+        "200",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    )
+    zdim = report["layers"][-1]
+    for name in ("diagonal", "full_rank", "iaf"):
+        scores = report[name]
+        numbers = [v for v in scores.values() if isinstance(v, float)]
+        assert all(math.isfinite(v) for v in numbers), (name, scores)
+        ll, elbo = scores["test_log_likelihood"], scores["test_elbo"]
+        assert -60 < elbo <= ll + 0.05 and ll < -15, (name, scores)  # the IS bound is tighter than the ELBO
+        assert abs(scores["gap"] - (ll - elbo)) < 2e-3
+        assert abs(scores["reconstruction"] - scores["rate"] - elbo) < 2e-3 and scores["rate"] > 0, (name, scores)
+        bounds = list(scores["is_bound_vs_samples"].values())  # S = 1 (the ELBO), 10, 100, 200
+        assert bounds[0] == elbo and bounds[-1] == ll
+        assert all(b <= c + 0.05 for b, c in zip(bounds, bounds[1:])), (name, bounds)  # rises with S
+        assert 1 <= scores["mean_ess"] <= report["is_samples"] and -1 < scores["pareto_k_max"] < 3, (name, scores)
+        assert 0 <= scores["active_units"] <= zdim and len(scores["posterior_mean_variances"]) == zdim
+        assert scores["train_seconds"] > 0
+    for name in ("diagonal", "full_rank"):  # closed-form KL of the Gaussian marginals
+        kl = report[name]["kl_per_dimension"]
+        assert len(kl) == zdim and min(kl) >= 0 and abs(sum(kl) - report[name]["sum_kl_per_dimension"]) < 0.01
+    # The rate KL(q(z | x) || p(z)) is the sum of the marginal KLs for a diagonal guide, and that sum plus the total
+    # correlation of q (>= 0) for a full-rank one; the rate is a Monte Carlo estimate, the sum exact.
+    assert abs(report["diagonal"]["rate"] - report["diagonal"]["sum_kl_per_dimension"]) < 0.1
+    assert report["full_rank"]["rate"] > report["full_rank"]["sum_kl_per_dimension"] - 0.1
+    assert "kl_per_dimension" not in report["iaf"]
+    assert sorted(report["ranking_by_test_log_likelihood"]) == ["diagonal", "full_rank", "iaf"]
+    assert (tmp_path / "vae_digits.png").stat().st_size > 1000
