@@ -673,3 +673,16 @@ def test_factor_model_bad_input():
     for z_dim in (0, 6):
         with pytest.raises(ValueError, match="0 < z_dim < x_dim = 6"):
             PPCA.fit_closed_form(torch.randn(20, 6), z_dim)
+
+
+def test_train_loop_runs_reweighted_wake_sleep():
+    """``dgm_ppl.infer.train`` accepts RWS's pair of losses and reports the model's (wake-theta) loss per datum."""
+    from dgm_ppl.infer import train
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    sbn = SigmoidBeliefNet(8, (3,))
+    x = (torch.rand(40, 8) < 0.3).float()
+    svi = SVI(sbn.model, sbn.guide, pyro.optim.Adam({"lr": 0.01}), ReweightedWakeSleep(num_particles=4))
+    history = train(svi, x, epochs=3, batch_size=10, progress=False, kwargs={"num_data": 40})
+    assert len(history) == 3 and all(math.isfinite(h) and 8 * 0.3 < h < 8 * 1.0 for h in history)

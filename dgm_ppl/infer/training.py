@@ -33,7 +33,7 @@ def train(
 
     The model is expected to put the batch in ``pyro.plate(name, len(data), subsample=batch)``,
     so the loss is an unbiased estimate of the full-data loss. Returns the mean loss per epoch
-    (per datum). ``drop_last`` skips a short final batch (useful for losses estimated per batch, such as
+    (per datum; for ``ReweightedWakeSleep``, which returns two losses, the model's wake-theta loss). ``drop_last`` skips a short final batch (useful for losses estimated per batch, such as
     MMD, whose variance grows on a small batch). Raises :class:`DivergenceError` as soon as a loss or, at
     the end of an epoch, a parameter is NaN or infinite. ``callback(epoch, mean_loss)`` runs after each epoch.
     """
@@ -52,6 +52,10 @@ def train(
             total = 0.0
             for i in range(0, steps_per_epoch * batch_size, batch_size):
                 loss = svi.step(data[order[i : i + batch_size]], *args, **kwargs)
+                if isinstance(loss, tuple):  # ReweightedWakeSleep: (wake-theta loss, wake/sleep-phi loss)
+                    if not all(math.isfinite(float(part)) for part in loss):
+                        raise DivergenceError(f"the losses became {loss} at epoch {epoch}, step {i // batch_size}")
+                    loss = float(loss[0])
                 if not math.isfinite(loss):
                     raise DivergenceError(f"the loss became {loss} at epoch {epoch}, step {i // batch_size}")
                 total += loss
