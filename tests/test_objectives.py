@@ -168,3 +168,44 @@ def test_a_nan_loss_raises_and_changes_nothing(objective):
     for name, value in pyro.get_param_store().items():
         assert torch.equal(value.detach(), before[name]) or name == "decoder$$$bias", name
         assert value.grad is None, name
+
+
+def test_iwae_under_a_subsampled_plate_is_the_scaled_per_datum_bound():
+    """With a plate of N data subsampled to B, IWAE's loss and gradients are N/B times the batch's own, and the bound
+    stays below the exact log p(x) of PPCA; Pyro's RenyiELBO, which scales inside the logsumexp, overshoots it."""
+    from pyro.infer import RenyiELBO
+
+    from dgm_ppl.models import PPCA
+
+    torch.manual_seed(0)
+    ppca = PPCA(5, 2)
+    x = torch.randn(10, 5)
+    loc = torch.zeros(2, requires_grad=True)
+
+    def plate(n):
+        return pyro.plate("data", n or len(x), subsample=torch.arange(len(x)))
+
+    def model(x, n=None):
+        with plate(n):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ ppca.weight.detach().T, ppca.log_noise.exp().detach()).to_event(1), obs=x)
+
+    def guide(x, n=None):
+        pyro.param("loc", loc)
+        with plate(n):
+            pyro.sample("z", dist.Normal(pyro.param("loc"), 1.5).to_event(1))
+
+    exact = ppca.log_marginal(x).sum().item()
+    results = {}
+    for n in (None, 1000):
+        pyro.clear_param_store()
+        loc.grad = None  # loss_and_grads expects zero gradients on entry, as SVI leaves them
+        torch.manual_seed(1)
+        loss = IWAE(20, max_plate_nesting=1).loss_and_grads(model, guide, x, n)
+        results[n] = loss, pyro.param("loc").unconstrained().grad.clone()
+    assert results[1000][0] == pytest.approx(100 * results[None][0], rel=1e-5)
+    assert torch.allclose(results[1000][1], 100 * results[None][1], rtol=1e-4)
+    assert -results[None][0] < exact
+    torch.manual_seed(1)
+    renyi = RenyiELBO(0.0, 20, vectorize_particles=True, max_plate_nesting=1).loss(model, guide, x, 1000)
+    assert -renyi / 100 > exact  # not a bound on log p(x) any more

@@ -187,10 +187,40 @@ class FreeBitsELBO(ELBO):
         return loss.item()
 
 
+class _PlateScaleMessenger(Messenger):
+    """Record the scale of every sample site (a subsampled plate's N/B) and reset it to 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.scales: set[float] = set()
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] != "sample" or site_is_subsample(msg):
+            return
+        scale = msg["scale"]
+        if isinstance(scale, Tensor):
+            if scale.numel() != 1:
+                raise ValueError(f"IWAE: site {msg['name']!r} has a tensor scale; only one scalar scale is supported")
+            scale = scale.item()
+        self.scales.add(float(scale))
+        msg["scale"] = 1.0
+
+
 class IWAE(RenyiELBO):
-    r"""The importance-weighted bound :math:`\mathbb E \log \frac1k \sum_{s=1}^k p(x, z_s)/q(z_s \mid x)` (Burda et
-    al. 2016): Pyro's ``RenyiELBO(alpha=0, num_particles=k)``, which increases with k towards log p(x), plus a check
-    that raises :class:`DivergenceError` on a NaN or infinite loss."""
+    r"""The importance-weighted bound (Burda et al. 2016), per datum and scaled like a subsampled plate,
+
+    .. math::
+
+        \mathcal L_k = \frac{N}{B} \sum_{i \in \text{batch}} \mathbb E \log \frac1k \sum_{s=1}^k
+        \frac{p(x_i, z_{is})}{q(z_{is} \mid x_i)},
+
+    which increases with k towards log p(x). It is Pyro's ``RenyiELBO(alpha=0, num_particles=k)`` run with the plate
+    scale taken out of the log-weights and put back on the result: Pyro's ``RenyiELBO`` applies N/B to each
+    log-weight *inside* the logsumexp over particles, which for N/B > 1 drifts towards N/B times the best particle's
+    log-weight (a different objective). All sample sites must share one scale (local latents in the data plate; with
+    global latents the weights do not factor over data points). Raises :class:`DivergenceError` on a NaN or infinite
+    loss.
+    """
 
     def __init__(self, k: int, vectorize_particles: bool = True, max_plate_nesting: float = float("inf")):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -200,5 +230,30 @@ class IWAE(RenyiELBO):
         )
         self.k = k
 
+    @staticmethod
+    def _scale(messenger: _PlateScaleMessenger) -> float:
+        if len(messenger.scales) > 1:
+            raise ValueError(
+                f"IWAE: the sample sites have different scales {sorted(messenger.scales)}; a subsampled IWAE needs "
+                "every site in the data plate (guide global latents with Trace_ELBO, or do not subsample)"
+            )
+        return next(iter(messenger.scales), 1.0)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        messenger = _PlateScaleMessenger()
+        loss = super().loss(messenger(model), messenger(guide), *args, **kwargs)
+        return self._scale(messenger) * loss
+
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        return _check_finite(super().loss_and_grads(model, guide, *args, **kwargs), f"IWAE(k={self.k})")
+        messenger = _PlateScaleMessenger()
+        with poutine.trace(param_only=True) as params:
+            loss = super().loss_and_grads(messenger(model), messenger(guide), *args, **kwargs)
+        scale = self._scale(messenger)
+        if (
+            scale != 1.0
+        ):  # the gradient of the unscaled bound, times N/B (expects zero grads on entry, as SVI leaves them)
+            for site in params.trace.nodes.values():
+                grad = site["value"].unconstrained().grad
+                if grad is not None:
+                    grad.mul_(scale)
+        return _check_finite(scale * loss, f"IWAE(k={self.k})")

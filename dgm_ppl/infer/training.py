@@ -33,8 +33,9 @@ def train(
 
     The model is expected to put the batch in ``pyro.plate(name, len(data), subsample=batch)``,
     so the loss is an unbiased estimate of the full-data loss. Returns the mean loss per epoch
-    (per datum; for ``ReweightedWakeSleep``, which returns two losses, the model's wake-theta loss). ``drop_last`` skips a short final batch (useful for losses estimated per batch, such as
-    MMD, whose variance grows on a small batch). Raises :class:`DivergenceError` as soon as a loss or, at
+    (per datum; for ``ReweightedWakeSleep``, which returns two losses, the model's wake-theta loss).
+    ``drop_last`` skips a short final batch (useful for losses estimated per batch, such as MMD, whose
+    variance grows on a small batch). Raises :class:`DivergenceError` as soon as a loss or, at
     the end of an epoch, a parameter is NaN or infinite. ``callback(epoch, mean_loss)`` runs after each epoch.
     """
     if epochs < 1 or batch_size < 1:
