@@ -27,7 +27,7 @@ Trained on the ``train`` split (50,000 images) in minibatches with Adam, through
 3. Score: importance-sampled log p(x) on the first ``--eval-points`` images of the ``valid`` split with
    ``--eval-samples`` samples from each trained guide (``dgm_ppl.evaluation.log_likelihood``): NLL = -mean log p(x)
    in nats with its standard error over data points, the effective sample size and Pareto k of the weights. The
-   defaults (1,000 points, 5,000 samples) take about a minute per config on one CPU core; the full 10,000 images
+   defaults (1,000 points, 5,000 samples) take 2-4 minutes per config on one CPU core; the full 10,000 images
    (``--eval-points 10000``) take ten times as long.
 
 Published NLLs on statically binarized MNIST (test set, 5,000 samples), for reference: VAE 88.71 and IWAE k=50 87.10

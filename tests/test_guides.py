@@ -189,3 +189,22 @@ def test_bad_input():
     guide(x)
     with pytest.raises(ValueError):  # NaN data: the guide's Normal refuses a NaN location (validation is on)
         guide(torch.full_like(x, float("nan")))
+
+
+@pytest.mark.parametrize("cls", [AmortizedNormal, AmortizedMultivariateNormal, AmortizedFlow])
+def test_heads_follow_the_encoder_dtype_and_device(cls):
+    """The heads are built at the first call: they take the encoder output's dtype and device (float64 here; the
+    same path puts them on CUDA)."""
+    pyro.clear_param_store()
+    model, x, exact, _ = ppca(correlated=True, n=8)
+    x = x.double()
+
+    def model64(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand(-1, 5), 1.0).to_event(1), obs=x)
+
+    guide = cls(model64, nn.Linear(5, 8).double())
+    z = guide(x)["z"]
+    assert z.dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in guide.parameters())

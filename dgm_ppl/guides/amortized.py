@@ -155,6 +155,7 @@ class AmortizedGuide(AutoGuide):
                 )
         features = self._features(args)
         self._build(features.shape[-1])
+        self.to(device=features.device, dtype=features.dtype)  # heads and flow steps where the encoder's output is
         self._batch_ndim = -self._frame.dim
 
     def _features(self, args: tuple) -> Tensor:
