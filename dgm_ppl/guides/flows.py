@@ -53,8 +53,8 @@ class AmortizedFlow(AmortizedNormal):
     """Amortized flow guide: ``flow`` in ``FLOWS``, ``num_flows`` steps, each conditioned on the encoder's features.
 
     Args:
-        model, encoder, site, init_scale, encoder_args, refine_steps, refine_lr, refine_backprop,
-            create_plates: as
+        model, encoder, site, **kwargs (``init_scale``, ``encoder_args``, ``refine_steps``, ``refine_lr``,
+            ``refine_backprop``, ``create_plates``): as
             :class:`~dgm_ppl.guides.AmortizedNormal`.
         flow: ``"planar"``, ``"radial"``, ``"iaf"``, ``"affine_coupling"`` or ``"spline"``.
         num_flows: number of steps.
@@ -70,28 +70,13 @@ class AmortizedFlow(AmortizedNormal):
         flow: str = "iaf",
         num_flows: int = 2,
         hidden_dims: Sequence[int] | None = None,
-        init_scale: float = 0.1,
-        encoder_args: int = 1,
-        refine_steps: int = 0,
-        refine_lr: float = 0.05,
-        refine_backprop: bool = False,
-        create_plates=None,
+        **kwargs,
     ):
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
             raise ValueError(f"num_flows must be a positive integer, got {num_flows!r}")
-        super().__init__(
-            model,
-            encoder,
-            site,
-            init_scale=init_scale,
-            encoder_args=encoder_args,
-            refine_steps=refine_steps,
-            refine_lr=refine_lr,
-            refine_backprop=refine_backprop,
-            create_plates=create_plates,
-        )
+        super().__init__(model, encoder, site, **kwargs)
         self.flow, self.num_flows = flow, num_flows
         self.hidden_dims = None if hidden_dims is None else list(hidden_dims)
 

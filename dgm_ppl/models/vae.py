@@ -128,7 +128,11 @@ class VAE(nn.Module):
         super().__init__()
         self.x_dim, self.z_dim, self.hidden_dims, self.name = x_dim, z_dim, tuple(hidden_dims), name
         self.activation = activation
-        self.decoder = Decoder(z_dim, x_dim, self.hidden_dims[::-1], likelihood, activation)
+        self.decoder = Decoder(z_dim + self._condition_dim(), x_dim, self.hidden_dims[::-1], likelihood, activation)
+
+    def _condition_dim(self) -> int:
+        """Size of what the decoder sees besides z (a CVAE's y)."""
+        return 0
 
     def model(self, x: Tensor, num_data: int | None = None) -> Tensor:
         """The generative program. ``num_data``: size of the data set the batch ``x`` (B, x_dim) is drawn from."""
@@ -200,10 +204,12 @@ class CVAE(VAE):
         activation: type[nn.Module] = nn.Tanh,
         name: str = "cvae",
     ):
+        self.y_dim = y_dim  # before VAE's __init__, whose decoder also sees y
         super().__init__(x_dim, z_dim, hidden_dims, likelihood=likelihood, activation=activation, name=name)
-        self.y_dim = y_dim
-        self.decoder = Decoder(z_dim + y_dim, x_dim, self.hidden_dims[::-1], likelihood, activation)
         self.prior_net = mlp([y_dim, self.hidden_dims[-1], 2 * z_dim], activation) if conditional_prior else None
+
+    def _condition_dim(self) -> int:
+        return self.y_dim
 
     def prior(self, y: Tensor) -> dist.TorchDistribution:
         """p(z | y), batch shape (B,)."""
