@@ -4,6 +4,7 @@ optimizer's state, and the random number generators."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 
 import pyro
@@ -18,7 +19,17 @@ def save_checkpoint(
     path: str | os.PathLike, modules: Mapping[str, nn.Module], optim: PyroOptim | None = None, **extra
 ) -> None:
     """Save ``modules`` (e.g. ``{"rbm": rbm, "chains": chains}``), the optimizer state and the RNG
-    states (torch, CUDA, numpy and Python) to ``path``. ``extra`` items are saved as they are."""
+    states (torch, CUDA, numpy and Python) to ``path``. ``extra`` items are saved as they are.
+
+    The write is atomic: the state goes to a temporary file in the same folder, which is flushed and
+    ``fsync``-ed and then renamed over ``path`` (``os.replace``). A process killed while saving leaves the
+    previous checkpoint intact.
+
+    :param path: where to write.
+    :param modules: the modules to save, by name (their ``state_dict``, persistent chains included).
+    :param optim: the Pyro optimizer whose per-parameter states are saved, or None.
+    :param extra: further picklable items (epoch counters, histories), returned by :func:`load_checkpoint`.
+    """
     state = {
         "modules": {name: m.state_dict() for name, m in modules.items()},
         "optim": None if optim is None else optim.get_state(),
@@ -26,7 +37,33 @@ def save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "extra": extra,
     }
-    torch.save(state, path)
+    _atomic_save(state, path)
+
+
+def _atomic_save(state: dict, path: str | os.PathLike) -> None:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable (POSIX; not possible on every platform)
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def load_checkpoint(
@@ -38,8 +75,26 @@ def load_checkpoint(
     map_location=None,
 ) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` into ``modules`` and ``optim`` (in place),
-    restore the RNG states, and return the ``extra`` items."""
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    restore the RNG states, and return the ``extra`` items.
+
+    :param path: the checkpoint file.
+    :param modules: the modules to restore, by the names they were saved under.
+    :param optim: the Pyro optimizer to restore, or None.
+    :param restore_rng: also restore the torch, CUDA, numpy and Python RNG states (exact resumption).
+    :param map_location: passed to :func:`torch.load`.
+    :returns: the ``extra`` items given to :func:`save_checkpoint`.
+    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises ValueError: if the file is damaged (truncated, empty) or not a dgm_ppl checkpoint; nothing is loaded.
+    :raises KeyError: if a module named in ``modules`` is not in the checkpoint.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated or empty file: EOFError, zip-reader RuntimeError, UnpicklingError, ...
+        raise ValueError(f"checkpoint {os.fspath(path)!r} is damaged or not a torch file ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or not {"modules", "optim", "rng"} <= set(state):
+        raise ValueError(f"{os.fspath(path)!r} is a torch file but not a dgm_ppl checkpoint (save_checkpoint)")
     missing = set(modules) - set(state["modules"])
     if missing:
         raise KeyError(f"the checkpoint has no modules named {sorted(missing)}")

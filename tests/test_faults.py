@@ -166,3 +166,56 @@ def test_binarized_mnist_loader(tmp_path):
     assert load_binarized_mnist(path, "valid").shape == (2, 784)
     with pytest.raises(KeyError, match="no split 'test'"):
         load_binarized_mnist(path, "test")
+
+
+_WRITER = """
+import sys, torch
+from dgm_ppl import save_checkpoint
+torch.set_num_threads(1)
+big = torch.nn.Linear(2000, 2000)  # a 16 MB state: the write takes long enough to be interrupted
+print("ready", flush=True)
+while True:
+    save_checkpoint(sys.argv[1], {"big": big})
+"""
+
+
+def test_checkpoint_survives_a_writer_killed_mid_save(tmp_path):
+    """SIGKILL while save_checkpoint rewrites the file: the previous checkpoint stays loadable (atomic replace)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "ck.pt"
+    good = torch.nn.Linear(2000, 2000)
+    save_checkpoint(path, {"big": good})
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for delay in (0.05, 0.13, 0.21):  # kill at a few points inside the rewrite loop
+            time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    loaded = torch.nn.Linear(2000, 2000)
+    load_checkpoint(path, {"big": loaded}, restore_rng=False)  # a complete checkpoint: the old one or a new one
+    assert loaded.weight.shape == (2000, 2000)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ck.pt"]
+    assert all(name.endswith(".tmp") for name in leftovers)  # at most the killed writer's temporary file
+
+
+def test_load_checkpoint_on_a_damaged_file_names_it(tmp_path):
+    rbm = BernoulliRBM(8, 4)
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"rbm": rbm})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated, as a non-atomic write killed midway leaves it
+    with pytest.raises(ValueError, match="ck.pt.*damaged"):
+        load_checkpoint(path, {"rbm": rbm})
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="damaged"):
+        load_checkpoint(path, {"rbm": rbm})
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt", {"rbm": rbm})
