@@ -92,7 +92,8 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated or empty file: EOFError, zip-reader RuntimeError, UnpicklingError, ...
-        raise ValueError(f"checkpoint {os.fspath(path)!r} is damaged or not a torch file ({type(e).__name__}: {e})") from e
+        reason = f"{type(e).__name__}: {e}"
+        raise ValueError(f"checkpoint {os.fspath(path)!r} is damaged or not a torch file ({reason})") from e
     if not isinstance(state, dict) or not {"modules", "optim", "rng"} <= set(state):
         raise ValueError(f"{os.fspath(path)!r} is a torch file but not a dgm_ppl checkpoint (save_checkpoint)")
     missing = set(modules) - set(state["modules"])
