@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from ._arviz_compat import ARVIZ_1, elpd_data, psislw
 from .evaluation.likelihood import LogLikelihoodEstimate, _check_count
+from .handlers import uncondition_data
 
 __all__ = ["to_inference_data", "loo", "guide_pareto_k", "heldout_elpd"]
 
@@ -312,17 +313,9 @@ def to_inference_data(
     return data
 
 
-def _value(site: dict) -> Tensor:
-    """A site's value; for a deterministic site under ``uncondition``, the computed value, not a Delta sample of it
-    (which Pyro draws from the plate-expanded Delta, with extra dims under a vectorized plate)."""
-    if site["infer"].get("_deterministic") and site["infer"].get("was_observed"):
-        return site["infer"]["obs"]
-    return site["value"]
-
-
 def _prior(model, sites, nesting, num, groups, args, kwargs, parallel: bool, progress: bool) -> None:
     """Prior draws of the latent sites and prior predictive draws of the observed ones."""
-    unconditioned = poutine.uncondition(model)
+    unconditioned = uncondition_data(model)
     with torch.no_grad():
         if parallel:
             _check_vectorizable(sites, nesting)
@@ -332,13 +325,13 @@ def _prior(model, sites, nesting, num, groups, args, kwargs, parallel: bool, pro
             for name, site in _sample_sites(trace):
                 if name in sites:
                     group = groups["prior_predictive" if sites[name].observed else "prior"]
-                    group.add_draws(keys, name, _draw_major(_value(site), num, sites[name], nesting))
+                    group.add_draws(keys, name, _draw_major(site["value"], num, sites[name], nesting))
             return
         for d in tqdm(range(num), disable=not progress, desc="prior"):
             trace = poutine.trace(unconditioned).get_trace(*args, **kwargs)
             for name, site in _sample_sites(trace):
                 if name in sites:
-                    groups["prior_predictive" if sites[name].observed else "prior"].add((0, d), name, _value(site))
+                    groups["prior_predictive" if sites[name].observed else "prior"].add((0, d), name, site["value"])
 
 
 def _divergences(mcmc, draws: int) -> list[Tensor]:
@@ -382,7 +375,7 @@ def _posterior(model, draws, total, sites, groups, args, kwargs, log_likelihood,
             log_q = None if log_q is None else log_q.reshape(1)
             _record(groups, [key], trace, trace.log_prob_sum().reshape(1), log_q, sites, 0, log_likelihood)
             if predictive:
-                fresh = poutine.trace(poutine.condition(poutine.uncondition(model), data=values))
+                fresh = poutine.trace(poutine.condition(uncondition_data(model), data=values))
                 trace = fresh.get_trace(*args, **kwargs)
                 for name in observed:
                     groups["posterior_predictive"].add(key, name, trace.nodes[name]["value"])
@@ -461,7 +454,7 @@ def _posterior_parallel(model, guide, samples, keys, sites, nesting, groups, arg
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
         _record(groups, keys, trace, _log_density(trace, num, nesting), log_q, sites, nesting, log_likelihood)
         if predictive:
-            fresh = poutine.trace(poutine.condition(poutine.uncondition(model), data=values))
+            fresh = poutine.trace(poutine.condition(uncondition_data(model), data=values))
             trace = fresh.get_trace(*args, **kwargs)
             for name, site in sites.items():
                 if site.observed:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._data import as_data_tensor
 from .dbm import DBM, dbm_ais_log_weights, dbm_exact_log_partition
 from .rbm import RBM, bernoulli
 
@@ -147,11 +148,25 @@ def _ais_log_weights(model: RBM, v: Tensor, betas: Tensor, base: Tensor | None, 
     return log_w
 
 
+def _check_runs(m: int, what: str) -> None:
+    if isinstance(m, bool) or not isinstance(m, int) or m < 2:
+        raise ValueError(
+            f"AIS needs at least 2 independent runs to estimate its standard error and interval, got {what}={m!r}"
+        )
+
+
+def _base(model, data) -> Tensor | None:
+    if data is None:
+        return None
+    return model.base_rate(data if isinstance(data, Tensor) else as_data_tensor(data, "data")).detach()
+
+
 def _summarize(log_w: Tensor, log_z_base: float, betas: Tensor, reverse: bool) -> AISResult:
     m = log_w.numel()
+    _check_runs(m, "the number of samples" if reverse else "num_chains")
     log_mean = float(torch.logsumexp(log_w, 0) - math.log(m))
     w = torch.exp(log_w - log_w.max())
-    stderr = float(w.std() / (math.sqrt(m) * w.mean())) if m > 1 else math.inf
+    stderr = float(w.std() / (math.sqrt(m) * w.mean()))
     log_z = log_z_base - log_mean if reverse else log_z_base + log_mean
     return AISResult(log_z, stderr, log_w, log_z_base, betas, reverse)
 
@@ -177,14 +192,16 @@ def ais_log_partition(
         marginals), as in Salakhutdinov & Murray; otherwise a uniform (Bernoulli) or
         zero-mean (Gaussian) base.
     :param betas: a custom increasing schedule from 0 to 1; default :func:`ais_schedule`.
+    :raises ValueError: for ``num_chains < 2`` (no standard error from one run) or a bad schedule.
 
     For a :class:`~dgm_ppl.energy.DBM`, AIS runs over the odd layers with the even layers summed
     out (Salakhutdinov & Hinton 2009); the base model makes the odd layers uniform.
     """
+    _check_runs(num_chains, "num_chains")
     if betas is None:
         betas = ais_schedule(num_betas)
     _check_schedule(betas)
-    base = None if data is None else model.base_rate(data).detach()
+    base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
     if isinstance(model, DBM):
         w = model.weight_0
@@ -220,7 +237,7 @@ def reverse_ais_log_partition(
     if betas is None:
         betas = ais_schedule(num_betas)
     _check_schedule(betas)
-    base = None if data is None else model.base_rate(data).detach()
+    base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
     if isinstance(model, DBM):
         model._check_states(samples)

@@ -20,7 +20,9 @@ data is processed in batches, so that thousands of samples for thousands of poin
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from .._data import as_data_tensor
 
 __all__ = ["log_likelihood", "LogLikelihoodEstimate"]
 
@@ -74,13 +78,21 @@ def _sites(trace) -> dict:
     }
 
 
+def _frame_size(site: dict, frame) -> int | None:
+    """A plate's size; for Pyro's unsized plates (``pyro.plate("data")``), the extent of its dim at this site."""
+    if frame.size is not None and frame.size >= 0:  # unsized plates record size -1
+        return frame.size
+    shape = site["fn"].batch_shape
+    return shape[frame.dim] if len(shape) >= -frame.dim else None
+
+
 def _data_plate(model_sites: dict, plate: str | None, size: int) -> str:
     observed = [s for s in model_sites.values() if s["is_observed"]]
     if not observed:
         raise ValueError("the model has no observed sites: there is no likelihood to estimate")
     names = None
     for site in observed:
-        here = {f.name for f in site["cond_indep_stack"] if f.vectorized and f.size == size}
+        here = {f.name for f in site["cond_indep_stack"] if f.vectorized and _frame_size(site, f) == size}
         names = here if names is None else names & here
     if plate is not None:
         if plate not in names:
@@ -141,8 +153,10 @@ def _chunk(args: tuple, kwargs: dict, n: int, index: slice) -> tuple[tuple, dict
     return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
 
 
-def _log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, particles: int, nesting: int, plate):
-    with pyro.plate("_num_particles", particles, dim=-(nesting + 1)):
+def _log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, particles, nesting: int, plate):
+    """Log-weights, shape (P or 1, N or 1): P particles in one vectorized pass, or one draw (``particles=None``)."""
+    plate_ = nullcontext() if particles is None else pyro.plate("_num_particles", particles, dim=-(nesting + 1))
+    with plate_:
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     model_sites, guide_sites = _sites(model_trace), _sites(guide_trace)
@@ -157,6 +171,11 @@ def _log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, pa
     return log_w
 
 
+def _log_weights_sequential(model, guide, args, kwargs, particles: int, nesting: int, plate) -> Tensor:
+    """The same log-weights, one particle at a time: for programs that do not broadcast over a particle plate."""
+    return torch.cat([_log_weights(model, guide, args, kwargs, None, nesting, plate) for _ in range(particles)])
+
+
 def log_likelihood(
     model: Callable,
     guide: Callable,
@@ -167,6 +186,7 @@ def log_likelihood(
     plate: str | None = None,
     pareto_k: bool = False,
     progress: bool = False,
+    vectorize: bool | None = None,
     **kwargs,
 ) -> LogLikelihoodEstimate:
     """Importance-sampled :math:`\\log p(x_i)` for every datum, with the guide as proposal.
@@ -184,6 +204,9 @@ def log_likelihood(
         plate: name of the data plate, if the model has several plates of size N.
         pareto_k: also fit the Pareto :math:`\\hat k` of each datum's weights (uses ArviZ's ``psislw``).
         progress: show a tqdm bar over data batches.
+        vectorize: draw the particles in one vectorized pass (True), one at a time (False), or try the vectorized
+            pass on the first batch and fall back to one particle at a time, with a warning, if the program does not
+            broadcast over the particle plate (None: e.g. Pyro's CVAE example, which indexes with boolean masks).
 
     Densities are the sites' own ``log_prob`` with masks applied and ``poutine.scale`` ignored, so a KL-annealing
     or subsampling scale in the program does not change the estimate.
@@ -194,6 +217,8 @@ def log_likelihood(
     _check_count("num_samples", num_samples)
     _check_count("batch_size", batch_size, allow_none=True)
     _check_count("particle_batch_size", particle_batch_size)
+    if args and not isinstance(args[0], Tensor) and isinstance(args[0], np.ndarray):
+        args = (as_data_tensor(args[0], "x"), *args[1:])
     if not args or not isinstance(args[0], Tensor) or args[0].dim() == 0:
         raise ValueError("the model's first argument must be the data tensor x of shape (N, ...)")
     x = args[0]
@@ -216,7 +241,13 @@ def log_likelihood(
             log_w = []
             for done in range(0, num_samples, particle_batch_size):
                 particles = min(particle_batch_size, num_samples - done)
-                w = _log_weights(model, guide, chunk_args, chunk_kwargs, particles, nesting, plate)
+                if vectorize is None:  # first pass: find out whether the program broadcasts over particles
+                    vectorize, w = _try_vectorized(model, guide, chunk_args, chunk_kwargs, particles, nesting, plate)
+                    if w is not None:
+                        log_w.append(w.expand(particles, size))
+                        continue
+                estimate = _log_weights if vectorize else _log_weights_sequential
+                w = estimate(model, guide, chunk_args, chunk_kwargs, particles, nesting, plate)
                 log_w.append(w.expand(particles, size))
             log_w = torch.cat(log_w).T  # (size, S)
             if torch.isnan(log_w).any():
@@ -232,6 +263,23 @@ def log_likelihood(
         num_samples=num_samples,
         plate=plate,
     )
+
+
+def _try_vectorized(model, guide, args, kwargs, particles: int, nesting: int, plate) -> tuple[bool, Tensor | None]:
+    size = args[0].shape[0]
+    try:
+        w = _log_weights(model, guide, args, kwargs, particles, nesting, plate)
+        w.expand(particles, size)
+        return True, w
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:
+        # an error one particle at a time as well is the program's own (or a missing guide site): raise that one
+        _log_weights(model, guide, args, kwargs, None, nesting, plate)
+        warnings.warn(
+            f"the model or guide does not broadcast over a particle plate ({type(e).__name__}: {e}); drawing the "
+            "importance samples one at a time, which is slower. Pass vectorize=False to skip the vectorized attempt",
+            stacklevel=3,
+        )
+        return False, None
 
 
 def _pareto_k(log_w: Tensor) -> Tensor:

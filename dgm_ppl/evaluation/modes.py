@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._data import as_data_tensor
 from ..datasets import GRID_STD, RING_STD, grid_centers, ring_centers
 from ..kernels import squared_distances
 
@@ -36,6 +37,7 @@ class ModeCoverage:
 
 
 def _as_samples(samples: Tensor, dim: int) -> Tensor:
+    samples = as_data_tensor(samples, "samples")
     if not isinstance(samples, Tensor) or samples.dim() != 2 or samples.shape[-1] != dim or len(samples) == 0:
         shape = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
         raise ValueError(f"samples must be a non-empty (n, {dim}) tensor, got {shape}")
@@ -127,18 +129,21 @@ def memorization(
 ) -> MemorizationResult:
     """Nearest-neighbour memorization check of generated ``samples`` against the ``train`` set (trailing
     dimensions flattened; Euclidean distance). Give ``held_out`` data to calibrate the distances."""
-    if not isinstance(train, Tensor) or train.dim() == 0 or len(train) == 0:
+    train = as_data_tensor(train, "train")
+    if train.dim() == 0 or len(train) == 0:
         raise ValueError("train must be a non-empty batch of samples")
     train = train.detach().reshape(len(train), -1)
     if not torch.isfinite(train).all():
         raise ValueError("train contains NaN or inf")
     dim = train.shape[-1]
+    samples = as_data_tensor(samples, "samples")
     samples = _as_samples(samples.detach().reshape(len(samples), -1), dim)
     samples = samples.to(train)
     nearest = _nearest(samples, train)[1]
     distances = _exact_distance(samples, train, nearest)
     ratio = None
     if held_out is not None:
+        held_out = as_data_tensor(held_out, "held_out")
         held = _as_samples(held_out.detach().reshape(len(held_out), -1), dim).to(train)
         reference = _exact_distance(held, train, _nearest(held, train)[1]).median()
         ratio = (distances.median() / reference).item() if reference > 0 else float("inf")

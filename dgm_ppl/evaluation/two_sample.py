@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._data import as_data_tensor
 from ..kernels import RBF, Kernel, median_bandwidth
 
 __all__ = ["mmd2", "mmd_test", "MMDTestResult", "ESTIMATORS"]
@@ -34,8 +35,7 @@ ESTIMATORS = ("unbiased", "biased", "linear")
 def _check(x: Tensor, y: Tensor, estimator: str) -> tuple[Tensor, Tensor]:
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise TypeError("x and y must be tensors")
+    x, y = as_data_tensor(x, "x"), as_data_tensor(y, "y")
     if x.dim() == 0 or y.dim() == 0 or x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must be batches of samples of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if len(x) < 2 or len(y) < 2:

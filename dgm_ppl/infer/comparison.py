@@ -17,6 +17,7 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 
+from ..handlers import is_deterministic, uncondition_data
 from .errors import DivergenceError
 
 __all__ = [
@@ -85,11 +86,13 @@ def draw_real_and_fake(
         replayed = poutine.replay(model, trace=guide_trace)
     else:
         replayed = model
-    model_trace = poutine.trace(poutine.uncondition(replayed)).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(uncondition_data(replayed)).get_trace(*args, **kwargs)
     model_trace = prune_subsample_sites(model_trace)
 
-    names, real, fake, batch, keep = [], [], [], None, None
+    names, real, fake, batch, keep, recorded = [], [], [], None, None, []
     for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and is_deterministic(site):
+            recorded.append(name)
         if site["type"] != "sample" or not site["infer"].get("was_observed", False):
             continue
         obs, value, fn = site["infer"]["obs"], site["value"], site["fn"]
@@ -136,7 +139,13 @@ def draw_real_and_fake(
         real.append(obs.reshape(n, *event))
         fake.append(value.reshape(n, *event))
     if not names:
-        raise ValueError(f"{loss_name}: the model has no observed site (a pyro.sample with obs=...) to compare")
+        hint = (
+            f"; {recorded} are pyro.deterministic sites, which record a computed value and are not data: observe the "
+            "data with pyro.sample(name, dist.Delta(G(z), event_dim=...), obs=x)"
+            if recorded
+            else ""
+        )
+        raise ValueError(f"{loss_name}: the model has no observed site (a pyro.sample with obs=...) to compare{hint}")
     if keep is not None:
         real = [r[keep] for r in real]
         fake = [f[keep] for f in fake]

@@ -11,6 +11,7 @@ from pyro.infer import SVI
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._data import as_data_tensor
 from .errors import DivergenceError
 
 __all__ = ["train"]
@@ -37,9 +38,24 @@ def train(
     ``drop_last`` skips a short final batch (useful for losses estimated per batch, such as MMD, whose
     variance grows on a small batch). Raises :class:`DivergenceError` as soon as a loss or, at
     the end of an epoch, a parameter is NaN or infinite. ``callback(epoch, mean_loss)`` runs after each epoch.
+
+    ``data`` may be a NumPy array (converted to torch's default dtype, on the CPU). It is checked once, before
+    the first step: rows with NaN or inf raise a ``ValueError`` that names them, with no parameter changed.
+
+    :raises ValueError: bad sizes, or NaN/inf in ``data``.
+    :raises TypeError: ``data`` that is neither a tensor nor a numeric NumPy array.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    data = as_data_tensor(data, "train(data)")
+    if data.dim() == 0:
+        raise ValueError("train(data) needs a batch of data with the data points along dim 0, got a scalar")
+    if data.is_floating_point() or data.is_complex():
+        bad = ~torch.isfinite(data.reshape(len(data), -1)).all(-1)
+        if bad.any():
+            rows = bad.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            raise ValueError(f"train(data): {len(rows)} rows contain NaN or inf (rows {shown}); nothing was trained")
     kwargs = kwargs or {}
     n = data.shape[0]
     history = []

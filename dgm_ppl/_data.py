@@ -1,0 +1,32 @@
+"""Conversion of user data (tensors, NumPy arrays, nested lists) to tensors, with clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["as_data_tensor"]
+
+
+def as_data_tensor(
+    data, name: str = "data", *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> Tensor:
+    """``data`` as a tensor: tensors pass through (moved to ``dtype``/``device`` when given); NumPy arrays and
+    nested lists are converted to ``dtype`` (default: torch's default floating dtype, so that uint8 images and
+    float64 arrays meet float32 parameters).
+
+    :param data: a tensor, a NumPy array or a nested list of numbers.
+    :param name: how errors refer to it.
+    :param dtype: the dtype of converted arrays.
+    :param device: where converted arrays go (default: the CPU).
+    :raises TypeError: for anything else (a string, a dict, an object array).
+    """
+    if isinstance(data, Tensor):
+        return data if dtype is None and device is None else data.to(device=device, dtype=dtype)
+    if isinstance(data, (list, tuple)):
+        data = np.asarray(data)
+    if not isinstance(data, np.ndarray) or not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
+        kind = f"a NumPy array of {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise TypeError(f"{name} must be a torch.Tensor or a numeric NumPy array, got {kind}")
+    return torch.as_tensor(data, dtype=dtype or torch.get_default_dtype(), device=device)
