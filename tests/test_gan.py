@@ -443,7 +443,7 @@ def test_a_generator_that_drops_a_mode_fails_the_check():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gan_and_mmd_step_on_cuda():
-    G, D = mlp(2, 2).cuda(), mlp(2, 1).cuda()
+    G, D = mlp(2, 2).cuda(), mlp(4, 1).cuda()  # D sees packs of 2 samples of 2 dims
 
     def model(x):
         pyro.module("G", G)
