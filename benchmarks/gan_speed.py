@@ -59,7 +59,7 @@ def make_svi(name, G, D, n, zdim, lr, bandwidths):
     def model(x):
         pyro.module(name, G)
         with pyro.plate("data", n, subsample=x):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([zdim]).to_event(1))
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0).expand([zdim]).to_event(1))
             pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
 
     if D is None:
@@ -77,7 +77,7 @@ def make_raw_gan(G, D, zdim, lr):
     d_params = list(D.parameters())
 
     def step(x):
-        fake = G(torch.randn(x.shape[0], zdim))
+        fake = G(torch.randn(x.shape[0], zdim, device=x.device))
         d_loss = F.softplus(-D(x)).mean() + F.softplus(D(fake.detach())).mean()
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -97,14 +97,14 @@ def make_raw_gan(G, D, zdim, lr):
 
 def make_raw_mmd(G, zdim, lr, bandwidths):
     g_opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
-    gamma = 0.5 / torch.as_tensor(bandwidths).pow(2)
+    gamma = 0.5 / torch.as_tensor(bandwidths, device=next(G.parameters()).device).pow(2)
 
     def gram(a, b):  # as dgm_ppl.kernels.RBFMixture: exp stopped at exp(-80) (the slow subnormal path)
         d = (a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1) - 2 * a @ b.T).clamp_min(0)
         return torch.exp(-(d.unsqueeze(-1) * gamma).clamp_max(80.0)).sum(-1)
 
     def step(x):
-        fake = G(torch.randn(x.shape[0], zdim))
+        fake = G(torch.randn(x.shape[0], zdim, device=x.device))
         n, m = len(fake), len(x)
         kxx, kyy, kxy = gram(fake, fake), gram(x, x), gram(fake, x)
         loss = (

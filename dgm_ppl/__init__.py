@@ -1,6 +1,6 @@
 """dgm_ppl: deep generative models on top of Pyro."""
 
-from . import datasets, energy, evaluation, guides, infer, kernels, models, nn
+from . import datasets, energy, evaluation, guides, infer, kernels, models, nn, optim
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
@@ -14,6 +14,7 @@ __all__ = [
     "kernels",
     "models",
     "nn",
+    "optim",
     "save_checkpoint",
     "load_checkpoint",
     "__version__",

@@ -3,7 +3,17 @@
 from .errors import DivergenceError
 from .gan import GAN_KINDS, GANLoss, gradient_penalty
 from .mmd import MMDLoss
-from .objectives import IWAE, AnnealedELBO, FreeBitsELBO, LatentScaleMessenger, linear_warmup
+from .objectives import (
+    IWAE,
+    AnnealedELBO,
+    FreeBitsELBO,
+    JitTrace_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+    LatentScaleMessenger,
+    jit_trace,
+    linear_warmup,
+)
 from .training import train
 
 __all__ = [
@@ -15,6 +25,10 @@ __all__ = [
     "AnnealedELBO",
     "FreeBitsELBO",
     "IWAE",
+    "JitTrace_ELBO",
+    "JitTraceMeanField_ELBO",
+    "JitTraceGraph_ELBO",
+    "jit_trace",
     "LatentScaleMessenger",
     "linear_warmup",
     "train",

@@ -52,7 +52,7 @@ class FactorAnalysis(nn.Module):
     def model(self, x: Tensor, num_data: int | None = None) -> Tensor:
         _check_batch("x", x, self.x_dim)
         pyro.module(self.name, self)
-        with _plate(x.shape[0], num_data):
+        with _plate(x, num_data):
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
             mean = z @ self.weight.T + self.loc
             return pyro.sample("x", dist.Normal(mean, self.log_noise.exp()).to_event(1), obs=x)
@@ -79,7 +79,7 @@ class FactorAnalysis(nn.Module):
 
     def exact_guide(self, x: Tensor, num_data: int | None = None) -> Tensor:
         """A Pyro guide that samples the exact posterior (its ELBO equals log p(x); importance weights are constant)."""
-        with _plate(x.shape[0], num_data):
+        with _plate(x, num_data):
             return pyro.sample("z", self.posterior(x))
 
     @torch.no_grad()

@@ -90,7 +90,7 @@ class SigmoidBeliefNet(nn.Module):
         _check_batch("x", x, self.x_dim)
         pyro.module(f"{self.name}.generative", self.generative)
         top, layers = self.generative.top_logits, self.generative.layers
-        with _plate(x.shape[0], num_data):
+        with _plate(x, num_data):
             h = pyro.sample(
                 f"h{len(self.latent_dims)}", dist.Bernoulli(logits=top).expand([x.shape[0], top.shape[-1]]).to_event(1)
             )
@@ -104,7 +104,7 @@ class SigmoidBeliefNet(nn.Module):
         if self.baselines is not None:
             pyro.module(f"{self.name}.baselines", self.baselines)
         values, h = {}, x
-        with _plate(x.shape[0], num_data):
+        with _plate(x, num_data):
             for layer, net in enumerate(self.recognition):
                 # Pyro reads the baseline's input when it computes the loss, and wants b(x) in the shape of the site's
                 # batch, particles included: the input is set to x broadcast to the sample's shape once it is drawn.

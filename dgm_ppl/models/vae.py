@@ -75,24 +75,36 @@ class Decoder(nn.Module):
 
 
 def _check_batch(name: str, value: Tensor, dim: int) -> None:
+    """Refuse anything but a (B, dim) tensor. Skipped while torch traces (JIT): the shapes are compile keys of
+    dgm_ppl's JIT objectives, so the check already ran, untraced, on the first call with these shapes."""
+    if torch.jit.is_tracing():
+        return
     if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[1] != dim:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"{name} must be a batch of shape (B, {dim}), got {shape}")
 
 
-def _plate(batch: int, num_data: int | None):
+def _plate(x: Tensor, num_data: int | None):
+    """The data plate of the batch ``x``: of size ``num_data`` with ``x`` as its subsample when given.
+
+    The subsample is the batch itself (indices ``0..B-1``): the programs never index data by it, so drawing a random
+    subsample of ``num_data`` indices at every step (``subsample_size=B``) would cost O(N) and random numbers for
+    nothing, and would make a compiled (JIT) step draw differently from an eager one (the tracer drops the unused
+    draw). Only the scale N/B matters.
+    """
+    batch = x.shape[0]
     if num_data is None:
         return pyro.plate("data", batch)
-    if num_data < batch:
+    if not torch.jit.is_tracing() and num_data < batch:  # under JIT, checked on the untraced first call
         raise ValueError(f"num_data ({num_data}) is smaller than the batch ({batch})")
-    return pyro.plate("data", num_data, subsample_size=batch)
+    return pyro.plate("data", num_data, subsample=torch.arange(batch, device=x.device))
 
 
 def _make_guide(model, encoder: nn.Module, kind: str, encoder_args: int, **kwargs) -> AmortizedGuide:
     def create_plates(*args, num_data=None):  # the model's data plate, with this call's subsampling
         if len(args) > encoder_args:
             num_data = args[encoder_args]
-        return _plate(args[0].shape[0], num_data)
+        return _plate(args[0], num_data)
 
     kwargs = {"encoder_args": encoder_args, "create_plates": create_plates, **kwargs}
     if kind == "diagonal":
@@ -138,7 +150,7 @@ class VAE(nn.Module):
         """The generative program. ``num_data``: size of the data set the batch ``x`` (B, x_dim) is drawn from."""
         _check_batch("x", x, self.x_dim)
         pyro.module(self.name, self.decoder)
-        with _plate(x.shape[0], num_data):
+        with _plate(x, num_data):
             prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
             z = pyro.sample("z", prior)
             return pyro.sample("x", self.decoder(z), obs=x)
@@ -224,7 +236,7 @@ class CVAE(VAE):
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
         pyro.module(self.name, self)  # decoder and prior network (the guides hold their own encoders)
-        with _plate(x.shape[0], num_data):
+        with _plate(x, num_data):
             z = pyro.sample("z", self.prior(y))
             return pyro.sample("x", self.decoder(torch.cat([z, y.expand(z.shape[:-1] + y.shape[-1:])], -1)), obs=x)
 
