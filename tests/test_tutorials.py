@@ -194,3 +194,28 @@ def test_vae_digits_runs(tmp_path):
     assert "kl_per_dimension" not in report["iaf"]
     assert sorted(report["ranking_by_test_log_likelihood"]) == ["diagonal", "full_rank", "iaf"]
     assert (tmp_path / "vae_digits.png").stat().st_size > 1000
+
+
+def test_ssvae_digits_runs(tmp_path):
+    report = run_tutorial(
+        "ssvae_digits.py",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+        "--hidden",
+        "32",
+        "--zdim",
+        "4",
+        "--baseline-steps",
+        "100",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    )
+    assert report["labelled"] == 100 and report["unlabelled"] == 1400 and report["test_images"] == 297
+    for key in ("test_accuracy", "unlabelled_accuracy", "baseline_test_accuracy", "baseline_unlabelled_accuracy"):
+        assert 0.3 < report[key] <= 1.0, (key, report)  # chance is 0.1: the classifiers learned from 100 labels
+    assert [h["epoch"] for h in report["accuracy_during_training"]] == [1, 2]
+    assert math.isfinite(report["final_loss_per_image"]) and report["train_seconds"] > 0
+    assert (tmp_path / "ssvae_digits.png").stat().st_size > 1000

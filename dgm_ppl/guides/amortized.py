@@ -11,7 +11,8 @@ costs one forward pass instead of an optimization. ``AmortizedNormal`` is the di
 :math:`N(\mu(h), \mathrm{diag}\,\sigma^2(h))`, ``AmortizedMultivariateNormal`` the full-rank
 :math:`N(\mu(h), L(h) L(h)^\top)` with a Cholesky factor L whose diagonal is softplus-positive. Both are Pyro
 autoguides (:class:`~pyro.infer.autoguide.AutoGuide`), callable with the model's signature, and they compose with other
-autoguides for the global latents in an :class:`~pyro.infer.autoguide.AutoGuideList`.
+autoguides for the global latents in an :class:`~pyro.infer.autoguide.AutoGuideList`. Discrete latents have
+:class:`~dgm_ppl.guides.AmortizedCategorical`.
 
 Semi-amortized inference (Kim et al. 2018; Krishnan et al. 2018): with ``refine_steps=K`` the encoder's output
 :math:`\lambda_0 = \lambda_\phi(x)` (the local parameters: means and scales, or the Cholesky factor) is only the start;
@@ -26,16 +27,47 @@ amortization gap (the encoder's error on top of the family's). By default the up
 first-order: the encoder gets the gradient at :math:`\lambda_K` as if :math:`\lambda_K = \lambda_0 + \text{const}`;
 ``refine_backprop=True`` differentiates through the K steps (SA-VAE; second order, costlier).
 
-Conventions: the data batch x is the model's first argument (the encoder sees it, or the first ``encoder_args``
-arguments, e.g. ``(x, y)`` for a conditional VAE), with the data plate over its first dimension (the plate
-may be subsampled, ``pyro.plate("data", N, subsample=x)``); the guide finds the plate, the event shape and the support
-of each site from one run of the model; a site whose support is not the real line is reached through
-``biject_to(support)``, as in Pyro's autoguides.
+**Conventions.** The data batch x is the model's first argument, with the data plate over its first dimension: a
+sized plate ``pyro.plate("data", x.shape[0])``, a subsampled one ``pyro.plate("data", N, subsample=x)``, or Pyro's
+unsized ``pyro.plate("data")`` (its size is the batch's; combine guides for such a model in an
+:class:`AmortizedGuideList`, since Pyro's ``AutoGuideList`` cannot create unsized plates). The guide finds the plate,
+the event shape and the support of each site from one run of the model; a continuous site whose support is not the
+real line is reached through ``biject_to(support)``, as in Pyro's autoguides.
+
+**What the encoder sees** (``encoder_args``). By default the model's first argument: ``encoder(x)``. An integer n
+gives it the first n arguments (``encoder(x, y)`` for a conditional VAE ``model(x, y)``); a sequence lists them one
+by one, each an argument position (int), an argument name (str, positional or keyword in the model's signature), or
+the name of another **sample site** of the model. A site's value is the one sampled earlier in the same guide (the
+parts of an :class:`AmortizedGuideList` run in order and see what the earlier parts sampled), or its observed value
+when the model observes it in this call (for a name that is both a site and an argument, the argument's value stands
+in for the observed one when it is not None). So the M2 guide
+:math:`q(y \mid x)\, q(z \mid x, y)` of a semi-supervised VAE is::
+
+    guide = AmortizedGuideList(model)
+    guide.append(AmortizedCategorical(model, encoder_y, site="y", enumerate="parallel"))
+    guide.append(AmortizedNormal(model, ConcatEncoder(net), site="z", encoder_args=("x", "y")))
+
+*Shape contract.* Arguments reach the encoder as the model got them, batch first: ``(B, ...)``. A site's value
+reaches it with its batch dimensions ending at the data dimension (the size-1 dims of plates to the right of the data
+plate are squeezed out) followed by its event dims, so ``(*extra, B or 1, *event_shape)``, where ``extra`` are the
+dims that enumeration (``TraceEnum_ELBO``) or vectorized particles put on the left: an enumerated one-hot y of
+10 classes is ``(10, 1, 10)``. The encoder must broadcast its inputs and return features ``(*extra, B, F)``
+(:class:`ConcatEncoder` does this for inputs with one feature dim); the guide's sites then get the batch shape
+``(*extra, B)``, which is what the model's enumerated or vectorized sites expect.
+
+**Missing inputs** (``fallback``). When an encoder input is missing from a call or ``None`` (Pyro's CVAE calls
+``model(xs, ys=None)`` at test time), the guide cannot encode. With ``fallback="prior"`` (the default) it samples
+each site from the model's own conditional prior :math:`p(z \mid \text{inputs})`, read by running the model (hidden
+from the enclosing inference, conditioned on what the guide has sampled so far) up to that site; a module ``fallback``
+is a second encoder of the inputs that are present (in order), whose features of the same size feed the same heads;
+``fallback=None`` raises a ``ValueError``. The data batch x itself is never missing.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -43,11 +75,19 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide import AutoGuide, AutoGuideList
+from pyro.poutine.runtime import NonlocalExit
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 
-__all__ = ["AmortizedGuide", "AmortizedNormal", "AmortizedMultivariateNormal"]
+__all__ = [
+    "AmortizedGuide",
+    "AmortizedGuideList",
+    "AmortizedNormal",
+    "AmortizedMultivariateNormal",
+    "ConcatEncoder",
+]
 
 
 _BETAS = (0.9, 0.999)  # Adam's, for the refinement steps
@@ -57,26 +97,117 @@ def _inverse_softplus(y: float) -> float:
     return y + torch.log(-torch.expm1(torch.tensor(-y))).item()
 
 
+def _shape(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+class ConcatEncoder(nn.Module):
+    """An encoder of several inputs with one feature dim each: broadcasts their batch dims, concatenates their features
+    and applies ``net``, e.g. ``(B, D)`` and an enumerated ``(C, 1, C)`` give ``net`` a ``(C, B, D + C)`` tensor.
+
+    :param nn.Module net: the network applied to the concatenation (features last).
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        batch = torch.broadcast_shapes(*(t.shape[:-1] for t in inputs))
+        dtype = torch.result_type(*inputs) if all(t.is_floating_point() for t in inputs) else torch.get_default_dtype()
+        return self.net(torch.cat([t.to(dtype).expand(batch + t.shape[-1:]) for t in inputs], dim=-1))
+
+
+class AmortizedGuideList(AutoGuideList):
+    """An :class:`~pyro.infer.autoguide.AutoGuideList` whose parts see what the earlier parts sampled.
+
+    Pyro's ``AutoGuideList`` calls its parts one after the other with the model's arguments only; here each part's
+    values (and the observed values the amortized parts find) are also kept for the rest of the call, so a later
+    amortized part can encode them (``encoder_args=("x", "y")``). Unsized plates (``pyro.plate("data")``), which
+    ``AutoGuideList`` cannot create, are created unsized, as in the model.
+
+    :param callable model: the Pyro model.
+    :param callable create_plates: as in :class:`~pyro.infer.autoguide.AutoGuide`.
+    """
+
+    def __init__(self, model, *, create_plates=None):
+        super().__init__(model, create_plates=create_plates)
+        self._values: dict[str, Tensor] | None = None
+
+    def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        self._create_plates(*args, **kwargs)
+        result: dict[str, Tensor] = {}
+        self._values = {}
+        try:
+            for part in self:
+                values = part(*args, **kwargs)
+                result.update(values)
+                self._values.update(values)
+        finally:
+            self._values = None
+        return result
+
+    def _create_plates(self, *args, **kwargs):
+        frames = self._prototype_frames
+        unsized = {n: f for n, f in frames.items() if f.size == -1}
+        self._prototype_frames = {n: f for n, f in frames.items() if n not in unsized}
+        try:
+            plates = super()._create_plates(*args, **kwargs)
+        finally:
+            self._prototype_frames = frames
+        for name, frame in unsized.items():
+            plates.setdefault(name, pyro.plate(name, dim=frame.dim))
+        return plates
+
+
+def _normalize_inputs(encoder_args) -> tuple[int | str, ...]:
+    if isinstance(encoder_args, str):
+        encoder_args = (encoder_args,)
+    if isinstance(encoder_args, int) and not isinstance(encoder_args, bool):
+        if encoder_args < 1:
+            raise ValueError(f"encoder_args must be a positive integer or a sequence, got {encoder_args!r}")
+        return tuple(range(encoder_args))
+    if isinstance(encoder_args, Sequence) and not isinstance(encoder_args, str) and encoder_args:
+        entries = tuple(encoder_args)
+        if all(isinstance(e, str) or (isinstance(e, int) and not isinstance(e, bool) and e >= 0) for e in entries):
+            return entries
+    raise ValueError(
+        "encoder_args must be a positive integer (the model's first n arguments) or a non-empty sequence of argument "
+        f"positions, argument names and site names, got {encoder_args!r}"
+    )
+
+
 class AmortizedGuide(AutoGuide):
-    """Base class: finds the local sites' plate, shapes and supports, runs the encoder, samples each site.
+    """Base class: finds the local sites' plate, shapes and supports, gathers the encoder's inputs, samples each site.
 
     Subclasses implement :meth:`_build` (create the heads, given the feature size), :meth:`local_parameters` (the
-    per-datum parameters λ(h) of one site, a dict of tensors with leading dim B) and :meth:`base_distribution` (the
-    distribution of the site's unconstrained latent given h and λ, batch shape ``(B,)`` and one event dim).
+    per-datum parameters λ(h) of one site, a dict of tensors with leading dim B) and :meth:`distribution` or, for the
+    continuous guides, :meth:`base_distribution` (the distribution of the site's unconstrained latent given h and λ,
+    batch shape ``(B,)`` and one event dim). See the module's notes for ``encoder_args`` and ``fallback``.
 
-    Args:
-        model: the Pyro model; its first argument is the data batch.
-        encoder: network from the model's first ``encoder_args`` arguments to features of shape (B, F).
-        site: the local latent site(s) to guide.
-        init_scale: the guide's initial standard deviation.
-        encoder_args: how many of the model's leading arguments the encoder takes.
-        refine_steps: K > 0 makes the guide semi-amortized (K gradient steps on λ per call; see the module's notes).
-        refine_lr: the step size η of the refinement's Adam updates (per datum and coordinate).
-        refine_backprop: differentiate through the refinement instead of the first-order update.
-        create_plates: as in Pyro's autoguides, ``create_plates(*args, **kwargs)`` returns the data plate for this
-            call: pass it when the subsampling changes between calls (without it the plate's full size is the one
-            seen at the first call, and only the batch size follows the data).
+    :param callable model: the Pyro model; its first argument is the data batch.
+    :param nn.Module encoder: network from the encoder's inputs (``encoder_args``) to features of shape (B, F).
+    :param site: the local latent site(s) to guide.
+    :type site: str or Sequence[str]
+    :param float init_scale: the guide's initial standard deviation (continuous guides).
+    :param encoder_args: what the encoder takes: the model's first n arguments, or a sequence of argument positions,
+        argument names and site names.
+    :type encoder_args: int or Sequence[int or str]
+    :param fallback: what the guide does when an encoder input is missing or None: ``"prior"`` (sample the model's
+        conditional prior of each site), a second encoder (``nn.Module``) of the inputs that are present, or None
+        (raise).
+    :param int refine_steps: K > 0 makes the guide semi-amortized (K gradient steps on λ per call; see the notes).
+    :param float refine_lr: the step size η of the refinement's Adam updates (per datum and coordinate).
+    :param bool refine_backprop: differentiate through the refinement instead of the first-order update.
+    :param callable create_plates: as in Pyro's autoguides, ``create_plates(*args, **kwargs)`` returns the data plate
+        for this call: pass it when the subsampling changes between calls (without it the plate's full size is the
+        one seen at the first call, and only the batch size follows the data).
+    :raises ValueError: for bad options; at the first call, for a site that is not a local latent of a supported kind.
     """
+
+    _may_be_observed = False  # the discrete guide checks at each call whether the model observes its sites
 
     def __init__(
         self,
@@ -85,7 +216,8 @@ class AmortizedGuide(AutoGuide):
         site: str | Sequence[str] = "z",
         *,
         init_scale: float = 0.1,
-        encoder_args: int = 1,
+        encoder_args: int | Sequence[int | str] = 1,
+        fallback: str | nn.Module | None = "prior",
         refine_steps: int = 0,
         refine_lr: float = 0.05,
         refine_backprop: bool = False,
@@ -97,17 +229,23 @@ class AmortizedGuide(AutoGuide):
         if not refine_lr > 0:
             raise ValueError(f"refine_lr must be positive, got {refine_lr}")
         self.refine_steps, self.refine_lr, self.refine_backprop = refine_steps, float(refine_lr), refine_backprop
-        if isinstance(encoder_args, bool) or not isinstance(encoder_args, int) or encoder_args < 1:
-            raise ValueError(f"encoder_args must be a positive integer, got {encoder_args!r}")
+        self._inputs = _normalize_inputs(encoder_args)
         if not isinstance(encoder, nn.Module):
             raise TypeError(f"encoder must be an nn.Module mapping the data batch to features, got {type(encoder)}")
+        if not (fallback is None or fallback == "prior" or isinstance(fallback, nn.Module)):
+            raise ValueError(f"fallback must be 'prior', an nn.Module or None, got {fallback!r}")
         if init_scale <= 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
         self.encoder = encoder  # a PyroModule registers its children's parameters as Pyro params when used
+        self.fallback = fallback
         self.sites = (site,) if isinstance(site, str) else tuple(site)
         if not self.sites:
             raise ValueError("site must name at least one latent site")
         self.init_scale, self.encoder_args = init_scale, encoder_args
+        self._built = False
+
+    # the prototype keeps observed sites too: a semi-supervised site may be observed at the first call
+    _prototype_hide_fn = staticmethod(lambda msg: msg["type"] != "sample" or site_is_subsample(msg))
 
     # -- set-up from one run of the model ---------------------------------------------------------------------
     def _setup_prototype(self, *args, **kwargs) -> None:
@@ -115,68 +253,183 @@ class AmortizedGuide(AutoGuide):
         if not args or not isinstance(args[0], Tensor) or args[0].dim() == 0:
             raise ValueError("the model's first argument must be the data batch x of shape (B, ...)")
         batch = args[0].shape[0]
+        trace = self.prototype_trace
         self._frame, self._shapes, self._supports = None, {}, {}
         for name in self.sites:
-            site = self.prototype_trace.nodes.get(name)
-            if site is None or site["type"] != "sample":
-                latent = [n for n, s in self.prototype_trace.iter_stochastic_nodes()]
+            site = trace.nodes.get(name)
+            latent = [n for n, _ in trace.iter_stochastic_nodes()]
+            if site is None or site["type"] != "sample" or (site["is_observed"] and not self._may_be_observed):
                 raise ValueError(
                     f"the model has no latent sample site {name!r} (observed sites are not guided); its latent sites "
                     f"are {latent}"
                 )
-            if site["is_observed"]:
-                raise ValueError(f"site {name!r} is observed: an amortized guide is for latent sites")
-            frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.size == batch]
-            if not frames:
-                raise ValueError(
-                    f"site {name!r} is not in a plate over the data (size {batch}, the first dimension of the model's "
-                    "first argument): an amortized guide is for local latents; use an autoguide for global ones"
-                )
-            frame = frames[0]
+            frame = self._data_frame(name, site, batch)
             if self._frame is not None and frame.name != self._frame.name:
                 raise ValueError(f"sites {self.sites} are in different plates ({self._frame.name!r}, {frame.name!r})")
             self._frame = frame
-            fn = site["fn"]
-            batch_shape = site["value"].shape[: site["value"].dim() - fn.event_dim]
-            other = [s for i, s in enumerate(batch_shape) if i != len(batch_shape) + frame.dim and s != 1]
-            if other:
-                raise ValueError(
-                    f"site {name!r} has batch shape {tuple(batch_shape)}: besides the data plate, its batch dims must "
-                    "be 1 (move other dims to the event with .to_event(), or guide nested plates by hand)"
-                )
-            self._shapes[name] = tuple(fn.event_shape)
-            self._supports[name] = fn.support
+            self._check_site(name, site)
+        self._batch_ndim = -self._frame.dim
+        self._site_inputs = self._classify_inputs()
         if self.refine_steps:
-            unguided = [n for n, _ in self.prototype_trace.iter_stochastic_nodes() if n not in self.sites]
+            unguided = [n for n, _ in trace.iter_stochastic_nodes() if n not in self.sites]
             if unguided:
                 raise ValueError(
                     f"refine_steps > 0 optimizes the ELBO of this guide alone, so it must guide every latent site; "
                     f"{unguided} are not guided (train global latents without refinement, or list them in site=)"
                 )
-        features = self._features(args)
-        self._build(features.shape[-1])
-        self.to(device=features.device, dtype=features.dtype)  # heads and flow steps where the encoder's output is
-        self._batch_ndim = -self._frame.dim
+            if self._site_inputs:
+                raise ValueError("refine_steps > 0 needs an encoder of the model's arguments only (no site inputs)")
 
-    def _features(self, args: tuple) -> Tensor:
-        """encoder(x, ...) from the model's first ``encoder_args`` arguments (a CVAE's encoder also sees the label)."""
-        if len(args) < self.encoder_args:
-            raise ValueError(f"the encoder takes the model's first {self.encoder_args} arguments, got {len(args)}")
-        x = args[0]
-        h = self.encoder(*args[: self.encoder_args])
-        if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[0] != x.shape[0]:
-            shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+    def _data_frame(self, name: str, site: dict, batch: int):
+        """The site's frame of the data plate: size B, or unsized with the value's dim there of size B."""
+        value, fn = site["value"], site["fn"]
+        batch_shape = value.shape[: value.dim() - fn.event_dim]
+        frames = [
+            f
+            for f in site["cond_indep_stack"]
+            if f.vectorized
+            and (f.size == batch or (f.size == -1 and len(batch_shape) >= -f.dim and batch_shape[f.dim] == batch))
+        ]
+        if not frames:
             raise ValueError(
-                f"the encoder must map the data batch {tuple(x.shape)} to features of shape (B, F) with B = "
-                f"{x.shape[0]}; it returned {shape}"
+                f"site {name!r} is not in a plate over the data (size {batch}, the first dimension of the model's "
+                "first argument): an amortized guide is for local latents; use an autoguide for global ones"
+            )
+        frame = frames[0]
+        other = [s for i, s in enumerate(batch_shape) if i != len(batch_shape) + frame.dim and s != 1]
+        if other:
+            raise ValueError(
+                f"site {name!r} has batch shape {tuple(batch_shape)}: besides the data plate, its batch dims must "
+                "be 1 (move other dims to the event with .to_event(), or guide nested plates by hand)"
+            )
+        return frame
+
+    def _check_site(self, name: str, site: dict) -> None:
+        """A continuous latent: records its event shape and support."""
+        fn = site["fn"]
+        if fn.support.is_discrete:
+            raise ValueError(
+                f"site {name!r} is discrete (support {fn.support}): {type(self).__name__} is for continuous latents; "
+                "guide it with AmortizedCategorical (before this guide, in an AmortizedGuideList)"
+            )
+        self._shapes[name] = tuple(fn.event_shape)
+        self._supports[name] = fn.support
+
+    def _classify_inputs(self) -> dict[str, int]:
+        """Checks the string entries of ``encoder_args``; returns the site entries with their event dims."""
+        nodes = self.prototype_trace.nodes
+        sites = {n: s for n, s in nodes.items() if s["type"] == "sample"}
+        try:
+            params = list(inspect.signature(self.model).parameters)
+        except (TypeError, ValueError):
+            params = []
+        site_inputs, self._also_argument = {}, set()
+        for entry in self._inputs:
+            if not isinstance(entry, str):
+                continue
+            if entry in self.sites:
+                raise ValueError(f"encoder_args names {entry!r}, a site of this guide: its encoder cannot see it")
+            if entry in sites:  # a site; when also an argument, the argument's value is used if the guide has none
+                site_inputs[entry] = sites[entry]["fn"].event_dim
+                if entry in params:
+                    self._also_argument.add(entry)
+            elif entry not in params:
+                raise ValueError(
+                    f"encoder_args names {entry!r}, which is neither a sample site of the model ({sorted(sites)}) nor "
+                    f"one of its arguments ({params})"
+                )
+        return site_inputs
+
+    # -- the encoder's inputs ---------------------------------------------------------------------------------
+    def _shared(self) -> dict[str, Tensor] | None:
+        """The values sampled so far in this call of the enclosing :class:`AmortizedGuideList`, if any."""
+        master = self.master() if self.master is not None else None
+        return getattr(master, "_values", None)
+
+    def _arguments(self, args: tuple, kwargs: dict) -> list[Tensor | None]:
+        """The argument inputs of the encoder (None where missing; site entries are filled in later)."""
+        bound = None
+        values: list[Tensor | None] = []
+        for entry in self._inputs:
+            if isinstance(entry, int) and entry < len(args):
+                values.append(args[entry])
+                continue
+            if isinstance(entry, str) and entry in self._site_inputs and entry not in self._also_argument:
+                values.append(None)
+                continue
+            if bound is None:
+                try:
+                    bound = inspect.signature(self.model).bind_partial(*args, **kwargs)
+                    bound.apply_defaults()
+                    bound = dict(bound.arguments)
+                except (TypeError, ValueError):
+                    bound = dict(kwargs)
+            if isinstance(entry, int):
+                names = list(bound)
+                values.append(bound[names[entry]] if entry < len(names) else None)
+            else:
+                values.append(bound.get(entry))
+        return values
+
+    def _run_model_to(self, names: Sequence[str], args: tuple, kwargs: dict, known: dict) -> dict[str, dict]:
+        """Runs the model, hidden from the enclosing inference and conditioned on ``known``, until all of ``names``
+        have been reached; returns their messages (distribution, observed or not, value)."""
+        found: dict[str, dict] = {}
+        wanted = set(names)
+
+        def escape_fn(msg) -> bool:
+            if msg["type"] == "sample" and msg["name"] in wanted:
+                found[msg["name"]] = msg
+            return wanted <= set(found)
+
+        known = {k: v for k, v in known.items() if k not in wanted}
+        model = poutine.condition(self.model, data=known) if known else self.model
+        with poutine.block():
+            try:
+                poutine.escape(model, escape_fn=escape_fn)(*args, **kwargs)
+            except NonlocalExit:
+                pass
+        missing = wanted - set(found)
+        if missing:
+            raise ValueError(f"the model did not reach site(s) {sorted(missing)} in this call")
+        return found
+
+    def _as_input(self, name: str, value: Tensor) -> Tensor:
+        """A site value for the encoder: batch dims ending at the data dim, then the event dims."""
+        event_dim = self._site_inputs[name]
+        batch_shape = value.shape[: value.dim() - event_dim]
+        right = self._batch_ndim - 1
+        if right and len(batch_shape) >= self._batch_ndim:
+            if any(s != 1 for s in batch_shape[len(batch_shape) - right :]):
+                raise ValueError(
+                    f"site {name!r} has a value of shape {tuple(value.shape)} with non-singleton dims "
+                    "right of the data plate: it cannot be an encoder input"
+                )
+            value = value.reshape(batch_shape[: len(batch_shape) - right] + value.shape[value.dim() - event_dim :])
+        return value
+
+    def _check_features(self, h: Any, batch: int, extra: bool) -> Tensor:
+        ok = isinstance(h, Tensor) and (h.dim() >= 2 if extra else h.dim() == 2) and h.shape[-2] == batch
+        if not ok:
+            raise ValueError(
+                f"the encoder must map the data batch of {batch} to features of shape (B, F) with B = {batch}"
+                + (" (or (..., B, F) when it sees enumerated or vectorized site values)" if extra else "")
+                + f"; it returned {_shape(h)}"
             )
         return h
 
+    # -- the guide's distributions ----------------------------------------------------------------------------
     def _size(self, name: str) -> int:
         return int(torch.Size(self._shapes[name]).numel())
 
     def _build(self, features: int) -> None:
         raise NotImplementedError
+
+    def _ensure_built(self, h: Tensor) -> None:
+        if not self._built:
+            self._build(h.shape[-1])
+            self.to(device=h.device, dtype=h.dtype)  # heads and flow steps where the encoder's output is
+            self._built = True
 
     def _build_loc(self, features: int) -> None:
         """Affine heads for the means, started near 0 (q starts near N(0, init_scale²) for every x)."""
@@ -192,18 +445,15 @@ class AmortizedGuide(AutoGuide):
     def base_distribution(self, name: str, h: Tensor, local: dict[str, Tensor] | None = None) -> dist.TorchDistribution:
         raise NotImplementedError
 
-    # -- the guide --------------------------------------------------------------------------------------------
-    def _plate(self, batch: int, args, kwargs):
-        frame = self._frame
-        if self.master is not None or self.create_plates is not None:  # the master's plates, or the user's
-            return self._create_plates(*args, **kwargs)[frame.name]
-        if frame.full_size is not None and frame.full_size != frame.size:  # the model subsamples this plate
-            return pyro.plate(frame.name, frame.full_size, subsample_size=batch, dim=frame.dim)
-        return pyro.plate(frame.name, batch, dim=frame.dim)
-
     def distribution(self, name: str, h: Tensor, local: dict[str, Tensor] | None = None) -> dist.TorchDistribution:
         """q(z_i | x_i) of one site, batch shape (B,), on the site's support and event shape (λ = ``local`` if given,
-        else the encoder's)."""
+        else the encoder's).
+
+        :param str name: the site.
+        :param Tensor h: the encoder's features, ``(..., B, F)``.
+        :param dict local: the local parameters λ (default: the heads' output at h).
+        :returns: the guide's distribution of the site.
+        """
         q = self.base_distribution(name, h, local)
         transforms = []
         if self._shapes[name] != (self._size(name),):
@@ -219,28 +469,106 @@ class AmortizedGuide(AutoGuide):
             return dist.TransformedDistribution(q.base_dist, [*q.transforms, *transforms])
         return dist.TransformedDistribution(q, transforms)
 
-    def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+    def _infer(self, name: str) -> dict:
+        return {}
+
+    def _prepare(
+        self, args: tuple, kwargs: dict, check_observed: bool
+    ) -> tuple[dict[str, dist.TorchDistribution], dict[str, Tensor]]:
+        """The guide's distribution of each latent site in this call, and the observed values of its sites."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        x = args[0]
-        h = self._features(args)
+        batch = args[0].shape[0]
+        shared = self._shared()
+        inputs = self._arguments(args, kwargs)
+        given = {e: v for e, v in zip(self._inputs, inputs) if isinstance(e, str) and e in self._site_inputs}
+        for name in given:
+            if shared is not None and name in shared:
+                given[name] = shared[name]
+        needed = [s for s, v in given.items() if v is None]
+        missing = any(v is None for e, v in zip(self._inputs, inputs) if e not in self._site_inputs)
+        probe = (
+            list(self.sites)
+            if (check_observed and self._may_be_observed) or (missing and self.fallback == "prior")
+            else []
+        )
+        found = self._run_model_to(probe + needed, args, kwargs, shared or {}) if probe or needed else {}
+        for s in needed:
+            if not found[s]["is_observed"]:
+                raise ValueError(
+                    f"encoder_args names site {s!r}, which is latent in this call but was not sampled earlier in this "
+                    "guide: guide it in an earlier part of an AmortizedGuideList (Pyro's AutoGuideList passes no "
+                    "values between its parts)"
+                )
+        observed = {
+            n: found[n]["value"] for n in self.sites if check_observed and n in found and found[n]["is_observed"]
+        }
+        if shared is not None:
+            shared.update(observed)
+        latent = [n for n in self.sites if n not in observed]
+        if not latent:
+            return {}, observed
+        for i, entry in enumerate(self._inputs):
+            if entry in self._site_inputs:
+                value = given[entry] if given[entry] is not None else found[entry]["value"]
+                inputs[i] = self._as_input(entry, value)
+        if missing:
+            if self.fallback is None:
+                absent = [e for e, v in zip(self._inputs, inputs) if v is None]
+                raise ValueError(f"the encoder's inputs {absent} are missing or None in this call (fallback=None)")
+            if self.fallback == "prior":
+                return {n: found[n]["fn"] for n in latent}, observed
+            h = self._check_features(self.fallback(*(v for v in inputs if v is not None)), batch, bool(needed))
+        else:
+            h = self._check_features(self.encoder(*inputs), batch, bool(self._site_inputs))
+        self._ensure_built(h)
         # the latent's batch dims: B at the plate's dim, then 1s up to the rightmost batch dim
-        h = h.reshape(h.shape[:1] + (1,) * (self._batch_ndim - 1) + h.shape[1:])
-        local = {name: self.local_parameters(name, h) for name in self.sites}
-        if self.refine_steps:
+        h = h.reshape(h.shape[:-1] + (1,) * (self._batch_ndim - 1) + h.shape[-1:])
+        local = {name: self.local_parameters(name, h) for name in latent}
+        if self.refine_steps and not missing:
             local = self._refine(h, local, args, kwargs)
+        return {name: self.distribution(name, h, local[name]) for name in latent}, observed
+
+    # -- the guide --------------------------------------------------------------------------------------------
+    def _plate(self, batch: int, args, kwargs):
+        frame = self._frame
+        if self.master is not None or self.create_plates is not None:  # the master's plates, or the user's
+            return self._create_plates(*args, **kwargs)[frame.name]
+        if frame.size == -1:  # Pyro's unsized plate: sized by the batch, as in the model
+            return pyro.plate(frame.name, dim=frame.dim)
+        if frame.full_size is not None and frame.full_size != frame.size:  # the model subsamples this plate
+            return pyro.plate(frame.name, frame.full_size, subsample_size=batch, dim=frame.dim)
+        return pyro.plate(frame.name, batch, dim=frame.dim)
+
+    def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+        dists, _ = self._prepare(args, kwargs, check_observed=True)
         values = {}
-        with self._plate(x.shape[0], args, kwargs):
-            for name in self.sites:
-                values[name] = pyro.sample(name, self.distribution(name, h, local[name]))
+        if dists:
+            with self._plate(args[0].shape[0], args, kwargs):
+                for name, q in dists.items():
+                    values[name] = pyro.sample(name, q, infer=self._infer(name))
+        shared = self._shared()
+        if shared is not None:
+            shared.update(values)
         return values
+
+    def posterior(self, *args, **kwargs) -> dict[str, dist.TorchDistribution]:
+        """The guide's distribution of each of its sites given the model's arguments, whether or not the model
+        observes the site in this call (e.g. the classifier q(y | x) of a semi-supervised VAE); batch shape (B,).
+        Inside a Pyro program (an auxiliary loss) it registers the guide's parameters under the guide's names.
+
+        :returns: a dict from site name to distribution.
+        """
+        with self._pyro_context:
+            dists, _ = self._prepare(args, kwargs, check_observed=False)
+        return dists
 
     def _refine(self, h: Tensor, local: dict, args, kwargs) -> dict:
         """K gradient steps on λ maximizing a one-sample ELBO of the batch, hidden from the enclosing inference."""
         if self.master is not None:
             raise ValueError("refine_steps > 0 is not supported inside an AutoGuideList (it must guide every latent)")
         batch, frame = args[0].shape[0], self._frame
-        scale = frame.full_size / batch if frame.full_size is not None and frame.full_size != frame.size else 1.0
+        scale = frame.full_size / batch if frame.full_size not in (None, -1) and frame.full_size != frame.size else 1.0
         backprop = self.refine_backprop and torch.is_grad_enabled()  # evaluation (no_grad) needs no second order
         h_inner = h if backprop else h.detach()
         start = (

@@ -52,13 +52,18 @@ def _step(flow: str, dim: int, context: int, hidden: list[int]):
 class AmortizedFlow(AmortizedNormal):
     """Amortized flow guide: ``flow`` in ``FLOWS``, ``num_flows`` steps, each conditioned on the encoder's features.
 
-    Args:
-        model, encoder, site, **kwargs (``init_scale``, ``encoder_args``, ``refine_steps``, ``refine_lr``,
-            ``refine_backprop``, ``create_plates``): as
-            :class:`~dgm_ppl.guides.AmortizedNormal`.
-        flow: ``"planar"``, ``"radial"``, ``"iaf"``, ``"affine_coupling"`` or ``"spline"``.
-        num_flows: number of steps.
-        hidden_dims: hidden layers of each step's network (default: one layer of 2 * (latent + feature) units).
+    :param callable model: the Pyro model; its first argument is the data batch.
+    :param nn.Module encoder: network from the encoder's inputs to features of shape (B, F).
+    :param site: the local latent site(s) to guide.
+    :type site: str or Sequence[str]
+    :param str flow: ``"planar"``, ``"radial"``, ``"iaf"``, ``"affine_coupling"`` or ``"spline"``.
+    :param int num_flows: number of steps.
+    :param hidden_dims: hidden layers of each step's network (default: one layer of 2 * (latent + feature) units).
+    :type hidden_dims: Sequence[int] or None
+    :param kwargs: ``init_scale``, ``encoder_args``, ``fallback``, ``refine_steps``, ``refine_lr``,
+        ``refine_backprop``, ``create_plates``: as :class:`~dgm_ppl.guides.AmortizedGuide`.
+    :raises ValueError: for an unknown flow or a bad number of steps; at the first call, for a latent of fewer than
+        2 dimensions with an autoregressive or coupling flow.
     """
 
     def __init__(
