@@ -214,30 +214,31 @@ def to_inference_data(
 ):
     """Convert a Pyro model and its posterior (a guide, an MCMC run or samples) to ArviZ.
 
-    Args:
-        model: the Pyro model, run as ``model(*model_args, **model_kwargs)`` with its observations (full data: a
-            subsampled plate is refused).
-        guide: a fitted guide (any Pyro guide, autoguides included); ``num_samples`` draws go in chain 0.
-        model_args, model_kwargs: the model's arguments (default for ``mcmc``: the ones it was run with, which Pyro
-            keeps in the private ``MCMC._args``/``_kwargs``; pass them to be independent of that).
-        num_samples: draws from the guide (and from the prior, unless ``num_prior_samples`` is given).
-        posterior_samples: ``{site: tensor (draws, ...)}``, e.g. from ``Predictive`` or ``mcmc.get_samples()``;
-            one chain.
-        mcmc: a ``pyro.infer.MCMC`` that has run; chains are kept, and HMC/NUTS divergences go to
-            ``sample_stats.diverging``.
-        prior: add ``prior`` and ``prior_predictive`` groups (also allowed with no posterior at all, for a prior
-            predictive check before fitting).
-        posterior_predictive, log_likelihood: whether to build these groups.
-        var_names: posterior variables to keep (default: all latent and deterministic sites).
-        coords, dims: passed to ``az.from_dict``; ``dims`` overrides the plate names found in the model.
-        parallel: run all draws in one vectorized pass under ``pyro.plate("_num_draws", S)`` (like
-            ``Predictive(parallel=True)``; much faster): the model and guide must be vectorizable, with every batch
-            dim in a plate.
-        progress: tqdm bar over draws (sequential mode).
+    :param model: the Pyro model, run as ``model(*model_args, **model_kwargs)`` with its observations (full data: a
+        subsampled plate is refused).
+    :param guide: a fitted guide (any Pyro guide, autoguides included); ``num_samples`` draws go in chain 0.
+    :param model_args: the model's positional arguments (default for ``mcmc``: the ones it was run with, which Pyro
+        keeps in the private ``MCMC._args``/``_kwargs``; pass them to be independent of that).
+    :param model_kwargs: the model's keyword arguments (the same default).
+    :param num_samples: draws from the guide (and from the prior, unless ``num_prior_samples`` is given).
+    :param posterior_samples: ``{site: tensor (draws, ...)}``, e.g. from ``Predictive`` or ``mcmc.get_samples()``; one
+        chain.
+    :param mcmc: a ``pyro.infer.MCMC`` that has run; chains are kept, and HMC/NUTS divergences go to
+        ``sample_stats.diverging``.
+    :param prior: add ``prior`` and ``prior_predictive`` groups (also allowed with no posterior at all, for a prior
+        predictive check before fitting).
+    :param posterior_predictive: whether to build the ``posterior_predictive`` group.
+    :param log_likelihood: whether to build the ``log_likelihood`` group.
+    :param var_names: posterior variables to keep (default: all latent and deterministic sites).
+    :param coords: coordinates, passed to ``az.from_dict``.
+    :param dims: dims of each variable, passed to ``az.from_dict``; they override the plate names found in the model.
+    :param parallel: run all draws in one vectorized pass under ``pyro.plate("_num_draws", S)`` (like
+        ``Predictive(parallel=True)``; much faster): the model and guide must be vectorizable, with every batch dim in a
+        plate.
+    :param progress: tqdm bar over draws (sequential mode).
 
-    Returns:
-        ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x). Dims of a site: ``(chain, draw)``, then
-        the names of its plates, then ``{site}_dim_{i}`` for other batch and event dims.
+    :returns: ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x). Dims of a site: ``(chain, draw)``,
+        then the names of its plates, then ``{site}_dim_{i}`` for other batch and event dims.
 
     The pointwise log-likelihood is each observed site's ``log_prob`` without its scale or mask: points masked out
     with ``poutine.mask`` (e.g. missing values) get a density too, which is meaningless for them; drop them from the

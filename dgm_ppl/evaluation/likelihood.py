@@ -42,12 +42,11 @@ __all__ = ["log_likelihood", "LogLikelihoodEstimate"]
 class LogLikelihoodEstimate:
     """Per-datum importance-sampled log-likelihoods.
 
-    Attributes:
-        log_p: :math:`\\log \\hat p(x_i)`, shape (N,).
-        ess: effective sample size of each datum's importance weights, shape (N,), in [1, num_samples].
-        pareto_k: Pareto :math:`\\hat k` of each datum's weights, shape (N,), or None if not requested.
-        num_samples: S, the number of importance samples per datum.
-        plate: name of the data plate.
+    :ivar log_p: :math:`\\log \\hat p(x_i)`, shape (N,).
+    :ivar ess: effective sample size of each datum's importance weights, shape (N,), in [1, num_samples].
+    :ivar pareto_k: Pareto :math:`\\hat k` of each datum's weights, shape (N,), or None if not requested.
+    :ivar num_samples: S, the number of importance samples per datum.
+    :ivar plate: name of the data plate.
     """
 
     log_p: Tensor
@@ -191,28 +190,27 @@ def log_likelihood(
 ) -> LogLikelihoodEstimate:
     """Importance-sampled :math:`\\log p(x_i)` for every datum, with the guide as proposal.
 
-    Args:
-        model: a Pyro model whose first argument is the data x (N, ...), with observations and latents in a plate of
-            size N; global weights are parameters (``pyro.module``/``pyro.param``), not sample sites.
-        guide: a guide with the model's signature, vectorizable over an outer particle plate (use ``pyro.plate`` with
-            the same names and dims as the model).
-        *args, **kwargs: the model's arguments. Every tensor argument whose first dimension is N is cut into
-            batches along with x (e.g. the labels of a CVAE).
-        num_samples: S, importance samples per datum.
-        batch_size: data points per pass (None: all at once).
-        particle_batch_size: samples per vectorized pass; memory grows with ``batch_size * particle_batch_size``.
-        plate: name of the data plate, if the model has several plates of size N.
-        pareto_k: also fit the Pareto :math:`\\hat k` of each datum's weights (uses ArviZ's ``psislw``).
-        progress: show a tqdm bar over data batches.
-        vectorize: draw the particles in one vectorized pass (True), one at a time (False), or try the vectorized
-            pass on the first batch and fall back to one particle at a time, with a warning, if the program does not
-            broadcast over the particle plate (None: e.g. Pyro's CVAE example, which indexes with boolean masks).
+    :param model: a Pyro model whose first argument is the data x (N, ...), with observations and latents in a plate of
+        size N; global weights are parameters (``pyro.module``/``pyro.param``), not sample sites.
+    :param guide: a guide with the model's signature, vectorizable over an outer particle plate (use ``pyro.plate`` with
+        the same names and dims as the model).
+    :param args: the model's arguments. Every tensor argument whose first dimension is N is cut into batches along with
+        x (e.g. the labels of a CVAE).
+    :param kwargs: the model's keyword arguments, cut into batches in the same way.
+    :param num_samples: S, importance samples per datum.
+    :param batch_size: data points per pass (None: all at once).
+    :param particle_batch_size: samples per vectorized pass; memory grows with ``batch_size * particle_batch_size``.
+    :param plate: name of the data plate, if the model has several plates of size N.
+    :param pareto_k: also fit the Pareto :math:`\\hat k` of each datum's weights (uses ArviZ's ``psislw``).
+    :param progress: show a tqdm bar over data batches.
+    :param vectorize: draw the particles in one vectorized pass (True), one at a time (False), or try the vectorized
+        pass on the first batch and fall back to one particle at a time, with a warning, if the program does not
+        broadcast over the particle plate (None: e.g. Pyro's CVAE example, which indexes with boolean masks).
 
     Densities are the sites' own ``log_prob`` with masks applied and ``poutine.scale`` ignored, so a KL-annealing
     or subsampling scale in the program does not change the estimate.
 
-    Returns:
-        :class:`LogLikelihoodEstimate` with ``log_p``, ``ess`` and ``pareto_k`` of shape (N,).
+    :returns: :class:`LogLikelihoodEstimate` with ``log_p``, ``ess`` and ``pareto_k`` of shape (N,).
     """
     _check_count("num_samples", num_samples)
     _check_count("batch_size", batch_size, allow_none=True)

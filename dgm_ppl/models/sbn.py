@@ -57,13 +57,12 @@ class _Generative(nn.Module):
 class SigmoidBeliefNet(nn.Module):
     """A sigmoid belief net over binary ``x`` (``x_dim``) with binary latent layers ``latent_dims`` (``h1`` next to x).
 
-    Args:
-        x_dim: data size.
-        latent_dims: sizes of the latent layers, bottom (``"h1"``) to top.
-        baseline: give each guide site a neural baseline b(x) (used by ``TraceGraph_ELBO``; other objectives ignore
-            it).
-        baseline_hidden: hidden units of each baseline network.
-        name: prefix in Pyro's param store.
+    :param x_dim: data size.
+    :param latent_dims: sizes of the latent layers, bottom (``"h1"``) to top.
+    :param baseline: give each guide site a neural baseline b(x) (used by ``TraceGraph_ELBO``; other objectives ignore
+        it).
+    :param baseline_hidden: hidden units of each baseline network.
+    :param name: prefix in Pyro's param store.
     """
 
     def __init__(

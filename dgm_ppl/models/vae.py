@@ -119,12 +119,12 @@ def _make_guide(model, encoder: nn.Module, kind: str, encoder_args: int, **kwarg
 class VAE(nn.Module):
     """A VAE: standard Normal prior on ``z`` (``z_dim``), MLP decoder (``hidden_dims``) to a Bernoulli or Normal ``x``.
 
-    Args:
-        x_dim, z_dim: data and latent sizes.
-        hidden_dims: hidden layers of the decoder (and, reversed, of the encoders that :meth:`guide` builds).
-        likelihood: ``"bernoulli"`` (binary data, checked by Pyro's validation) or ``"normal"``.
-        activation: the hidden units' nonlinearity (Burda et al. 2016 use tanh).
-        name: the decoder's name in Pyro's param store.
+    :param x_dim: the data size.
+    :param z_dim: the latent size.
+    :param hidden_dims: hidden layers of the decoder (and, reversed, of the encoders that :meth:`guide` builds).
+    :param likelihood: ``"bernoulli"`` (binary data, checked by Pyro's validation) or ``"normal"``.
+    :param activation: the hidden units' nonlinearity (Burda et al. 2016 use tanh).
+    :param name: the decoder's name in Pyro's param store.
     """
 
     def __init__(
