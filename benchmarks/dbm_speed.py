@@ -1,12 +1,15 @@
 """Speed: one update of a 784-500-1000 DBM (batch 100, 10 mean-field sweeps, 100 persistent chains,
 one block-Gibbs sweep), two ways in one run, interleaved in chunks.
 
-1. ``svi``: ``dbm.distribution(chains)`` inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO``.
+1. ``svi``: ``dbm.distribution(chains)`` inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO``
+   (Pyro's validation on, the default; ``svi_no_validation`` is the same with it off).
 2. ``raw``: a hand-written PyTorch loop doing the same arithmetic: the same mean-field updates, the
    same Gibbs sweep, the closed-form gradient (data statistics under mean field minus chain
    statistics with the odd layer summed out), and Adam.
 
-Prints one JSON line per implementation and a summary line with the ratio.
+Each chunk is timed twice: wall clock, and the CPU time of this process (``cpu``), which is less
+disturbed by other work on a shared machine. Prints one JSON line per implementation and a summary
+line with the ratios of the medians.
 
     python benchmarks/dbm_speed.py --data ../shared/data/binarized_mnist.npz
 """
@@ -31,20 +34,22 @@ def emit(**record):
 
 
 def raw_step(v, p, chains, opt, n, iters):
-    """Algorithm 20.1 by hand for a two-layer DBM (standard parametrization)."""
+    """Algorithm 20.1 by hand for a two-layer DBM (standard parametrization), with the fused
+    products (bias and matrix product in one ``addmm``) that dgm_ppl uses."""
     w0, w1, b0, b1, b2 = p
     with torch.no_grad():
-        bottom = v @ w0 + b1
-        mu1 = torch.sigmoid(b1 + 2 * (v @ w0))
-        mu2 = torch.sigmoid(b2 + mu1 @ w1)
+        vw = v @ w0
+        bottom = vw + b1
+        mu1 = torch.sigmoid(torch.add(b1, vw, alpha=2))
+        mu2 = torch.sigmoid(torch.addmm(b2, mu1, w1))
         for _ in range(iters):
-            mu1 = torch.sigmoid(bottom + mu2 @ w1.T)
-            mu2 = torch.sigmoid(b2 + mu1 @ w1)
+            mu1 = torch.sigmoid(torch.addmm(bottom, mu2, w1.T))
+            mu2 = torch.sigmoid(torch.addmm(b2, mu1, w1))
         cv, ch1, ch2 = chains
-        ch1 = torch.rand_like(ch1).lt_(torch.sigmoid(b1 + cv @ w0 + ch2 @ w1.T)).to(v)
-        cv = torch.rand_like(cv).lt_(torch.sigmoid(b0 + ch1 @ w0.T)).to(v)
-        ch2 = torch.rand_like(ch2).lt_(torch.sigmoid(b2 + ch1 @ w1)).to(v)
-        m1 = torch.sigmoid(b1 + cv @ w0 + ch2 @ w1.T)  # the odd layer summed out
+        ch1 = torch.rand_like(ch1).lt_(torch.sigmoid(torch.addmm(torch.addmm(b1, cv, w0), ch2, w1.T)))
+        cv = torch.rand_like(cv).lt_(torch.sigmoid(torch.addmm(b0, ch1, w0.T)))
+        ch2 = torch.rand_like(ch2).lt_(torch.sigmoid(torch.addmm(b2, ch1, w1)))
+        m1 = torch.sigmoid(torch.addmm(torch.addmm(b1, cv, w0), ch2, w1.T))  # the odd layer summed out
         s_pos, s_neg = -n / v.shape[0], n / cv.shape[0]
         w0.grad = s_pos * v.T @ mu1 + s_neg * cv.T @ m1
         w1.grad = s_pos * mu1.T @ mu2 + s_neg * m1.T @ ch2
@@ -90,29 +95,63 @@ def main():
             pyro.sample("x", dbm.distribution(chains, mean_field_iters=args.mean_field_iters), obs=batch)
 
     svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": 1e-4}), Trace_ELBO())
+    # the same model and updates from a copy of the same state, with Pyro's validation off
+    dbm_nv = DBM(sizes, name="dbm_no_validation").to(device)
+    dbm_nv.load_state_dict(dbm.state_dict())
+    chains_nv = PersistentChains(dbm_nv, num_chains=bs)
+    chains_nv.load_state_dict(chains.state_dict())
+
+    def model_nv(batch):
+        with pyro.plate("data", n, subsample=batch):
+            pyro.sample("x", dbm_nv.distribution(chains_nv, mean_field_iters=args.mean_field_iters), obs=batch)
+
+    svi_nv = SVI(model_nv, lambda batch: None, pyro.optim.Adam({"lr": 1e-4}), Trace_ELBO())
     order = torch.randperm(n, device=device)
     batches = [x[order[(i * bs) % n : (i * bs) % n + bs]] for i in range(args.steps)]
-    svi.step(batches[0])  # warm-up (creates the optimizer state)
-    raw_chains = raw_step(batches[0], raw_p, raw_chains, raw_opt, n, args.mean_field_iters)
-    times = {"svi": [], "raw": []}
+
+    def step(name, v):
+        nonlocal raw_chains
+        if name == "raw":
+            raw_chains = raw_step(v, raw_p, raw_chains, raw_opt, n, args.mean_field_iters)
+        else:
+            pyro.enable_validation(name == "svi")  # global flag: set per step, as the loops are interleaved
+            (svi if name == "svi" else svi_nv).step(v)
+
+    names = ["svi", "raw", "svi_no_validation"]
+    for name in names:
+        step(name, batches[0])  # warm-up (creates the optimizer state)
+    times = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for start in range(0, args.steps, args.chunk):
         chunk = batches[start : start + args.chunk]
-        for name in ("svi", "raw") if (start // args.chunk) % 2 == 0 else ("raw", "svi"):
+        for name in names if (start // args.chunk) % 2 == 0 else names[::-1]:
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for v in chunk:
-                if name == "svi":
-                    svi.step(v)
-                else:
-                    raw_chains = raw_step(v, raw_p, raw_chains, raw_opt, n, args.mean_field_iters)
+                step(name, v)
             sync()
             times[name].append((time.perf_counter() - t0) / len(chunk))
+            cpu[name].append((time.process_time() - c0) / len(chunk))
     common = dict(benchmark="dbm_update", layers=sizes, batch=bs, mean_field_iters=args.mean_field_iters)
     common.update(device=str(device), threads=torch.get_num_threads())
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    cpu_ms = {k: 1000 * statistics.median(v) for k, v in cpu.items()}
     for name, value in ms.items():
-        emit(**common, impl=name, ms_per_update=round(value, 2), epoch_seconds=round(value * n / bs / 1000, 1))
-    emit(**common, event="summary", svi_over_raw=round(ms["svi"] / ms["raw"], 3))
+        emit(
+            **common,
+            impl=name,
+            ms_per_update=round(value, 2),
+            cpu_ms_per_update=round(cpu_ms[name], 2),
+            epoch_seconds=round(value * n / bs / 1000, 1),
+        )
+    emit(
+        **common,
+        event="summary",
+        svi_over_raw=round(ms["svi"] / ms["raw"], 3),
+        svi_no_validation_over_raw=round(ms["svi_no_validation"] / ms["raw"], 3),
+        cpu_svi_over_raw=round(cpu_ms["svi"] / cpu_ms["raw"], 3),
+        cpu_svi_no_validation_over_raw=round(cpu_ms["svi_no_validation"] / cpu_ms["raw"], 3),
+    )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
-"""Speed: one epoch of PCD-1 for a 784x500 Bernoulli RBM, batch 100, three ways in one run.
+"""Speed: one epoch of PCD-1 for a 784x500 Bernoulli RBM, batch 100, several ways in one run.
 
-1. ``svi``: dgm_ppl's RBM distribution inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO``
-   (Pyro's validation on, the default; ``svi_no_validation`` is the same with it off).
-2. ``raw``: a hand-written PyTorch loop doing the same arithmetic (same matrix products, same
-   Gibbs sweep, same random draws in the same order, Adam on the closed-form SML gradient).
-3. ``sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, SGD) with the same batch size.
+1. ``svi``: dgm_ppl's RBM distribution inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO`` with
+   ``pyro.optim.Adam`` (Pyro's validation on, the default; ``svi_no_validation`` is the same with it
+   off), and ``svi_sgd`` with ``pyro.optim.SGD`` (validation on).
+2. ``raw`` / ``raw_sgd``: a hand-written PyTorch loop doing the same arithmetic (same matrix products,
+   same Gibbs sweep, same random draws in the same order, the closed-form SML gradient) with one
+   ``torch.optim.Adam`` / ``torch.optim.SGD``.
+3. ``sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, plain SGD) with the same batch size, timed
+   after the interleaved epochs.
 
-Prints one JSON line per measurement, then a summary line with the ratios.
+Each epoch is timed twice: wall clock, and the CPU time of this process (``cpu``), which is less
+disturbed by other work on a shared machine. Prints one JSON line per measurement, then a summary
+line with the medians and ratios. ``--profile N`` first runs ``N`` SVI steps under cProfile and
+prints where the step's time goes (the distribution, autograd, Pyro's optimizers and trace
+machinery); the profiler inflates Python-heavy parts, so read the shares, not the milliseconds.
 
     python benchmarks/rbm_speed.py --data ../shared/data/binarized_mnist.npz
 """
@@ -14,7 +21,9 @@ Prints one JSON line per measurement, then a summary line with the ratios.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import statistics
 import time
 
@@ -47,15 +56,18 @@ def raw_epoch(x, order, params, hidden, opt, batch_size):
     for i in range(0, n, batch_size):
         v = x[order[i : i + batch_size]]
         with torch.no_grad():
-            pv = torch.sigmoid(hidden @ w.T + b)
+            pv = torch.sigmoid(torch.addmm(b, hidden, w.T))
             negatives = torch.rand_like(pv).lt_(pv)
             both = torch.cat([v, negatives])
-            x_all = both @ w + c
-            neg_free = both @ b + torch.nn.functional.softplus(x_all).sum(-1)
+            x_all = torch.addmm(c, both, w)
+            neg_free = torch.addmv(torch.nn.functional.softplus(x_all).sum(-1), both, b)
             # loss = -(N/B) sum_batch [-F(v)]  (its SML gradient adds N * mean_chains grad(-F))
             weight = torch.cat(
-                [torch.full((v.shape[0],), -n / v.shape[0]), torch.full((negatives.shape[0],), n / negatives.shape[0])]
-            ).to(x_all)
+                [
+                    torch.full_like(neg_free[: v.shape[0]], -n / v.shape[0]),
+                    torch.full_like(neg_free[v.shape[0] :], n / negatives.shape[0]),
+                ]
+            )
             loss = float((weight[: v.shape[0]] * neg_free[: v.shape[0]]).sum())
             ph = torch.sigmoid(x_all)
             g = ph * weight[:, None]
@@ -68,17 +80,73 @@ def raw_epoch(x, order, params, hidden, opt, batch_size):
         yield loss
 
 
+def make_svi(name, init, x, args, device, optim):
+    """An RBM (initialized from ``init``), its chains and an SVI over a subsampled plate."""
+    n = x.shape[0]
+    rbm = BernoulliRBM(784, args.hidden, name=name).to(device)
+    chains = PersistentChains(rbm, num_chains=args.batch_size, steps=1)
+    with torch.no_grad():
+        for t, t0 in zip((rbm.weight, rbm.visible_bias, rbm.hidden_bias, chains.hidden), init):
+            t.copy_(t0)
+
+    def model(batch):
+        with pyro.plate("data", n, subsample=batch):
+            pyro.sample("x", rbm.distribution(chains), obs=batch)
+
+    return SVI(model, lambda batch: None, optim, Trace_ELBO()), rbm
+
+
+def profile_svi(x, init, args, device):
+    """cProfile ``args.profile`` SVI steps (Adam, validation on) and emit the step's breakdown."""
+    svi, _ = make_svi("profiled", init, x, args, device, pyro.optim.Adam({"lr": args.lr}))
+    pyro.enable_validation(True)
+    batches = [x[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.profile + 5)]
+    for batch in batches[:5]:
+        svi.step(batch)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for batch in batches[5:]:
+        svi.step(batch)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+
+    def cumulative(suffix: str) -> float:
+        return 1000 * sum(v[3] for k, v in stats.items() if f"{k[0]}:{k[2]}".endswith(suffix)) / args.profile
+
+    step = cumulative("infer/svi.py:step")
+    parts = {
+        "log_prob (both phases, chains, checks)": cumulative("energy/distribution.py:log_prob"),
+        "rbm.distribution() (params, PyroModule)": cumulative("energy/rbm.py:distribution"),
+        "backward (autograd engine)": cumulative("torch/autograd/__init__.py:backward"),
+        "pyro.optim (per-parameter optimizers)": cumulative("pyro/optim/optim.py:__call__"),
+        "  of which torch Adam arithmetic": cumulative("torch/optim/adam.py:_single_tensor_adam"),
+        "zero_grads (zeros_like per parameter)": cumulative("pyro/infer/util.py:zero_grads"),
+    }
+    top = sum(v for k, v in parts.items() if not k.startswith("  "))
+    parts["Pyro's trace machinery and the rest"] = step - top
+    emit(
+        benchmark="rbm_pcd1_svi_profile",
+        steps=args.profile,
+        ms_per_step_under_cprofile=round(step, 2),
+        parts_ms={k: round(v, 2) for k, v in parts.items()},
+        parts_share={k: round(v / step, 3) for k, v in parts.items()},
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help=".npz with a 'train' array (N x 784, binary)")
     ap.add_argument("--hidden", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=100)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    ap.add_argument("--sgd-lr", type=float, default=0.05, help="SGD's rate per datum (scikit-learn's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--skip-sgd", action="store_true", help="skip the SGD runs (svi_sgd, raw_sgd)")
     ap.add_argument("--skip-no-validation", action="store_true", help="skip the SVI run with validation off")
     ap.add_argument("--chunk", type=int, default=25, help="steps per timed chunk when interleaving")
+    ap.add_argument("--profile", type=int, default=0, help="cProfile this many SVI steps first")
     args = ap.parse_args()
     device = torch.device(args.device)
     x = load_binarized_mnist(args.data, "train").to(device)
@@ -97,8 +165,13 @@ def main():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    impls = ["svi", "raw"] + ([] if args.skip_no_validation else ["svi_no_validation"])
-    times = {name: [] for name in impls + ["sklearn"]}
+    # SGD on the loss N * mean(-log p) with rate sgd_lr / N takes scikit-learn's step, sgd_lr * mean gradient
+    sgd_lr = args.sgd_lr / n
+    impls = ["svi", "raw"]
+    impls += [] if args.skip_no_validation else ["svi_no_validation"]
+    impls += [] if args.skip_sgd else ["svi_sgd", "raw_sgd"]
+    wall = {name: [] for name in impls + ["sklearn"]}
+    cpu = {name: [] for name in impls + ["sklearn"]}
     final = {}
     for rep in range(args.repeats):
         seed = 1000 + rep
@@ -108,51 +181,52 @@ def main():
         chains0 = PersistentChains(rbm0, num_chains=args.batch_size, steps=1)
         init = [t.detach().clone() for t in (rbm0.weight, rbm0.visible_bias, rbm0.hidden_bias, chains0.hidden)]
         pyro.clear_param_store()
-
-        def svi_loop(name, validate, init, order):
-            rbm = BernoulliRBM(784, args.hidden, name=name).to(device)
-            chains = PersistentChains(rbm, num_chains=args.batch_size, steps=1)
-            with torch.no_grad():
-                for t, t0 in zip((rbm.weight, rbm.visible_bias, rbm.hidden_bias, chains.hidden), init):
-                    t.copy_(t0)
-
-            def model(batch):
-                with pyro.plate("data", n, subsample=batch):
-                    pyro.sample("x", rbm.distribution(chains), obs=batch)
-
-            svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
-
-            return svi_epoch(x, order, svi, args.batch_size, validate), rbm.weight
+        if rep == 0 and args.profile:
+            profile_svi(x, init, args, device)
+            pyro.clear_param_store()
 
         loops, weights = {}, {}
         for name in impls:
-            if name == "raw":
+            sgd = name.endswith("_sgd")
+            if name.startswith("raw"):
                 w, b, c, hidden = (t.clone().requires_grad_(i < 3) for i, t in enumerate(init))
-                opt = torch.optim.Adam([w, b, c], lr=args.lr)
+                opt = torch.optim.SGD([w, b, c], lr=sgd_lr) if sgd else torch.optim.Adam([w, b, c], lr=args.lr)
                 loops[name], weights[name] = raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size), w
             else:
-                loops[name], weights[name] = svi_loop(name, name == "svi", init, order)
+                optim = pyro.optim.SGD({"lr": sgd_lr}) if sgd else pyro.optim.Adam({"lr": args.lr})
+                svi, rbm = make_svi(name, init, x, args, device, optim)
+                loops[name] = svi_epoch(x, order, svi, args.batch_size, validate=name != "svi_no_validation")
+                weights[name] = rbm.weight
         # The epochs run interleaved in chunks of --chunk steps, each chunk timed on its own, so
         # that drifts in machine speed hit all alike. Each has its own random stream with the
         # same seed, so all draw the same random numbers in the same order.
         streams = {name: torch.Generator().manual_seed(seed + 1).get_state() for name in impls}
         elapsed = dict.fromkeys(impls, 0.0)
+        elapsed_cpu = dict.fromkeys(impls, 0.0)
         done = False
         while not done:
             for name, loop in loops.items():
                 torch.set_rng_state(streams[name])
                 sync()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(args.chunk):
                     if next(loop, None) is None:
                         done = True
                         break
                 sync()
                 elapsed[name] += time.perf_counter() - t0
+                elapsed_cpu[name] += time.process_time() - c0
                 streams[name] = torch.get_rng_state()
         for name in impls:
-            times[name].append(elapsed[name])
-            emit(**common, impl=name, repeat=rep, seconds=round(elapsed[name], 3))
+            wall[name].append(elapsed[name])
+            cpu[name].append(elapsed_cpu[name])
+            emit(
+                **common,
+                impl=name,
+                repeat=rep,
+                seconds=round(elapsed[name], 3),
+                cpu_seconds=round(elapsed_cpu[name], 3),
+            )
         final = {name: weights[name].detach().clone() for name in impls}
 
         # --- scikit-learn
@@ -161,23 +235,45 @@ def main():
 
             xs = x.cpu().numpy().astype(np.float32)
             sk = SkRBM(
-                n_components=args.hidden, learning_rate=0.05, batch_size=args.batch_size, n_iter=1, random_state=seed
+                n_components=args.hidden,
+                learning_rate=args.sgd_lr,
+                batch_size=args.batch_size,
+                n_iter=1,
+                random_state=seed,
             )
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             sk.fit(xs)
-            times["sklearn"].append(time.perf_counter() - t0)
-            emit(**common, impl="sklearn", repeat=rep, seconds=round(times["sklearn"][-1], 3))
+            wall["sklearn"].append(time.perf_counter() - t0)
+            cpu["sklearn"].append(time.process_time() - c0)
+            emit(
+                **common,
+                impl="sklearn",
+                repeat=rep,
+                seconds=round(wall["sklearn"][-1], 3),
+                cpu_seconds=round(cpu["sklearn"][-1], 3),
+            )
 
-    med = {k: statistics.median(v) for k, v in times.items() if v}
-    summary = dict(
-        **common,
-        impl="summary",
-        median_seconds={k: round(v, 3) for k, v in med.items()},
-        svi_over_raw=round(med["svi"] / med["raw"], 3),
-        max_abs_weight_diff_svi_vs_raw=float((final["svi"] - final["raw"]).abs().max()),
-    )
-    if "sklearn" in med:
-        summary["sklearn_over_svi"] = round(med["sklearn"] / med["svi"], 3)
+    def ratios(times: dict) -> dict:
+        med = {k: statistics.median(v) for k, v in times.items() if v}
+        out = {
+            "median_seconds": {k: round(v, 3) for k, v in med.items()},
+            "svi_over_raw": round(med["svi"] / med["raw"], 3),
+        }
+        if "svi_no_validation" in med:
+            out["svi_no_validation_over_raw"] = round(med["svi_no_validation"] / med["raw"], 3)
+            out["validation_share_of_step"] = round(med["svi"] / med["svi_no_validation"] - 1, 3)
+        if "svi_sgd" in med:
+            out["svi_sgd_over_raw_sgd"] = round(med["svi_sgd"] / med["raw_sgd"], 3)
+        if "sklearn" in med:
+            out["sklearn_over_svi"] = round(med["sklearn"] / med["svi"], 3)
+            if "svi_sgd" in med:
+                out["sklearn_over_svi_sgd"] = round(med["sklearn"] / med["svi_sgd"], 3)
+        return out
+
+    summary = dict(**common, impl="summary", wall=ratios(wall), cpu=ratios(cpu))
+    summary["max_abs_weight_diff_svi_vs_raw"] = float((final["svi"] - final["raw"]).abs().max())
+    if "svi_sgd" in final:
+        summary["max_abs_weight_diff_svi_sgd_vs_raw_sgd"] = float((final["svi_sgd"] - final["raw_sgd"]).abs().max())
     emit(**summary)
 
 

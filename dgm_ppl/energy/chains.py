@@ -15,6 +15,8 @@ The samplers here supply the states :math:`\tilde v` that estimate the second ex
   temperatures :math:`0 \le \beta_1 < \dots < \beta_T = 1` with replica-exchange swaps.
 
 All are ``nn.Module``s whose state is in buffers, so ``state_dict()`` checkpoints the chains.
+Advancing them never waits for the device: the flags that steer a sweep are mirrored on the host
+(and re-read from the buffers when a state dict is loaded).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .rbm import bernoulli
+from .rbm import as_tensor_like, bernoulli
 
 __all__ = ["NegativePhase", "PersistentChains", "ContrastiveDivergence", "ParallelTempering"]
 
@@ -37,20 +39,31 @@ class NegativePhase(nn.Module):
         self.__dict__["model"] = model
         self.steps = steps
 
-    def advance(self, data: Tensor | None = None) -> Tensor:
-        """Advance the chains and return the negative samples, shape ``(num_chains, n_visible)``."""
+    def advance(self, data: Tensor | None = None, *, params=None) -> Tensor:
+        """Advance the chains and return the negative samples, shape ``(num_chains, n_visible)``.
+
+        :param data: the data batch (used by CD-k to start its chains).
+        :param params: the model's parameters in standard form (``model.params()``), when the
+            caller has them already.
+        """
         raise NotImplementedError
 
-    def after_negative_phase(self, hidden_input: Tensor) -> None:
-        """Receives the hidden pre-activations of the returned negatives (computed for the gradient)."""
+    def after_negative_phase(self, hidden_input: Tensor | None = None, *, probs: Tensor | None = None) -> None:
+        """Receives the hidden pre-activations, or the hidden probabilities ``probs``, of the returned
+        negatives (computed for the gradient)."""
 
     def initial_samples(self, num_samples: int) -> Tensor:
         """Starting states for fresh sampling: the chains' states if there are any."""
         return self.model.random_visible(num_samples)
 
-    def _sync(self, state: Tensor) -> Tensor:
-        w = self.model.weight
-        return state if state.device == w.device and state.dtype == w.dtype else state.to(w)
+    @staticmethod
+    def _sync(state: Tensor, like: Tensor) -> Tensor:
+        """``state`` on the device and dtype of ``like`` (the model's weight), copied only when they differ."""
+        return state if state.device == like.device and state.dtype == like.dtype else state.to(like)
+
+    def _set_buffer(self, name: str, value: Tensor) -> None:
+        """Replace a registered buffer, without ``nn.Module.__setattr__``'s bookkeeping (hot path)."""
+        self._buffers[name] = value
 
 
 class PersistentChains(NegativePhase):
@@ -80,6 +93,7 @@ class PersistentChains(NegativePhase):
         if init is None:
             state = model.random_visible(num_chains).detach()
         else:
+            init = as_tensor_like(init, model.weight, "init")
             if init.shape != (num_chains, model.n_visible):
                 raise ValueError(f"init must have shape {(num_chains, model.n_visible)}, got {tuple(init.shape)}")
             model._check_visible(init)
@@ -89,25 +103,35 @@ class PersistentChains(NegativePhase):
         with torch.no_grad():
             self.register_buffer("hidden", model.sample_hidden(state))
         self.register_buffer("hidden_is_current", torch.tensor(True))
+        self.__dict__["_hidden_current"] = True  # host mirror of the buffer: no device sync per sweep
+
+    def _set_hidden_current(self, value: bool) -> None:
+        self.__dict__["_hidden_current"] = value
+        self.hidden_is_current.fill_(value)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if "hidden_is_current" in self._buffers:
+            self.__dict__["_hidden_current"] = bool(self.hidden_is_current)
 
     @torch.no_grad()
-    def advance(self, data: Tensor | None = None) -> Tensor:
+    def advance(self, data: Tensor | None = None, *, params=None) -> Tensor:
         model = self.model
-        p = model.params()
-        v, sweeps = self._sync(self.state), self.steps
-        if self.hidden_is_current:
-            v = model._draw_visible(p, self._sync(self.hidden))
+        p = model.params() if params is None else params
+        v, sweeps = self._sync(self.state, p.weight), self.steps
+        if self._hidden_current:
+            v = model._draw_visible(p, self._sync(self.hidden, p.weight))
             sweeps -= 1
         for _ in range(sweeps):
             v = model._gibbs(p, v)
-        self.state = v
-        self.hidden_is_current.fill_(False)
+        self._set_buffer("state", v)
+        self._set_hidden_current(False)
         return v
 
     @torch.no_grad()
-    def after_negative_phase(self, hidden_input: Tensor) -> None:
-        self.hidden = bernoulli(torch.sigmoid(hidden_input))
-        self.hidden_is_current.fill_(True)
+    def after_negative_phase(self, hidden_input: Tensor | None = None, *, probs: Tensor | None = None) -> None:
+        self._set_buffer("hidden", bernoulli(torch.sigmoid(hidden_input) if probs is None else probs))
+        self._set_hidden_current(True)
 
     def initial_samples(self, num_samples: int) -> Tensor:
         idx = torch.arange(num_samples, device=self.state.device) % self.num_chains
@@ -118,10 +142,16 @@ class ContrastiveDivergence(NegativePhase):
     """CD-k: chains restarted at the data batch and run ``steps`` block-Gibbs sweeps."""
 
     @torch.no_grad()
-    def advance(self, data: Tensor | None = None) -> Tensor:
+    def advance(self, data: Tensor | None = None, *, params=None) -> Tensor:
         if data is None:
             raise ValueError("ContrastiveDivergence needs the data batch to start its chains")
-        return self.model.gibbs_step(data.reshape(-1, data.shape[-1]).to(self.model.weight), steps=self.steps)
+        model = self.model
+        p = model.params() if params is None else params
+        v = as_tensor_like(data, model.weight, "data")
+        v = v.reshape(-1, v.shape[-1]).to(model.weight)
+        for _ in range(self.steps):
+            v = model._gibbs(p, v)
+        return v
 
 
 class ParallelTempering(NegativePhase):
@@ -156,12 +186,18 @@ class ParallelTempering(NegativePhase):
             raise ValueError("betas must increase from >= 0 to exactly 1, with at least two values")
         self.num_chains = num_chains
         self.register_buffer("betas", betas.to(model.weight.device))
-        self.register_buffer("base", None if base is None else base.detach().clone())
+        base = None if base is None else as_tensor_like(base, model.weight, "base").detach().clone()
+        self.register_buffer("base", base)
         state = model.random_visible(len(betas) * num_chains).detach().reshape(len(betas), num_chains, -1)
         self.register_buffer("state", state)
         self.register_buffer("swaps_accepted", torch.zeros(len(betas) - 1))
         self.register_buffer("swaps_proposed", torch.zeros(len(betas) - 1))
         self.register_buffer("parity", torch.zeros((), dtype=torch.long))
+        self.__dict__["_parity"] = 0  # host mirror of the buffer: no device sync per sweep
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.__dict__["_parity"] = int(self.parity)
 
     @property
     def swap_rate(self) -> Tensor:
@@ -169,21 +205,22 @@ class ParallelTempering(NegativePhase):
         return self.swaps_accepted / self.swaps_proposed.clamp(min=1)
 
     @torch.no_grad()
-    def advance(self, data: Tensor | None = None) -> Tensor:
+    def advance(self, data: Tensor | None = None, *, params=None) -> Tensor:
         model = self.model
-        p = model.params()
+        p = model.params() if params is None else params
         betas = self.betas.to(p.weight)[:, None, None]
-        v = self._sync(self.state)
+        v = self._sync(self.state, p.weight)
         for _ in range(self.steps):
             v = model._gibbs(p, v, betas, self.base)
             v = self._swap(p, v)
-        self.state = v
+        self._set_buffer("state", v)
         return v[-1]
 
     def _swap(self, p, v: Tensor) -> Tensor:
         betas = self.betas.to(p.weight)
-        lo = torch.arange(int(self.parity), len(betas) - 1, 2, device=v.device)
-        self.parity.fill_(1 - int(self.parity))
+        lo = torch.arange(self._parity, len(betas) - 1, 2, device=v.device)
+        self.__dict__["_parity"] = 1 - self._parity
+        self.parity.fill_(self._parity)
         if len(lo) == 0:
             return v
         hi = lo + 1

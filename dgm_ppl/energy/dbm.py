@@ -32,12 +32,13 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Size, Tensor, nn
+from torch.autograd.function import once_differentiable
 from tqdm.auto import tqdm
 
 from ..infer.errors import DivergenceError
 from .chains import NegativePhase, PersistentChains
-from .distribution import EnergyBasedDistribution
-from .rbm import Beta, bernoulli
+from .distribution import EnergyBasedDistribution, check_negative_phase
+from .rbm import Beta, as_tensor_like, bernoulli, check_binary, check_finite, closed_form_applies
 
 __all__ = ["DBM", "DBMParams", "DBMPersistentChains", "DBMDistribution"]
 
@@ -56,6 +57,48 @@ class DBMParams(NamedTuple):
 def _entropy(logits: Tensor, mean: Tensor) -> Tensor:
     r"""Entropy of factorial Bernoullis, :math:`\sum_j \operatorname{softplus}(x_j) - \mu_j x_j`."""
     return (F.softplus(logits) - mean * logits).sum(-1)
+
+
+class _MeanFieldBound(torch.autograd.Function):
+    r"""The mean-field bound :math:`\mathcal L(v; \mu)`, its value computed beforehand without
+    gradient, with the closed-form gradient in the standard-form parameters at fixed means
+    :math:`\mu_1, \dots, \mu_L` (writing :math:`\mu_0 = s_0`, the visible statistic):
+
+    .. math::
+
+        \nabla_{W_l} \mathcal L = \mu_l\, \mu_{l+1}^\top, \qquad
+        \nabla_{b_l} \mathcal L = \mu_l \ (l \ge 1), \qquad
+        \nabla_{b_0} \mathcal L = \partial \ell(v) / \partial b_0, \qquad
+        \nabla_{\text{const}} \mathcal L = 1,
+
+    summed over rows with the incoming gradient as weights: the matrix products of autograd's
+    backward, without the forward products :math:`\mu_l^\top W_l` that only the value needs.
+
+    ``forward(value, layers, visible_grad, *weights, *biases[, const])`` with ``layers`` the tuple
+    :math:`(s_0, \mu_1, \dots, \mu_L)` and ``visible_grad`` the rows of :math:`\partial\ell/\partial b_0`.
+    First-order only: a second derivative raises ``RuntimeError``.
+    """
+
+    @staticmethod
+    def forward(ctx, value, layers, visible_grad, *params):
+        ctx.save_for_backward(visible_grad, *layers)
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        visible_grad, *layers = ctx.saved_tensors
+        num_weights = len(layers) - 1
+        needs = ctx.needs_input_grad[3:]
+        grads: list[Tensor | None] = []
+        for l in range(num_weights):
+            grads.append(layers[l].T @ (layers[l + 1] * grad[:, None]) if needs[l] else None)
+        grads.append(visible_grad.T @ grad if needs[num_weights] else None)
+        for l in range(1, num_weights + 1):
+            grads.append(layers[l].T @ grad if needs[num_weights + l] else None)
+        if len(needs) > 2 * num_weights + 1:
+            grads.append(grad.sum() if needs[-1] else None)
+        return None, None, None, *grads
 
 
 class DBM(PyroModule):
@@ -161,26 +204,34 @@ class DBM(PyroModule):
             const = const + mu[l] @ (w @ mu[l + 1])
         return DBMParams(ws, std_b, const, std)
 
+    def _data(self, data, name: str = "data") -> Tensor:
+        """``data`` as a tensor (NumPy arrays and lists go to the parameters' device and dtype)."""
+        return as_tensor_like(data, self.weight_0, name)
+
     def _check_visible(self, v: Tensor) -> None:
+        """Shape, then binary and finite (or, for Gaussian units, finite) values in one fused pass."""
         if v.shape[-1:] != (self.n_visible,):
             raise ValueError(
                 f"expected the last dimension to be n_visible={self.n_visible}, got shape {tuple(v.shape)}"
             )
         if self.gaussian_visible:
-            if not torch.isfinite(v).all():
+            if not check_finite(v):
                 raise ValueError("values contain NaN or inf")
-        elif (v * (v - 1)).any():
+        elif not check_binary(v):
             if not torch.isfinite(v).all():
                 raise ValueError("values contain NaN or inf")
             bad = (v != 0) & (v != 1)
             raise ValueError(f"Bernoulli visible units need values in {{0, 1}}, got {v[bad].flatten()[0].item()!r}")
 
-    def _check_states(self, states: Sequence[Tensor]) -> None:
+    def _check_states(self, states: Sequence[Tensor]) -> list[Tensor]:
+        """The layer states as tensors (NumPy arrays converted), after checking their number and widths."""
         if len(states) != len(self.layer_sizes):
             raise ValueError(f"expected {len(self.layer_sizes)} layer states [v, h1, ...], got {len(states)}")
+        states = [None if s is None else self._data(s, f"states[{l}]") for l, s in enumerate(states)]
         for l, (s, n) in enumerate(zip(states, self.layer_sizes)):
-            if s.shape[-1:] != (n,):
+            if s is not None and s.shape[-1:] != (n,):
                 raise ValueError(f"layer {l} has {n} units, got a state of shape {tuple(s.shape)}")
+        return states
 
     # ----------------------------------------------------------------- energy
     def _stat(self, p: DBMParams, l: int, h: Tensor) -> Tensor:
@@ -202,7 +253,7 @@ class DBM(PyroModule):
 
     def energy(self, states: Sequence[Tensor]) -> Tensor:
         r"""The energy :math:`E(v, h_1, \dots, h_L)` of ``states = [v, h1, ..., hL]``, shape ``batch``."""
-        self._check_states(states)
+        states = self._check_states(states)
         p = self.params()
         neg = self._visible_term(p, states[0], p.biases[0]) + p.const
         for l in range(1, len(states)):
@@ -254,15 +305,44 @@ class DBM(PyroModule):
                 )
         return out
 
+    def _chain_statistic(self, p: DBMParams, states: Sequence[Tensor]) -> Tensor:
+        r""":meth:`_sum_out` of 2-D chain states at :math:`\beta = 1` with the odd layers summed out,
+        :math:`\ell(v) + \sum_{l\ even} b_l^\top h_l + \sum_{l\ odd} \sum_j \operatorname{softplus}(x_{l,j})`,
+        with each odd layer's input :math:`x_l` in fused products and no tempering terms (the
+        negative phase of :class:`DBMDistribution`, differentiated by autograd)."""
+        L = self.num_layers
+        out = self._visible_term(p, states[0], p.biases[0])
+        if isinstance(p.const, Tensor):
+            out = out + p.const
+        for l in range(2, L + 1, 2):
+            out = out + states[l] @ p.biases[l]
+        for l in range(1, L + 1, 2):
+            out = out + F.softplus(self._preactivation(p, l, states)).sum(-1)
+        return out
+
     def free_energy_of(self, states: Sequence[Tensor | None], parity: int = 1) -> Tensor:
         r"""Free energy of one parity's states with the other parity summed out,
         :math:`-\log \sum_{h_{odd}} e^{-E}` for ``parity=1`` (``states`` then holds the even layers)."""
+        states = [None if s is None else self._data(s, f"states[{l}]") for l, s in enumerate(states)]
         return -self._sum_out(self.params(), states, parity)
 
     # ------------------------------------------------------------- sampling
+    def _preactivation(self, p: DBMParams, l: int, states: Sequence[Tensor | None]) -> Tensor:
+        r"""The input of layer ``l`` with its bias, :math:`b_l + W_{l-1}^\top s_{l-1} + W_l s_{l+1}`, for
+        2-D neighbour states, in fused products (bias and matrix products in one kernel each)."""
+        x = p.biases[l]
+        if l > 0:
+            x = torch.addmm(x, self._stat(p, l - 1, states[l - 1]), p.weights[l - 1])
+        if l < self.num_layers:
+            x = torch.addmm(x, states[l + 1], p.weights[l].T)
+        return x
+
     def _sample_layer(
         self, p: DBMParams, l: int, states, beta: Beta = 1.0, a: Tensor | None = None, u: Tensor | None = None
     ) -> Tensor:
+        plain = u is None and isinstance(beta, float) and beta == 1.0 and (l > 0 or p.std is None)
+        if plain and all(states[k].dim() == 2 for k in (l - 1, l + 1) if 0 <= k < len(states)):
+            return bernoulli(torch.sigmoid(self._preactivation(p, l, states)))
         u = self._input(p, l, states) if u is None else u
         if l > 0:
             return bernoulli(torch.sigmoid(beta * (p.biases[l] + u)))
@@ -284,9 +364,8 @@ class DBM(PyroModule):
     @torch.no_grad()
     def gibbs_step(self, states: Sequence[Tensor], steps: int = 1) -> list[Tensor]:
         """``steps`` block-Gibbs sweeps (odd layers given even, then even given odd)."""
-        self._check_states(states)
+        states = self._check_states(states)
         p = self.params()
-        states = list(states)
         for _ in range(steps):
             states = self._sweep(p, states)
         return states
@@ -302,7 +381,7 @@ class DBM(PyroModule):
     @torch.no_grad()
     def sample(self, num_samples: int, steps: int = 1000, init: Sequence[Tensor] | None = None) -> Tensor:
         """Visible samples after ``steps`` Gibbs sweeps from ``init`` (default :meth:`random_state`)."""
-        states = self.random_state(num_samples) if init is None else list(init)
+        states = self.random_state(num_samples) if init is None else self._check_states(init)
         return self.gibbs_step(states, steps)[0]
 
     # ------------------------------------------------------------- mean field
@@ -317,20 +396,24 @@ class DBM(PyroModule):
         bottom_up = visible_input + p.biases[1]  # fixed during the iterations
         # initial bottom-up pass, doubling the input of the layers that also have a layer above
         for l in range(1, L + 1):
-            u = bottom_up - p.biases[1] if l == 1 else states[l - 1] @ p.weights[l - 1]
-            logits[l] = p.biases[l] + (2 * u if l < L else u)
+            alpha = 2 if l < L else 1
+            if l == 1:
+                logits[l] = torch.add(p.biases[1], visible_input, alpha=alpha)
+            else:
+                logits[l] = torch.addmm(p.biases[l], states[l - 1], p.weights[l - 1], alpha=alpha)
             states[l] = torch.sigmoid(logits[l])
         for _ in range(num_iters):
-            delta = 0.0
+            delta = None
             for parity in (1, 0):
                 for l in range(2 - parity, L + 1, 2):
-                    x = bottom_up if l == 1 else p.biases[l] + states[l - 1] @ p.weights[l - 1]
-                    logits[l] = x + states[l + 1] @ p.weights[l].T if l < L else x
+                    x = bottom_up if l == 1 else torch.addmm(p.biases[l], states[l - 1], p.weights[l - 1])
+                    logits[l] = torch.addmm(x, states[l + 1], p.weights[l].T) if l < L else x
                     new = torch.sigmoid(logits[l])
                     if tol is not None:
-                        delta = max(delta, float((new - states[l]).abs().max()))
+                        change = (new - states[l]).abs().max()
+                        delta = change if delta is None else torch.maximum(delta, change)
                     states[l] = new
-            if tol is not None and delta < tol:
+            if tol is not None and float(delta) < tol:  # one host sync per sweep
                 break
         return states[1:], logits[1:]
 
@@ -341,9 +424,11 @@ class DBM(PyroModule):
         (block coordinate ascent of the bound, so it never decreases). Starts from a bottom-up pass
         with doubled input to the layers that have a layer above; stops after ``num_iters`` sweeps or
         when no mean moves by more than ``tol``."""
+        v = self._data(v, "v")
         self._check_visible(v)
         p = self.params()
-        return self._mean_field(p, v.to(p.weights[0]), num_iters, tol)[0]
+        flat = v.reshape(-1, self.n_visible).to(p.weights[0])
+        return [m.reshape(*v.shape[:-1], -1) for m in self._mean_field(p, flat, num_iters, tol)[0]]
 
     def _bound(
         self, p: DBMParams, v: Tensor, means: list[Tensor], logits: list[Tensor], visible_input: Tensor | None = None
@@ -360,10 +445,38 @@ class DBM(PyroModule):
             out = out + ((states[l] @ p.weights[l]) * states[l + 1]).sum(-1)
         return out
 
+    def _bound_value(
+        self, p: DBMParams, v: Tensor, means: list[Tensor], logits: list[Tensor], visible_input: Tensor, settled: bool
+    ) -> Tensor:
+        r"""The value of :meth:`_bound`, without its matrix products when the mean field is
+        ``settled`` (a sweep done, or at most two hidden layers, so that every even layer's logits
+        :math:`x_l = b_l + W_{l-1}^\top\mu_{l-1} + W_l\mu_{l+1}` were computed from the final odd
+        means): an even layer's bias, entropy and both couplings then add up to
+        :math:`\sum_j \operatorname{softplus}(x_{l,j})`, and every coupling between hidden layers
+        touches exactly one even layer."""
+        out = self._visible_term(p, v, p.biases[0]) + (visible_input * means[0]).sum(-1)
+        if isinstance(p.const, Tensor):
+            out = out + p.const
+        for l in range(1, len(means) + 1):
+            m, x = means[l - 1], logits[l - 1]
+            if settled and l % 2 == 0:
+                out = out + F.softplus(x).sum(-1)
+            else:
+                out = out + m @ p.biases[l] + _entropy(x, m)
+        if not settled:
+            for l in range(1, len(p.weights)):
+                out = out + ((means[l - 1] @ p.weights[l]) * means[l]).sum(-1)
+        return out
+
+    def _visible_bias_grad(self, p: DBMParams, v: Tensor) -> Tensor:
+        r"""Rows of :math:`\partial \ell(v) / \partial b_0`: ``v``, or :math:`(v - b_0)/\sigma^2` for Gaussian units."""
+        return v if p.std is None else (v - p.biases[0]) / p.std**2
+
     def variational_bound(self, v: Tensor, num_iters: int = 30, tol: float | None = 1e-5) -> Tensor:
         r"""The mean-field bound :math:`\mathbb E_Q[-E(v,h)] + H(Q) \le \log\sum_h e^{-E(v,h)}`, shape
         ``v.shape[:-1]``. Differentiable in the parameters (at fixed :math:`Q`, which is the gradient
         of the bound, since :math:`Q` is a stationary point)."""
+        v = self._data(v, "v")
         self._check_visible(v)
         p = self.params()
         flat = v.reshape(-1, self.n_visible).to(p.weights[0])
@@ -383,7 +496,8 @@ class DBM(PyroModule):
         neighbouring biases (:math:`b_{l\pm1}`) so that the distribution is unchanged."""
         for l, m in enumerate(hidden_means, start=1):
             old = getattr(self, f"offset_{l}")
-            self._move_offset(l, (1 - self.offset_rate) * old + self.offset_rate * m.to(old))
+            m = self._data(m, "hidden_means").to(old)
+            self._move_offset(l, (1 - self.offset_rate) * old + self.offset_rate * m)
 
     def _move_offset(self, l: int, new: Tensor) -> None:
         old = getattr(self, f"offset_{l}")
@@ -397,7 +511,15 @@ class DBM(PyroModule):
     @torch.no_grad()
     def init_from_data(self, data: Tensor) -> DBM:
         """Visible biases to the data's base rates (the mean for Gaussian units); when centered,
-        the visible offset to the data mean and the hidden offsets to the data's mean-field means."""
+        the visible offset to the data mean and the hidden offsets to the data's mean-field means.
+
+        :param data: visible values, shape ``(N, n_visible)``; a tensor, or a NumPy array converted to
+            the parameters' device and dtype.
+        :returns: the model itself.
+        :raises ValueError: for data of the wrong width, with NaN or inf, or (binary units) not binary.
+        :raises TypeError: for data that is neither a tensor nor a numeric array.
+        """
+        data = self._data(data, "init_from_data(data)")
         self._check_visible(data)
         self.bias_0.copy_(self.base_rate(data))
         if self.centered:
@@ -412,6 +534,8 @@ class DBM(PyroModule):
         """Set the parameters from their standard (uncentered) form, keeping the offsets."""
         if len(weights) != self.num_layers or len(biases) != self.num_layers + 1:
             raise ValueError(f"expected {self.num_layers} weights and {self.num_layers + 1} biases")
+        weights = [self._data(w, "weights") for w in weights]
+        biases = [self._data(b, "biases") for b in biases]
         for l, w in enumerate(weights):
             getattr(self, f"weight_{l}").copy_(w)
         for l, b in enumerate(biases):
@@ -447,7 +571,9 @@ class DBM(PyroModule):
         are plain and their weights are halved in the DBM. A layer shared by two RBMs gets the
         mean of their two biases. Returns the per-epoch mean of the SML surrogate loss of
         each RBM, :math:`\overline{F(\text{data})} - \overline{F(\text{chains})}`.
+        ``data`` may be a NumPy array (converted to the parameters' device and dtype).
         """
+        data = self._data(data, "pretrain(data)")
         self._check_visible(data)
         L = self.num_layers
         epochs_per_layer = [epochs] * L if isinstance(epochs, int) else list(epochs)
@@ -488,7 +614,7 @@ class DBM(PyroModule):
     # ------------------------------------------------------------ AIS glue
     def base_rate(self, data: Tensor) -> Tensor:
         """Visible base rates (logits, Laplace-smoothed) or means (Gaussian) of ``data``."""
-        data = data.to(self.weight_0)
+        data = self._data(data).to(self.weight_0)
         if self.gaussian_visible:
             return data.mean(0)
         return torch.logit((data.sum(0) + 1.0) / (data.shape[0] + 2.0))
@@ -498,7 +624,7 @@ class DBM(PyroModule):
         p = self.params()
         n_hidden = sum(self.layer_sizes[1:])
         if p.std is None:
-            a = torch.zeros_like(p.biases[0]) if base is None else base
+            a = torch.zeros_like(p.biases[0]) if base is None else self._data(base, "base")
             return F.softplus(a).sum() + n_hidden * math.log(2.0)
         return (torch.log(p.std) + 0.5 * math.log(2 * math.pi)).sum() + n_hidden * math.log(2.0)
 
@@ -525,6 +651,7 @@ class DBMPersistentChains(PersistentChains):
         self.num_chains = num_chains
         states = model.random_state(num_chains)
         if init is not None:
+            init = model._data(init, "init")
             if init.shape != (num_chains, model.n_visible):
                 raise ValueError(f"init must have shape {(num_chains, model.n_visible)}, got {tuple(init.shape)}")
             model._check_visible(init)
@@ -540,16 +667,16 @@ class DBMPersistentChains(PersistentChains):
         return list(self.state.split(self.model.layer_sizes, -1))
 
     @torch.no_grad()
-    def advance(self, data: Tensor | None = None) -> list[Tensor]:
+    def advance(self, data: Tensor | None = None, *, params: DBMParams | None = None) -> list[Tensor]:
         model = self.model
-        p = model.params()
-        states = list(self._sync(self.state).split(model.layer_sizes, -1))
+        p = model.params() if params is None else params
+        states = list(self._sync(self.state, p.weights[0]).split(model.layer_sizes, -1))
         for _ in range(self.steps):
             states = model._sweep(p, states)
-        self.state = torch.cat(states, -1)
+        self._set_buffer("state", torch.cat(states, -1))
         return states
 
-    def after_negative_phase(self, hidden_input: Tensor) -> None:
+    def after_negative_phase(self, hidden_input: Tensor | None = None, *, probs: Tensor | None = None) -> None:
         pass
 
     def initial_samples(self, num_samples: int) -> list[Tensor]:
@@ -608,29 +735,48 @@ class DBMDistribution(EnergyBasedDistribution):
         return options
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
+        """The bound minus ``log_z``, with the gradient of Algorithm 20.1 (see the class notes).
+        The positive phase's gradient is the closed form at the mean-field means
+        (:class:`_MeanFieldBound`), and its value reuses the mean field's last products. Checks as for
+        :class:`~dgm_ppl.energy.EnergyBasedDistribution`: with Pyro's validation off, neither the value
+        nor the negative phase is checked.
+
+        :param value: visible values, shape ``batch_shape + (n_visible,)`` (a NumPy array is converted).
+        :returns: shape ``value.shape[:-1]``.
+        """
         model, p = self.model, self.params
+        if not isinstance(value, Tensor):
+            value = model._data(value, "value")
+        validate = self._validate_args
+        if validate:
+            self._validate_sample(value)
         log_z = model.log_z or 0.0
         flat = value.reshape(-1, value.shape[-1]).to(p.weights[0])
-        visible_input = model._stat(p, 0, flat) @ p.weights[0]  # shared by mean field and the bound
+        iters = self.mean_field_iters
         with torch.no_grad():
-            means, logits = model._mean_field(
-                p, flat, self.mean_field_iters, self.mean_field_tol, visible_input.detach()
-            )
-        bound = model._bound(p, flat, means, logits, visible_input)
+            stat = model._stat(p, 0, flat)
+            visible_input = stat @ p.weights[0]  # shared by the mean field and the bound
+            means, logits = model._mean_field(p, flat, iters, self.mean_field_tol, visible_input)
+            # a sweep, or a first bottom-up pass with no middle layer, leaves the mean field settled
+            settled = iters > 0 or model.num_layers <= 2
+            bound = model._bound_value(p, flat, means, logits, visible_input, settled)
         if not torch.is_grad_enabled():
-            return bound.reshape(value.shape[:-1]) - log_z
-        states = self.chains.advance(value)
-        s = model._sum_out(p, [t if l % 2 == 0 else None for l, t in enumerate(states)], parity=1).mean()
-        if not torch.isfinite(s):
-            raise DivergenceError(
-                "the negative phase of the DBM is not finite: the parameters have diverged "
-                "(lower the learning rate, or add weight decay)"
-            )
+            bound = bound.reshape(value.shape[:-1])
+            return bound - log_z if log_z else bound
+        if not closed_form_applies(flat):
+            bound = model._bound(p, flat, means, logits)
+        else:
+            const = [p.const] if isinstance(p.const, Tensor) else []
+            layers = (stat, *means)
+            visible_grad = model._visible_bias_grad(p, flat)
+            bound = _MeanFieldBound.apply(bound, layers, visible_grad, *p.weights, *p.biases, *const)
+        s = model._chain_statistic(p, self.chains.advance(value, params=p)).mean()
+        if validate:
+            check_negative_phase(s, "DBM")
         if model.centered:
             model.__dict__["_pending_hidden_means"] = [m.mean(0) for m in means]
-        return (bound - (s - s.detach())).reshape(value.shape[:-1]) - log_z
+        out = (bound - (s - s.detach())).reshape(value.shape[:-1])
+        return out - log_z if log_z else out
 
     @torch.no_grad()
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
@@ -694,7 +840,7 @@ class _TiedCopiesRBM(nn.Module):
         try:
             for epoch in range(epochs):
                 order = torch.randperm(len(data), device=data.device)
-                total = 0.0
+                total = torch.zeros((), dtype=data.dtype, device=data.device)  # summed on the device: no sync per step
                 for i in range(0, len(data), batch_size):
                     batch = data[order[i : i + batch_size]]
                     for _ in range(steps):
@@ -702,14 +848,15 @@ class _TiedCopiesRBM(nn.Module):
                     loss = (
                         self.neg_free_energy(chains).mean() - self.neg_free_energy(batch.expand(self.kv, -1, -1)).mean()
                     )
-                    if not torch.isfinite(loss):
-                        raise DivergenceError(f"pretraining RBM {layer + 1} diverged at epoch {epoch}")
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    total += float(loss.detach())
+                    total += loss.detach()
                     bar.update()
-                history.append(total / n_batches)
+                mean = float(total) / n_batches
+                if not math.isfinite(mean):
+                    raise DivergenceError(f"pretraining RBM {layer + 1} diverged at epoch {epoch}")
+                history.append(mean)
         finally:
             bar.close()
         return history

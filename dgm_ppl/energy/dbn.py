@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..infer.training import train
 from .chains import ContrastiveDivergence, PersistentChains
 from .partition import AISResult
-from .rbm import BernoulliRBM, RBMParams, bernoulli
+from .rbm import BernoulliRBM, RBMParams, as_tensor_like, bernoulli
 
 __all__ = ["DBN"]
 
@@ -89,8 +89,13 @@ class DBN(nn.Module):
     def extra_repr(self) -> str:
         return f"layer_sizes={self.layer_sizes}"
 
-    def _check_data(self, v: Tensor) -> Tensor:
+    def _data(self, data, name: str) -> Tensor:
+        """``data`` as a tensor (NumPy arrays and lists go to the parameters' device and dtype)."""
+        return as_tensor_like(data, self.rbms[0].weight, name)
+
+    def _check_data(self, v: Tensor, name: str = "v") -> Tensor:
         """Validate binary visible data and move it to the parameters' device and dtype."""
+        v = self._data(v, name)
         self.rbms[0]._check_visible(v)
         return v.to(self.rbms[0].weight)
 
@@ -119,9 +124,10 @@ class DBN(nn.Module):
         estimates are reset to ``None``, as training makes them stale. A further call continues from the
         current weights, but restarts the visible biases at the base rates.
 
-        :param data: binary tensor of shape ``(N, n_visible)``.
+        :param data: binary tensor or NumPy array of shape ``(N, n_visible)``.
         :return: the per-epoch mean losses (free energy per datum) of each layer.
         """
+        data = self._data(data, "pretrain(data)")
         if data.dim() != 2:
             raise ValueError(f"data must have shape (N, n_visible), got {tuple(data.shape)}")
         if data.shape[0] < 1:
@@ -130,7 +136,7 @@ class DBN(nn.Module):
             raise ValueError(f"method must be 'pcd' or 'cd', got {method!r}")
         for label, n in (("epochs", epochs), ("batch_size", batch_size), ("steps", steps), ("num_chains", num_chains)):
             _check_int(label, n)
-        x = self._check_data(data)
+        x = self._check_data(data, "pretrain(data)")
         histories = []
         for rbm in self.rbms:
             rbm.init_from_data(x)
@@ -152,6 +158,7 @@ class DBN(nn.Module):
         r"""The mean-field recognition pass: :math:`\mu_l = \sigma(W_l^\top \mu_{l-1} + c_l)` with
         :math:`\mu_0 = v`, i.e. the means of :math:`q(h_l \mid h_{l-1})` evaluated at the means of the
         layer below. Returns ``[mu_1, ..., mu_L]``; ``v`` may be real-valued (e.g. grey levels)."""
+        v = self._data(v, "v")
         if v.shape[-1:] != (self.n_visible,):
             raise ValueError(f"expected the last dimension to be n_visible={self.n_visible}, got {tuple(v.shape)}")
         mu = v.to(self.rbms[0].weight)
@@ -203,6 +210,7 @@ class DBN(nn.Module):
         if init is None:
             h = top.random_visible(num_samples)
         else:
+            init = self._data(init, "init")
             if init.shape != (num_samples, top.n_visible):
                 raise ValueError(f"init must have shape {(num_samples, top.n_visible)}, got {tuple(init.shape)}")
             top._check_visible(init)

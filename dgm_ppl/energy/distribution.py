@@ -13,6 +13,18 @@ where :math:`\tilde v_c` are the negative-phase states, advanced without gradien
 stochastic-maximum-likelihood estimate :math:`\nabla(-F(v)) - \frac1C\sum_c \nabla(-F(\tilde v_c))`.
 Inside ``pyro.plate(..., subsample=...)`` Pyro's scaling by :math:`N/B` then gives :math:`N` times
 the per-datum SML gradient, so an unmodified ``SVI(..., Trace_ELBO())`` performs SML.
+
+The positive and negative phases share one matrix product, and their gradient is the closed form
+(for the RBMs here, e.g. :math:`\nabla_W(-F(v)) = v\,\sigma(c + v^\top W)^\top`), reusing the
+hidden probabilities of the forward pass, which also give the chains' next hidden sample.
+
+Checks. With Pyro's validation on (the default), each ``log_prob`` call checks the value once, in
+one fused pass (its width; binary and finite values for Bernoulli units, finite values for Gaussian
+ones; its batch shape), and checks that the negative phase is finite (else
+:class:`~dgm_ppl.infer.DivergenceError`). Each check is one host sync. With
+``pyro.enable_validation(False)`` none of these run: bad data then gives wrong numbers or a
+PyTorch error, and a diverged model a NaN loss (which :func:`~dgm_ppl.infer.train` reports as a
+:class:`~dgm_ppl.infer.DivergenceError`).
 """
 
 from __future__ import annotations
@@ -25,6 +37,19 @@ from ..infer.errors import DivergenceError
 from .chains import NegativePhase
 
 __all__ = ["EnergyBasedDistribution"]
+
+
+def check_negative_phase(s: Tensor, what: str = "energy-based model") -> None:
+    """Raise :class:`~dgm_ppl.infer.DivergenceError` when the negative-phase statistic ``s`` is not
+    finite (one host sync).
+
+    :param what: the model, as the message names it.
+    """
+    if not torch.isfinite(s):
+        raise DivergenceError(
+            f"the negative phase of the {what} is not finite: the parameters have diverged "
+            "(lower the learning rate, or add weight decay)"
+        )
 
 
 class EnergyBasedDistribution(TorchDistribution):
@@ -74,6 +99,7 @@ class EnergyBasedDistribution(TorchDistribution):
         )
 
     def _validate_sample(self, value: Tensor) -> None:
+        """The value's width and values (one fused pass), then its batch shape."""
         self.model._check_visible(value)
         shape = value.shape[:-1]
         n = min(len(shape), len(self.batch_shape))
@@ -85,28 +111,40 @@ class EnergyBasedDistribution(TorchDistribution):
                 )
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
+        """:math:`-F(v) - \\log\\hat Z` with the SML gradient (see the module's notes); without
+        gradient tracking, the value only, and the chains are left alone.
+
+        :param value: visible values, shape ``batch_shape + (n_visible,)`` (a NumPy array is converted).
+        :returns: shape ``value.shape[:-1]``.
+        :raises ValueError: for bad values, with validation on.
+        :raises DivergenceError: for a non-finite negative phase, with validation on.
+        """
         model, p = self.model, self.params
+        if not isinstance(value, Tensor):
+            value = model._data(value, "value")
+        validate = self._validate_args
+        if validate:
+            self._validate_sample(value)
         log_z = model.log_z or 0.0
         if not torch.is_grad_enabled():
-            return model._neg_free_energy(p, value.to(p.weight)) - log_z
-        negatives = self.chains.advance(value)
-        # positive and negative phase in one matrix product
-        flat = value.reshape(-1, value.shape[-1]).to(negatives)
-        neg_free, x = model._neg_free_energy_and_input(p, torch.cat([flat, negatives]))
+            out = model._neg_free_energy(p, value.to(p.weight))
+            return out - log_z if log_z else out
+        negatives = self.chains.advance(value, params=p)
+        # positive and negative phase in one matrix product, with a closed-form backward
+        flat = value if value.dim() == 2 else value.reshape(-1, value.shape[-1])
+        if flat.dtype != negatives.dtype or flat.device != negatives.device:
+            flat = flat.to(negatives)
         n = flat.shape[0]
-        s = neg_free[n:].mean()
-        if not torch.isfinite(s):
-            raise DivergenceError(
-                "the negative phase of the energy-based model is not finite: the parameters have diverged "
-                "(lower the learning rate, or add weight decay)"
-            )
-        self.chains.after_negative_phase(x[n:].detach())
+        out, s, probs = model._sml_terms(p, torch.cat([flat, negatives]), n)
+        if validate:
+            check_negative_phase(s)
+        self.chains.after_negative_phase(probs=probs[n:])
         if getattr(model, "centered", False):
             # applied by the model's next forward(), before the parameters enter a new graph
-            model.__dict__["_pending_hidden_mean"] = torch.sigmoid(x[:n].detach()).mean(0)
-        return (neg_free[:n] - (s - s.detach())).reshape(value.shape[:-1]) - log_z
+            model.__dict__["_pending_hidden_mean"] = probs[:n].mean(0)
+        if value.dim() != 2:
+            out = out.reshape(value.shape[:-1])
+        return out - log_z if log_z else out
 
     @torch.no_grad()
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:

@@ -34,6 +34,9 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .._data import as_data_tensor
 
 __all__ = ["RBM", "BernoulliRBM", "GaussianBernoulliRBM"]
 
@@ -46,14 +49,169 @@ def bernoulli(probs: Tensor) -> Tensor:
     return torch.rand_like(probs).lt_(probs)
 
 
+def as_tensor_like(data, like: Tensor, name: str) -> Tensor:
+    """``data`` as a tensor: tensors pass through unchanged, NumPy arrays and nested lists are converted
+    to the dtype and device of ``like`` (a parameter of the model).
+
+    :raises TypeError: for anything else (a string, a dict, an object array).
+    """
+    if isinstance(data, Tensor):
+        return data
+    return as_data_tensor(data, name, dtype=like.dtype, device=like.device)
+
+
+def closed_form_applies(v: Tensor) -> bool:
+    """Whether the closed-form backward may serve for the data ``v``: a plain tensor that needs no
+    gradient. A derivative in ``v`` may be differentiated again, and tensor subclasses (such as the
+    ``ProvenanceTensor`` by which ``TraceGraph_ELBO`` tracks dependencies) do not pass through a
+    custom ``autograd.Function``; both keep the plain autograd path."""
+    return type(v) is Tensor and not v.requires_grad
+
+
+def check_binary(v: Tensor) -> bool:
+    r"""Whether every entry of ``v`` is 0 or 1, in one elementwise pass and one reduction:
+    :math:`v - v^2` is 0 exactly at 0 and 1, and NaN or :math:`\pm\infty` at NaN and
+    :math:`\pm\infty`, so that non-binary and non-finite values are caught together. One host sync."""
+    if v.dtype == torch.bool:
+        return True
+    return not bool(torch.addcmul(v, v, v, value=-1).any())
+
+
+def check_finite(v: Tensor) -> bool:
+    """Whether every entry of ``v`` is finite, by one reduction in the common case: a finite sum
+    proves it (NaN and infinities propagate into the sum); an infinite one (overflow, or a
+    non-finite entry) is settled elementwise. One host sync."""
+    if not v.is_floating_point():
+        return True
+    return bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all())
+
+
 class RBMParams(NamedTuple):
-    """Parameters in the standard (uncentered) form, plus an additive constant of ``-E``."""
+    """Parameters in the standard (uncentered) form, plus an additive constant of ``-E``.
+
+    ``centering`` holds, for a centered model, the raw visible and hidden biases and the visible and
+    hidden offsets ``(b, c, mu, lambda)`` from which the standard form was computed, so that the
+    closed-form SML gradient can be taken in the centered parametrization directly.
+    """
 
     weight: Tensor
     visible_bias: Tensor
     hidden_bias: Tensor
     const: Tensor | float = 0.0
     std: Tensor | None = None
+    centering: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+
+
+def _sml_row_weights(grad: Tensor, num_chains: int) -> Tensor:
+    """Weights of the rows in the SML surrogate's backward: the incoming gradient on the data rows,
+    and minus its sum shared equally by the ``num_chains`` chain rows."""
+    return torch.cat([grad, (grad.sum() / -num_chains).expand(num_chains)])
+
+
+class _BernoulliSML(torch.autograd.Function):
+    r"""The SML surrogate of a Bernoulli RBM, with the closed-form backward.
+
+    ``forward(v, num_data, weight, visible_bias, hidden_bias, visible_offset, hidden_offset)`` takes
+    ``v``, the ``num_data`` data rows followed by the chain rows :math:`\tilde v_1, \dots, \tilde v_C`
+    (2-D), and returns
+
+    * the rows :math:`-F(v_n)` of the data, whose gradient is the SML estimate
+      :math:`\nabla(-F(v_n)) - \frac1C \sum_c \nabla(-F(\tilde v_c))`;
+    * :math:`s = \frac1C\sum_c -F(\tilde v_c)`, without gradient (for the divergence check);
+    * the hidden probabilities :math:`\sigma(x)` of all rows, without gradient (for the chains' next
+      hidden sample and the hidden offset).
+
+    With visible and hidden offsets :math:`\mu, \lambda` (centered; both ``None`` otherwise)
+
+    .. math::
+
+        x = c + W^\top (v - \mu), \qquad
+        -F(v) = b^\top (v - \mu) - \lambda^\top x + \sum_j \operatorname{softplus}(x_j),
+
+        \nabla_W (-F) = (v - \mu)(\sigma(x) - \lambda)^\top, \quad \nabla_b (-F) = v - \mu, \quad
+        \nabla_c (-F) = \sigma(x) - \lambda,
+
+    summed over the rows with the surrogate's weights: one matrix product for :math:`W` and the
+    sigmoid of the forward pass, as in a hand-written loop. First-order only (a second derivative
+    raises ``RuntimeError``).
+    """
+
+    @staticmethod
+    def forward(ctx, v, num_data, weight, visible_bias, hidden_bias, visible_offset, hidden_offset):
+        centered = visible_offset is not None
+        x = torch.addmm(hidden_bias - visible_offset @ weight if centered else hidden_bias, v, weight)
+        probs = torch.sigmoid(x)
+        neg_free = torch.addmv(F.softplus(x).sum(-1), v, visible_bias)
+        if centered:
+            neg_free.sub_(torch.addmv(visible_offset @ visible_bias, x, hidden_offset))
+        s = neg_free[num_data:].mean()
+        ctx.num_data = num_data
+        ctx.save_for_backward(v, probs, visible_offset, hidden_offset)
+        ctx.mark_non_differentiable(s, probs)
+        ctx.set_materialize_grads(False)  # no zero gradients for the outputs without one
+        return neg_free[:num_data], s, probs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, _s, _probs):
+        v, probs, mu, lam = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        w = _sml_row_weights(grad, v.shape[0] - ctx.num_data)
+        g = (probs if lam is None else probs - lam) * w[:, None]
+        gc = g.sum(0)
+        gw = gb = None
+        if needs[2]:
+            gw = v.T @ g
+            if mu is not None:
+                gw.addr_(mu, gc, alpha=-1)
+        if needs[3]:
+            gb = v.T @ w  # the offset's term, mu * sum(w), vanishes: the row weights sum to zero
+        return None, None, gw, gb, gc if needs[4] else None, None, None
+
+
+class _GaussianSML(torch.autograd.Function):
+    r"""The SML surrogate of a Gaussian-Bernoulli RBM, with the closed-form backward; inputs and
+    outputs as for :class:`_BernoulliSML`, with ``std`` (:math:`\sigma`) in place of the offsets.
+    With :math:`s = v/\sigma`, :math:`z = (v - b)/\sigma` and :math:`x = c + W^\top s`,
+
+    .. math::
+
+        -F(v) = -\tfrac12 \lVert z \rVert^2 + \sum_j \operatorname{softplus}(x_j),
+        \qquad \nabla_W (-F) = s\,\sigma(x)^\top, \quad \nabla_b (-F) = z/\sigma, \quad
+        \nabla_c (-F) = \sigma(x),
+
+        \nabla_{\sigma_i} (-F) = \big(z_i^2 - s_i\, (W\sigma(x))_i\big)/\sigma_i,
+
+    where the :math:`\sigma` gradient summed over rows needs no further matrix product:
+    :math:`\big(\sum_r w_r z_{r,i}^2 - \sum_j W_{ij} (\nabla_W)_{ij}\big)/\sigma_i`. First-order only.
+    """
+
+    @staticmethod
+    def forward(ctx, v, num_data, weight, visible_bias, hidden_bias, std):
+        stat = v / std
+        z = (v - visible_bias) / std
+        x = torch.addmm(hidden_bias, stat, weight)
+        probs = torch.sigmoid(x)
+        neg_free = F.softplus(x).sum(-1) - 0.5 * (z * z).sum(-1)
+        s = neg_free[num_data:].mean()
+        ctx.num_data = num_data
+        ctx.save_for_backward(stat, z, weight, std, probs)
+        ctx.mark_non_differentiable(s, probs)
+        ctx.set_materialize_grads(False)  # no zero gradients for the outputs without one
+        return neg_free[:num_data], s, probs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, _s, _probs):
+        stat, z, weight, std, probs = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        w = _sml_row_weights(grad, stat.shape[0] - ctx.num_data)
+        g = probs * w[:, None]
+        gw = stat.T @ g if needs[2] or needs[5] else None
+        gb = (z.T @ w) / std if needs[3] else None
+        gc = g.sum(0) if needs[4] else None
+        gs = ((z * z).T @ w - (weight * gw).sum(1)) / std if needs[5] else None
+        return None, None, gw if needs[2] else None, gb, gc, gs
 
 
 class RBM(PyroModule):
@@ -126,31 +284,56 @@ class RBM(PyroModule):
         """A base model fitted to ``data`` (visible marginals), for AIS and initialization."""
         raise NotImplementedError
 
+    def _data(self, data, name: str = "data") -> Tensor:
+        """``data`` as a tensor (NumPy arrays and lists go to the parameters' device and dtype)."""
+        return as_tensor_like(data, self.weight, name)
+
     def _check_visible(self, v: Tensor) -> None:
+        """Shape and finiteness of visible values: one reduction (one host sync) when they are fine."""
         if v.shape[-1:] != (self.n_visible,):
             raise ValueError(
                 f"expected the last dimension to be n_visible={self.n_visible}, got shape {tuple(v.shape)}"
             )
-        if not torch.isfinite(v).all():
+        if not check_finite(v):
             raise ValueError("values contain NaN or inf")
+
+    @torch.no_grad()
+    def init_from_data(self, data: Tensor) -> RBM:
+        """Set the visible biases to the base model fitted to ``data`` (:meth:`base_rate`).
+
+        :param data: visible values, shape ``(N, n_visible)``; a tensor, or a NumPy array converted to
+            the parameters' device and dtype.
+        :returns: the model itself.
+        :raises ValueError: for data of the wrong width, with NaN or inf, or (Bernoulli units) not binary.
+        :raises TypeError: for data that is neither a tensor nor a numeric array.
+        """
+        data = self._data(data, "init_from_data(data)")
+        self._check_visible(data)
+        self.visible_bias.copy_(self.base_rate(data))
+        return self
 
     # ---------------------------------------------------------------- energy
     def _default_base(self, p: RBMParams, base: Tensor | None) -> Tensor:
-        return torch.zeros_like(p.visible_bias) if base is None else base
+        return torch.zeros_like(p.visible_bias) if base is None else self._data(base, "base")
 
     def energy(self, v: Tensor, h: Tensor) -> Tensor:
         r"""The energy :math:`E(v,h) = -\ell(v) - c^\top h - s(v)^\top W h`, shape ``batch``."""
+        v, h = self._data(v, "v"), self._data(h, "h")
         p = self.params()
         coupling = ((self._visible_stat(p, v) @ p.weight) * h).sum(-1)
         return -(self._visible_term(p, v, p.visible_bias) + h @ p.hidden_bias + coupling + p.const)
 
     def free_energy(self, v: Tensor) -> Tensor:
-        r"""The free energy :math:`F(v) = -\log \sum_h e^{-E(v,h)}`, computed with softplus."""
-        return -self._neg_free_energy(self.params(), v)
+        r"""The free energy :math:`F(v) = -\log \sum_h e^{-E(v,h)}`, computed with softplus.
+
+        Plain autograd (any order of derivatives, in the parameters and in ``v``); the SML path of
+        :meth:`distribution` uses a closed-form first-order backward instead."""
+        return -self._neg_free_energy(self.params(), self._data(v, "v"))
 
     def _hidden_input(self, p: RBMParams, v: Tensor) -> Tensor:
         """Hidden pre-activations :math:`c + s(v)^\\top W`."""
-        return self._visible_stat(p, v) @ p.weight + p.hidden_bias
+        s = self._visible_stat(p, v)
+        return torch.addmm(p.hidden_bias, s, p.weight) if s.dim() == 2 else s @ p.weight + p.hidden_bias
 
     def _neg_free_energy_and_input(self, p: RBMParams, v: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`-F(v)` and the hidden pre-activations it was computed from."""
@@ -160,10 +343,22 @@ class RBM(PyroModule):
     def _neg_free_energy(self, p: RBMParams, v: Tensor) -> Tensor:
         return self._neg_free_energy_and_input(p, v)[0]
 
+    def _sml_terms(self, p: RBMParams, v: Tensor, num_data: int) -> tuple[Tensor, Tensor, Tensor]:
+        r"""The SML surrogate of the rows of 2-D ``v``: its first ``num_data`` rows are data, the rest
+        chain states :math:`\tilde v_c`. Returns :math:`-F` of the data rows, with gradient
+        :math:`\nabla(-F(v_n)) - \frac1C\sum_c \nabla(-F(\tilde v_c))`; the chains' mean
+        :math:`s` of :math:`-F` and the hidden probabilities of all rows, both without gradient.
+
+        This default differentiates the plain path by autograd; subclasses give it a closed-form
+        backward where :func:`closed_form_applies`."""
+        neg_free, x = self._neg_free_energy_and_input(p, v)
+        s = neg_free[num_data:].mean()
+        return neg_free[:num_data] - (s - s.detach()), s.detach(), torch.sigmoid(x.detach())
+
     def tempered_log_prob(self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
         r"""Unnormalized :math:`\log p^*_\beta(v)` on the path from the base model (``beta=0``) to
         the RBM (``beta=1``, where it equals :math:`-F(v)`)."""
-        return self._tempered_log_prob(self.params(), v, beta, base)
+        return self._tempered_log_prob(self.params(), self._data(v, "v"), beta, base)
 
     def _tempered_log_prob(self, p: RBMParams, v: Tensor, beta: Beta, base: Tensor | None) -> Tensor:
         return self._tempered_from_input(p, v, self._hidden_input(p, v), beta, self._default_base(p, base))
@@ -177,7 +372,7 @@ class RBM(PyroModule):
     def hidden_given_visible(self, v: Tensor) -> dist.Distribution:
         """The factorial conditional p(h | v), a Bernoulli with event dim 1."""
         p = self.params()
-        return dist.Bernoulli(logits=self._hidden_input(p, v)).to_event(1)
+        return dist.Bernoulli(logits=self._hidden_input(p, self._data(v, "v"))).to_event(1)
 
     def visible_given_hidden(self, h: Tensor) -> dist.Distribution:
         """The factorial conditional p(v | h), with event dim 1."""
@@ -186,11 +381,11 @@ class RBM(PyroModule):
     def sample_hidden(self, v: Tensor, beta: Beta = 1.0) -> Tensor:
         """Draw h ~ p_beta(h | v)."""
         p = self.params()
-        return bernoulli(torch.sigmoid(beta * self._hidden_input(p, v)))
+        return bernoulli(torch.sigmoid(beta * self._hidden_input(p, self._data(v, "v"))))
 
     def sample_visible(self, h: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
         """Draw v ~ p_beta(v | h)."""
-        return self._draw_visible(self.params(), h, beta, base)
+        return self._draw_visible(self.params(), self._data(h, "h"), beta, base)
 
     def _draw_visible(self, p: RBMParams, h: Tensor, beta: Beta = 1.0, a: Tensor | None = None) -> Tensor:
         """v ~ p_beta(v | h) on the annealing path (a plain draw from p(v | h) at beta = 1)."""
@@ -211,6 +406,7 @@ class RBM(PyroModule):
         ``beta`` may be a tensor of shape ``(T, 1, 1)`` for a batch ``v`` of shape ``(T, C, n_visible)``.
         """
         p = self.params()
+        v = self._data(v, "v")
         for _ in range(steps):
             v = self._gibbs(p, v, beta, base)
         return v
@@ -218,7 +414,7 @@ class RBM(PyroModule):
     @torch.no_grad()
     def sample(self, num_samples: int, steps: int = 1000, init: Tensor | None = None) -> Tensor:
         """Approximate samples by ``steps`` Gibbs sweeps from ``init`` (default: the base model)."""
-        v = self.sample_base(num_samples) if init is None else init
+        v = self.sample_base(num_samples) if init is None else self._data(init, "init")
         return self.gibbs_step(v, steps=steps)
 
     def random_visible(self, num_samples: int) -> Tensor:
@@ -283,7 +479,7 @@ class BernoulliRBM(RBM):
         mu, lam = self.visible_offset, self.hidden_offset
         # -E = v.(b - W lam) + h.(c - W^T mu) + v^T W h + const,  const = -mu.b - c.lam + mu^T W lam
         wl = w @ lam
-        return RBMParams(w, b - wl, c - mu @ w, -(mu @ b) - (c @ lam) + (mu @ wl))
+        return RBMParams(w, b - wl, c - mu @ w, -(mu @ b) - (c @ lam) + (mu @ wl), centering=(b, c, mu, lam))
 
     def _before_distribution(self) -> None:
         pending = self.__dict__.pop("_pending_hidden_mean", None)
@@ -294,6 +490,7 @@ class BernoulliRBM(RBM):
     def update_hidden_offset(self, hidden_mean: Tensor) -> None:
         r"""Move :math:`\lambda` towards ``hidden_mean`` and shift :math:`b` so that the
         distribution is unchanged: :math:`b \leftarrow b + W(\lambda' - \lambda)`."""
+        hidden_mean = self._data(hidden_mean, "hidden_mean")
         new = (1 - self.offset_rate) * self.hidden_offset + self.offset_rate * hidden_mean
         self.visible_bias.add_(self.weight @ (new - self.hidden_offset))
         self.hidden_offset.copy_(new)
@@ -301,15 +498,34 @@ class BernoulliRBM(RBM):
     @torch.no_grad()
     def init_from_data(self, data: Tensor) -> BernoulliRBM:
         """Set the visible biases to the data's base rates (and the visible offset to the data
-        mean when centered), as recommended by Hinton's practical guide."""
-        self._check_visible(data)
-        self.visible_bias.copy_(self.base_rate(data))
+        mean when centered), as recommended by Hinton's practical guide.
+
+        :param data: binary tensor or NumPy array of shape ``(N, n_visible)``.
+        :returns: the model itself.
+        :raises ValueError: for data of the wrong width, not binary, or with NaN or inf.
+        :raises TypeError: for data that is neither a tensor nor a numeric array.
+        """
+        data = self._data(data, "init_from_data(data)")
+        super().init_from_data(data)
         if self.centered:
-            self.visible_offset.copy_(data.float().mean(0).to(self.visible_offset))
+            self.visible_offset.copy_(data.to(self.visible_offset).mean(0))
         return self
 
     def _visible_term(self, p: RBMParams, v: Tensor, bias: Tensor) -> Tensor:
         return v @ bias
+
+    def _sml_terms(self, p: RBMParams, v: Tensor, num_data: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not closed_form_applies(v):
+            return super()._sml_terms(p, v, num_data)
+        if p.centering is None:
+            return _BernoulliSML.apply(v, num_data, p.weight, p.visible_bias, p.hidden_bias, None, None)
+        b, c, mu, lam = p.centering
+        return _BernoulliSML.apply(v, num_data, p.weight, b, c, mu, lam)
+
+    def _draw_visible(self, p: RBMParams, h: Tensor, beta: Beta = 1.0, a: Tensor | None = None) -> Tensor:
+        if h.dim() == 2 and isinstance(beta, float) and beta == 1.0:  # one fused product and bias
+            return bernoulli(torch.sigmoid(torch.addmm(p.visible_bias, h, p.weight.T)))
+        return super()._draw_visible(p, h, beta, a)
 
     def _sample_visible(self, p: RBMParams, hidden_input: Tensor, bias: Tensor) -> Tensor:
         return bernoulli(torch.sigmoid(hidden_input + bias))
@@ -330,13 +546,14 @@ class BernoulliRBM(RBM):
         return bernoulli(torch.sigmoid(a).expand(num_samples, -1).contiguous())
 
     def base_rate(self, data: Tensor) -> Tensor:
-        data = data.to(self.weight)
+        data = self._data(data).to(self.weight)
         p = (data.sum(0) + 1.0) / (data.shape[0] + 2.0)  # Laplace smoothing keeps logits finite
         return torch.logit(p)
 
     def _check_visible(self, v: Tensor) -> None:
-        if v.shape[-1:] != (self.n_visible,) or (v * (v - 1)).any():  # one pass for NaN, inf and non-binary
-            super()._check_visible(v)
+        """Shape, then binary and finite values in one fused pass (:func:`check_binary`)."""
+        if v.shape[-1:] != (self.n_visible,) or not check_binary(v):
+            super()._check_visible(v)  # names a wrong width or NaN/inf
             bad = (v != 0) & (v != 1)
             raise ValueError(f"Bernoulli visible units need values in {{0, 1}}, got {v[bad].flatten()[0].item()!r}")
 
@@ -384,6 +601,11 @@ class GaussianBernoulliRBM(RBM):
     def _visible_term(self, p: RBMParams, v: Tensor, bias: Tensor) -> Tensor:
         return -(((v - bias) / p.std) ** 2).sum(-1) / 2
 
+    def _sml_terms(self, p: RBMParams, v: Tensor, num_data: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not closed_form_applies(v):
+            return super()._sml_terms(p, v, num_data)
+        return _GaussianSML.apply(v, num_data, p.weight, p.visible_bias, p.hidden_bias, p.std)
+
     def _sample_visible(self, p: RBMParams, hidden_input: Tensor, bias: Tensor) -> Tensor:
         mean = bias + p.std * hidden_input
         return mean + p.std * torch.randn_like(mean)
@@ -408,4 +630,4 @@ class GaussianBernoulliRBM(RBM):
         return a + std * torch.randn(num_samples, self.n_visible, dtype=a.dtype, device=a.device)
 
     def base_rate(self, data: Tensor) -> Tensor:
-        return data.to(self.weight).mean(0)
+        return self._data(data).to(self.weight).mean(0)
