@@ -25,7 +25,7 @@ def test_refinement_closes_the_amortization_gap():
         for steps in (0, 150):
             pyro.clear_param_store()
             torch.manual_seed(1)
-            guide = cls(model, nn.Linear(5, 8), refine_steps=steps)
+            guide = cls(model, nn.Linear(5, 8), refine_steps=steps, loc_init="small")
             results[name, steps] = elbo_per_datum(model, guide, x, particles=200)
     assert results["diagonal", 0] < log_p - 20 and results["full", 0] < log_p - 20
     assert mean_field_optimum - 0.4 < results["diagonal", 150] < mean_field_optimum + 0.05
@@ -43,7 +43,7 @@ def test_refinement_trains_the_encoder(backprop):
     for mode in (False, True):
         pyro.clear_param_store()
         torch.manual_seed(1)
-        guide = AmortizedNormal(model, nn.Linear(5, 8), refine_steps=3, refine_backprop=mode)
+        guide = AmortizedNormal(model, nn.Linear(5, 8), refine_steps=3, refine_backprop=mode, loc_init="small")
         torch.manual_seed(2)
         Trace_ELBO().loss_and_grads(model, guide, x)
         grads[mode] = guide.encoder.weight.grad.clone()
@@ -52,7 +52,9 @@ def test_refinement_trains_the_encoder(backprop):
 
     pyro.clear_param_store()
     torch.manual_seed(1)
-    guide = AmortizedNormal(model, nn.Linear(5, 8), refine_steps=5, refine_lr=0.1, refine_backprop=backprop)
+    guide = AmortizedNormal(
+        model, nn.Linear(5, 8), refine_steps=5, refine_lr=0.1, refine_backprop=backprop, loc_init="small"
+    )
     guide.refine_steps = 0
     before = elbo_per_datum(model, guide, x, particles=200)
     guide.refine_steps = 5
@@ -93,7 +95,9 @@ def test_refinement_with_a_flow_and_a_subsampled_plate():
     for steps in (0, 30):
         pyro.clear_param_store()
         torch.manual_seed(1)
-        guide = AmortizedFlow(subsampled, nn.Linear(5, 8), flow="iaf", refine_steps=steps, refine_lr=0.1)
+        guide = AmortizedFlow(
+            subsampled, nn.Linear(5, 8), flow="iaf", refine_steps=steps, refine_lr=0.1, loc_init="small"
+        )
         elbo = Trace_ELBO(num_particles=100, vectorize_particles=True, max_plate_nesting=1)
         with torch.no_grad():
             elbos[steps] = -elbo.loss(subsampled, guide, x, 1000) / 1000

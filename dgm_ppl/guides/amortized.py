@@ -61,11 +61,19 @@ each site from the model's own conditional prior :math:`p(z \mid \text{inputs})`
 from the enclosing inference, conditioned on what the guide has sampled so far) up to that site; a module ``fallback``
 is a second encoder of the inputs that are present (in order), whose features of the same size feed the same heads;
 ``fallback=None`` raises a ``ValueError``. The data batch x itself is never missing.
+
+**The JIT fast path.** The guides (diagonal, full-rank, every flow, and :class:`~dgm_ppl.guides.AmortizedCategorical`
+sampled by ``Trace_ELBO``) run under :class:`dgm_ppl.infer.JitTrace_ELBO` and its siblings, with the same loss as the
+eager ELBO at the same seed. Their shape checks run on the untraced first call for each batch shape and are skipped
+while tracing. Semi-amortized refinement cannot be traced: with ``refine_steps > 0`` a JIT ELBO raises a
+``ValueError`` (use ``Trace_ELBO``).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,10 +99,24 @@ __all__ = [
 
 
 _BETAS = (0.9, 0.999)  # Adam's, for the refinement steps
+_LOC_INITS = ("torch", "small")
+_SCALE_TRANSFORMS = ("softplus", "exp")
+_NO_JIT_REFINE = (
+    "semi-amortized refinement (refine_steps > 0) cannot run under a JIT ELBO: its inner gradient steps call "
+    "torch.autograd.grad on the batch's ELBO, which torch.jit.trace cannot record (it would freeze the refined "
+    "parameters as constants); use Trace_ELBO"
+)
 
 
 def _inverse_softplus(y: float) -> float:
     return y + torch.log(-torch.expm1(torch.tensor(-y))).item()
+
+
+@functools.lru_cache(maxsize=64)
+def _tril_index(d: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows, columns and diagonal mask of the lower triangle of a d x d matrix (cached: built once per size)."""
+    index = torch.tril_indices(d, d, device=device)
+    return index[0], index[1], index[0] == index[1]
 
 
 def _shape(value: Any) -> Any:
@@ -191,20 +213,29 @@ class AmortizedGuide(AutoGuide):
     :param nn.Module encoder: network from the encoder's inputs (``encoder_args``) to features of shape (B, F).
     :param site: the local latent site(s) to guide.
     :type site: str or Sequence[str]
-    :param float init_scale: the guide's initial standard deviation (continuous guides).
+    :param init_scale: the guide's initial standard deviation (continuous guides): the scale head starts with small
+        weights and the bias that gives this scale; None keeps PyTorch's initialization of the head (what a
+        hand-written ``nn.Linear`` head gets).
+    :type init_scale: float or None
+    :param str loc_init: the location heads' initialization: ``"torch"`` (default: PyTorch's ``nn.Linear``
+        initialization, as in a hand-written guide) or ``"small"`` (weights shrunk to at most 1e-2 and a zero bias, so
+        that q starts near N(0, init_scale²) for every x: the default of dgm_ppl 0.1.0, which learns markedly slower,
+        about 11 nats per image behind on Pyro's VAE example; see ``benchmarks/vae_guide_gap.py``).
     :param encoder_args: what the encoder takes: the model's first n arguments, or a sequence of argument positions,
         argument names and site names.
     :type encoder_args: int or Sequence[int or str]
     :param fallback: what the guide does when an encoder input is missing or None: ``"prior"`` (sample the model's
         conditional prior of each site), a second encoder (``nn.Module``) of the inputs that are present, or None
         (raise).
-    :param int refine_steps: K > 0 makes the guide semi-amortized (K gradient steps on λ per call; see the notes).
+    :param int refine_steps: K > 0 makes the guide semi-amortized (K gradient steps on λ per call; see the notes);
+        eager ELBOs only.
     :param float refine_lr: the step size η of the refinement's Adam updates (per datum and coordinate).
     :param bool refine_backprop: differentiate through the refinement instead of the first-order update.
     :param callable create_plates: as in Pyro's autoguides, ``create_plates(*args, **kwargs)`` returns the data plate
         for this call: pass it when the subsampling changes between calls (without it the plate's full size is the
         one seen at the first call, and only the batch size follows the data).
-    :raises ValueError: for bad options; at the first call, for a site that is not a local latent of a supported kind.
+    :raises ValueError: for bad options; at the first call, for a site that is not a local latent of a supported kind;
+        under a JIT ELBO, for ``refine_steps > 0``.
     """
 
     _may_be_observed = False  # the discrete guide checks at each call whether the model observes its sites
@@ -215,7 +246,8 @@ class AmortizedGuide(AutoGuide):
         encoder: nn.Module,
         site: str | Sequence[str] = "z",
         *,
-        init_scale: float = 0.1,
+        init_scale: float | None = 0.1,
+        loc_init: str = "torch",
         encoder_args: int | Sequence[int | str] = 1,
         fallback: str | nn.Module | None = "prior",
         refine_steps: int = 0,
@@ -234,14 +266,16 @@ class AmortizedGuide(AutoGuide):
             raise TypeError(f"encoder must be an nn.Module mapping the data batch to features, got {type(encoder)}")
         if not (fallback is None or fallback == "prior" or isinstance(fallback, nn.Module)):
             raise ValueError(f"fallback must be 'prior', an nn.Module or None, got {fallback!r}")
-        if init_scale <= 0:
-            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        if init_scale is not None and not init_scale > 0:
+            raise ValueError(f"init_scale must be positive or None, got {init_scale}")
+        if loc_init not in _LOC_INITS:
+            raise ValueError(f"loc_init must be one of {_LOC_INITS}, got {loc_init!r}")
         self.encoder = encoder  # a PyroModule registers its children's parameters as Pyro params when used
         self.fallback = fallback
         self.sites = (site,) if isinstance(site, str) else tuple(site)
         if not self.sites:
             raise ValueError("site must name at least one latent site")
-        self.init_scale, self.encoder_args = init_scale, encoder_args
+        self.init_scale, self.loc_init, self.encoder_args = init_scale, loc_init, encoder_args
         self._built = False
 
     # the prototype keeps observed sites too: a semi-supervised site may be observed at the first call
@@ -254,7 +288,7 @@ class AmortizedGuide(AutoGuide):
             raise ValueError("the model's first argument must be the data batch x of shape (B, ...)")
         batch = args[0].shape[0]
         trace = self.prototype_trace
-        self._frame, self._shapes, self._supports = None, {}, {}
+        self._frame, self._shapes, self._supports, self._transforms = None, {}, {}, {}
         for name in self.sites:
             site = trace.nodes.get(name)
             latent = [n for n, _ in trace.iter_stochastic_nodes()]
@@ -270,6 +304,10 @@ class AmortizedGuide(AutoGuide):
             self._check_site(name, site)
         self._batch_ndim = -self._frame.dim
         self._site_inputs = self._classify_inputs()
+        # the common case, decided once: the encoder sees positional arguments only and nothing needs the model run
+        self._positional = (
+            max(self._inputs) + 1 if all(isinstance(e, int) for e in self._inputs) and not self._may_be_observed else 0
+        )
         if self.refine_steps:
             unguided = [n for n, _ in trace.iter_stochastic_nodes() if n not in self.sites]
             if unguided:
@@ -314,6 +352,16 @@ class AmortizedGuide(AutoGuide):
             )
         self._shapes[name] = tuple(fn.event_shape)
         self._supports[name] = fn.support
+        # from the flat unconstrained vector to the site: built once (stateless transforms), reused at every call
+        transforms = []
+        if self._shapes[name] != (self._size(name),):
+            transforms.append(dist.transforms.ReshapeTransform((self._size(name),), self._shapes[name]))
+        support = fn.support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if support is not constraints.real:
+            transforms.append(biject_to(fn.support))
+        self._transforms[name] = transforms
 
     def _classify_inputs(self) -> dict[str, int]:
         """Checks the string entries of ``encoder_args``; returns the site entries with their event dims."""
@@ -400,7 +448,7 @@ class AmortizedGuide(AutoGuide):
         batch_shape = value.shape[: value.dim() - event_dim]
         right = self._batch_ndim - 1
         if right and len(batch_shape) >= self._batch_ndim:
-            if any(s != 1 for s in batch_shape[len(batch_shape) - right :]):
+            if not torch.jit.is_tracing() and any(s != 1 for s in batch_shape[len(batch_shape) - right :]):
                 raise ValueError(
                     f"site {name!r} has a value of shape {tuple(value.shape)} with non-singleton dims "
                     "right of the data plate: it cannot be an encoder input"
@@ -409,6 +457,8 @@ class AmortizedGuide(AutoGuide):
         return value
 
     def _check_features(self, h: Any, batch: int, extra: bool) -> Tensor:
+        if torch.jit.is_tracing():  # checked on the untraced first call for this shape
+            return h
         ok = isinstance(h, Tensor) and (h.dim() >= 2 if extra else h.dim() == 2) and h.shape[-2] == batch
         if not ok:
             raise ValueError(
@@ -432,12 +482,13 @@ class AmortizedGuide(AutoGuide):
             self._built = True
 
     def _build_loc(self, features: int) -> None:
-        """Affine heads for the means, started near 0 (q starts near N(0, init_scale²) for every x)."""
+        """Affine heads for the means: PyTorch's initialization, or (``loc_init="small"``) started near 0."""
         self.loc = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
-        with torch.no_grad():
-            for n in self.sites:
-                self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
-                self.loc[n].bias.zero_()
+        if self.loc_init == "small":
+            with torch.no_grad():
+                for n in self.sites:
+                    self.loc[n].weight.mul_(0.1).clamp_(-1e-2, 1e-2)
+                    self.loc[n].bias.zero_()
 
     def local_parameters(self, name: str, h: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -455,14 +506,7 @@ class AmortizedGuide(AutoGuide):
         :returns: the guide's distribution of the site.
         """
         q = self.base_distribution(name, h, local)
-        transforms = []
-        if self._shapes[name] != (self._size(name),):
-            transforms.append(dist.transforms.ReshapeTransform((self._size(name),), self._shapes[name]))
-        support = self._supports[name]
-        while isinstance(support, constraints.independent):
-            support = support.base_constraint
-        if support is not constraints.real:
-            transforms.append(biject_to(self._supports[name]))
+        transforms = self._transforms[name]
         if not transforms:
             return q
         if isinstance(q, dist.TransformedDistribution):  # one flat chain of transforms
@@ -479,6 +523,10 @@ class AmortizedGuide(AutoGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         batch = args[0].shape[0]
+        if self._positional and self.master is None and len(args) >= self._positional:
+            inputs = [args[i] for i in self._inputs]
+            if all(v is not None for v in inputs):  # no site inputs, no fallback, nothing observed: encode
+                return self._encoded(self._check_features(self.encoder(*inputs), batch, False), args, kwargs), {}
         shared = self._shared()
         inputs = self._arguments(args, kwargs)
         given = {e: v for e, v in zip(self._inputs, inputs) if isinstance(e, str) and e in self._site_inputs}
@@ -521,19 +569,31 @@ class AmortizedGuide(AutoGuide):
             h = self._check_features(self.fallback(*(v for v in inputs if v is not None)), batch, bool(needed))
         else:
             h = self._check_features(self.encoder(*inputs), batch, bool(self._site_inputs))
+        return self._encoded(h, args, kwargs, latent, refine=not missing), observed
+
+    def _encoded(
+        self, h: Tensor, args: tuple, kwargs: dict, latent: Sequence[str] | None = None, refine: bool = True
+    ) -> dict[str, dist.TorchDistribution]:
+        """The guide's distribution of each latent site given the encoder's features h."""
         self._ensure_built(h)
-        # the latent's batch dims: B at the plate's dim, then 1s up to the rightmost batch dim
-        h = h.reshape(h.shape[:-1] + (1,) * (self._batch_ndim - 1) + h.shape[-1:])
+        if self._batch_ndim > 1:  # the latent's batch dims: B at the plate's dim, then 1s up to the rightmost
+            h = h.reshape(h.shape[:-1] + (1,) * (self._batch_ndim - 1) + h.shape[-1:])
+        latent = self.sites if latent is None else latent
         local = {name: self.local_parameters(name, h) for name in latent}
-        if self.refine_steps and not missing:
+        if self.refine_steps and refine:
             local = self._refine(h, local, args, kwargs)
-        return {name: self.distribution(name, h, local[name]) for name in latent}, observed
+        return {name: self.distribution(name, h, local[name]) for name in latent}
 
     # -- the guide --------------------------------------------------------------------------------------------
     def _plate(self, batch: int, args, kwargs):
         frame = self._frame
-        if self.master is not None or self.create_plates is not None:  # the master's plates, or the user's
+        if self.master is not None:  # the master's plates
             return self._create_plates(*args, **kwargs)[frame.name]
+        if self.create_plates is not None:  # the user's (called directly: AutoGuide's would also store them)
+            plates = self.create_plates(*args, **kwargs)
+            for plate in plates if isinstance(plates, (list, tuple)) else (plates,):
+                if plate.name == frame.name:
+                    return plate
         if frame.size == -1:  # Pyro's unsized plate: sized by the batch, as in the model
             return pyro.plate(frame.name, dim=frame.dim)
         if frame.full_size is not None and frame.full_size != frame.size:  # the model subsamples this plate
@@ -547,9 +607,10 @@ class AmortizedGuide(AutoGuide):
             with self._plate(args[0].shape[0], args, kwargs):
                 for name, q in dists.items():
                     values[name] = pyro.sample(name, q, infer=self._infer(name))
-        shared = self._shared()
-        if shared is not None:
-            shared.update(values)
+        if self.master is not None:
+            shared = self._shared()
+            if shared is not None:
+                shared.update(values)
         return values
 
     def posterior(self, *args, **kwargs) -> dict[str, dist.TorchDistribution]:
@@ -567,6 +628,8 @@ class AmortizedGuide(AutoGuide):
         """K gradient steps on λ maximizing a one-sample ELBO of the batch, hidden from the enclosing inference."""
         if self.master is not None:
             raise ValueError("refine_steps > 0 is not supported inside an AutoGuideList (it must guide every latent)")
+        if torch.jit.is_tracing():
+            raise ValueError(_NO_JIT_REFINE)
         batch, frame = args[0].shape[0], self._frame
         scale = frame.full_size / batch if frame.full_size not in (None, -1) and frame.full_size != frame.size else 1.0
         backprop = self.refine_backprop and torch.is_grad_enabled()  # evaluation (no_grad) needs no second order
@@ -604,28 +667,48 @@ class AmortizedGuide(AutoGuide):
 
 class AmortizedNormal(AmortizedGuide):
     r"""Diagonal Gaussian :math:`q(z_i \mid x_i) = N(\mu(h_i), \mathrm{diag}\,\sigma^2(h_i))`, :math:`\sigma` =
-    softplus of an affine head (starting near ``init_scale``), on each listed local site.
+    softplus (or exp) of an affine head (starting near ``init_scale``), on each listed local site.
 
     Example::
 
         guide = AmortizedNormal(model, encoder=nn.Sequential(nn.Linear(784, 200), nn.ReLU()), site="z")
         svi = SVI(model, guide, Adam({"lr": 1e-3}), Trace_ELBO())
+
+    :param str scale_transform: ``"softplus"`` (default) or ``"exp"`` (Pyro's VAE example) from the scale head's
+        output to :math:`\sigma`.
+    :param kwargs: the options of :class:`AmortizedGuide`.
+    :raises ValueError: for an unknown ``scale_transform``, and as :class:`AmortizedGuide`.
     """
+
+    def __init__(
+        self, model, encoder: nn.Module, site: str | Sequence[str] = "z", *, scale_transform: str = "softplus", **kwargs
+    ):
+        if scale_transform not in _SCALE_TRANSFORMS:
+            raise ValueError(f"scale_transform must be one of {_SCALE_TRANSFORMS}, got {scale_transform!r}")
+        super().__init__(model, encoder, site, **kwargs)
+        self.scale_transform = scale_transform
 
     def _build(self, features: int) -> None:
         self._build_loc(features)
         self.scale = nn.ModuleDict({n: nn.Linear(features, self._size(n)) for n in self.sites})
-        with torch.no_grad():
-            for n in self.sites:
-                self.scale[n].weight.mul_(0.01)
-                self.scale[n].bias.fill_(_inverse_softplus(self.init_scale))
+        if self.init_scale is not None:
+            bias = (
+                _inverse_softplus(self.init_scale) if self.scale_transform == "softplus" else math.log(self.init_scale)
+            )
+            with torch.no_grad():
+                for n in self.sites:
+                    self.scale[n].weight.mul_(0.01)
+                    self.scale[n].bias.fill_(bias)
 
     def local_parameters(self, name: str, h: Tensor) -> dict[str, Tensor]:
-        return {"loc": self.loc[name](h), "scale": self.scale[name](h)}  # the scale before its softplus
+        return {"loc": self.loc[name](h), "scale": self.scale[name](h)}  # the scale before its softplus (or exp)
 
     def base_distribution(self, name: str, h: Tensor, local: dict[str, Tensor] | None = None) -> dist.TorchDistribution:
         local = self.local_parameters(name, h) if local is None else local
-        return dist.Normal(local["loc"], F.softplus(local["scale"])).to_event(1)
+        raw = local["scale"]
+        return dist.Normal(local["loc"], F.softplus(raw) if self.scale_transform == "softplus" else raw.exp()).to_event(
+            1
+        )
 
 
 class AmortizedMultivariateNormal(AmortizedGuide):
@@ -637,12 +720,12 @@ class AmortizedMultivariateNormal(AmortizedGuide):
         self.tril = nn.ModuleDict(
             {n: nn.Linear(features, self._size(n) * (self._size(n) + 1) // 2) for n in self.sites}
         )
-        with torch.no_grad():
-            for n in self.sites:
-                d = self._size(n)
-                self.tril[n].weight.mul_(0.01)
-                rows, cols = torch.tril_indices(d, d)
-                self.tril[n].bias.copy_(torch.where(rows == cols, _inverse_softplus(self.init_scale), 0.0))
+        if self.init_scale is not None:
+            with torch.no_grad():
+                for n in self.sites:
+                    rows, cols, _ = _tril_index(self._size(n), self.tril[n].bias.device)
+                    self.tril[n].weight.mul_(0.01)
+                    self.tril[n].bias.copy_(torch.where(rows == cols, _inverse_softplus(self.init_scale), 0.0))
 
     def local_parameters(self, name: str, h: Tensor) -> dict[str, Tensor]:
         return {"loc": self.loc[name](h), "tril": self.tril[name](h)}  # the factor's entries, diagonal before softplus
@@ -651,8 +734,8 @@ class AmortizedMultivariateNormal(AmortizedGuide):
         local = self.local_parameters(name, h) if local is None else local
         d = self._size(name)
         raw = local["tril"]
-        rows, cols = torch.tril_indices(d, d, device=raw.device)
-        values = torch.where(rows == cols, F.softplus(raw) + 1e-5, raw)
+        rows, cols, diagonal = _tril_index(d, raw.device)
+        values = torch.where(diagonal, F.softplus(raw) + 1e-5, raw)
         tril = raw.new_zeros(raw.shape[:-1] + (d, d))
         tril[..., rows, cols] = values
         return dist.MultivariateNormal(local["loc"], scale_tril=tril)

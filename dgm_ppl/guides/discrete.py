@@ -77,7 +77,7 @@ class AmortizedCategorical(AmortizedGuide):
     ):
         if enumerate not in _ENUMERATE:
             raise ValueError(f"enumerate must be one of {_ENUMERATE}, got {enumerate!r}")
-        for option in ("init_scale", "refine_steps", "refine_lr", "refine_backprop"):
+        for option in ("init_scale", "loc_init", "refine_steps", "refine_lr", "refine_backprop"):
             if option in kwargs:
                 raise TypeError(f"AmortizedCategorical has no option {option!r} (continuous guides only)")
         super().__init__(model, encoder, site, **kwargs)

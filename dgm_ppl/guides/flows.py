@@ -60,7 +60,8 @@ class AmortizedFlow(AmortizedNormal):
     :param int num_flows: number of steps.
     :param hidden_dims: hidden layers of each step's network (default: one layer of 2 * (latent + feature) units).
     :type hidden_dims: Sequence[int] or None
-    :param kwargs: ``init_scale``, ``encoder_args``, ``fallback``, ``refine_steps``, ``refine_lr``,
+    :param kwargs: ``scale_transform`` (the base Gaussian's, as :class:`~dgm_ppl.guides.AmortizedNormal`),
+        ``init_scale``, ``loc_init``, ``encoder_args``, ``fallback``, ``refine_steps``, ``refine_lr``,
         ``refine_backprop``, ``create_plates``: as :class:`~dgm_ppl.guides.AmortizedGuide`.
     :raises ValueError: for an unknown flow or a bad number of steps; at the first call, for a latent of fewer than
         2 dimensions with an autoregressive or coupling flow.
