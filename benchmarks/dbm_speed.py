@@ -2,7 +2,8 @@
 one block-Gibbs sweep), two ways in one run, interleaved in chunks.
 
 1. ``svi``: ``dbm.distribution(chains)`` inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO``
-   (Pyro's validation on, the default; ``svi_no_validation`` is the same with it off).
+   (Pyro's validation on, the default; ``svi_no_validation`` is the same with it off; ``svi_dgm_optim``
+   uses ``dgm_ppl.optim.Adam``, one multi-tensor optimizer over all parameters, validation on).
 2. ``raw``: a hand-written PyTorch loop doing the same arithmetic: the same mean-field updates, the
    same Gibbs sweep, the closed-form gradient (data statistics under mean field minus chain
    statistics with the odd layer summed out), and Adam.
@@ -106,6 +107,23 @@ def main():
             pyro.sample("x", dbm_nv.distribution(chains_nv, mean_field_iters=args.mean_field_iters), obs=batch)
 
     svi_nv = SVI(model_nv, lambda batch: None, pyro.optim.Adam({"lr": 1e-4}), Trace_ELBO())
+    svis = {"svi": svi, "svi_no_validation": svi_nv}
+    try:
+        from dgm_ppl.optim import Adam as MultiTensorAdam
+    except ImportError:  # an older dgm_ppl
+        MultiTensorAdam = None
+    if MultiTensorAdam is not None:
+        dbm_mt = DBM(sizes, name="dbm_dgm_optim").to(device)
+        dbm_mt.load_state_dict(dbm.state_dict())
+        chains_mt = PersistentChains(dbm_mt, num_chains=bs)
+        chains_mt.load_state_dict(chains.state_dict())
+
+        def model_mt(batch):
+            with pyro.plate("data", n, subsample=batch):
+                pyro.sample("x", dbm_mt.distribution(chains_mt, mean_field_iters=args.mean_field_iters), obs=batch)
+
+        svis["svi_dgm_optim"] = SVI(model_mt, lambda batch: None, MultiTensorAdam({"lr": 1e-4}), Trace_ELBO())
+    names = ["svi", "raw", *list(svis)[1:]]
     order = torch.randperm(n, device=device)
     batches = [x[order[(i * bs) % n : (i * bs) % n + bs]] for i in range(args.steps)]
 
@@ -114,10 +132,9 @@ def main():
         if name == "raw":
             raw_chains = raw_step(v, raw_p, raw_chains, raw_opt, n, args.mean_field_iters)
         else:
-            pyro.enable_validation(name == "svi")  # global flag: set per step, as the loops are interleaved
-            (svi if name == "svi" else svi_nv).step(v)
+            pyro.enable_validation(name != "svi_no_validation")  # global flag: set per step (interleaved loops)
+            svis[name].step(v)
 
-    names = ["svi", "raw", "svi_no_validation"]
     for name in names:
         step(name, batches[0])  # warm-up (creates the optimizer state)
     times = {name: [] for name in names}
@@ -151,6 +168,14 @@ def main():
         svi_no_validation_over_raw=round(ms["svi_no_validation"] / ms["raw"], 3),
         cpu_svi_over_raw=round(cpu_ms["svi"] / cpu_ms["raw"], 3),
         cpu_svi_no_validation_over_raw=round(cpu_ms["svi_no_validation"] / cpu_ms["raw"], 3),
+        **(
+            {
+                "svi_dgm_optim_over_raw": round(ms["svi_dgm_optim"] / ms["raw"], 3),
+                "cpu_svi_dgm_optim_over_raw": round(cpu_ms["svi_dgm_optim"] / cpu_ms["raw"], 3),
+            }
+            if "svi_dgm_optim" in ms
+            else {}
+        ),
     )
 
 

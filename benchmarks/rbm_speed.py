@@ -2,7 +2,8 @@
 
 1. ``svi``: dgm_ppl's RBM distribution inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO`` with
    ``pyro.optim.Adam`` (Pyro's validation on, the default; ``svi_no_validation`` is the same with it
-   off), and ``svi_sgd`` with ``pyro.optim.SGD`` (validation on).
+   off), ``svi_sgd`` with ``pyro.optim.SGD`` (validation on), and ``svi_dgm_optim`` with
+   ``dgm_ppl.optim.Adam`` (one multi-tensor optimizer over all parameters; validation on).
 2. ``raw`` / ``raw_sgd``: a hand-written PyTorch loop doing the same arithmetic (same matrix products,
    same Gibbs sweep, same random draws in the same order, the closed-form SML gradient) with one
    ``torch.optim.Adam`` / ``torch.optim.SGD``.
@@ -145,6 +146,7 @@ def main():
     ap.add_argument("--skip-sklearn", action="store_true")
     ap.add_argument("--skip-sgd", action="store_true", help="skip the SGD runs (svi_sgd, raw_sgd)")
     ap.add_argument("--skip-no-validation", action="store_true", help="skip the SVI run with validation off")
+    ap.add_argument("--skip-dgm-optim", action="store_true", help="skip the SVI run with dgm_ppl.optim.Adam")
     ap.add_argument("--chunk", type=int, default=25, help="steps per timed chunk when interleaving")
     ap.add_argument("--profile", type=int, default=0, help="cProfile this many SVI steps first")
     args = ap.parse_args()
@@ -170,6 +172,11 @@ def main():
     impls = ["svi", "raw"]
     impls += [] if args.skip_no_validation else ["svi_no_validation"]
     impls += [] if args.skip_sgd else ["svi_sgd", "raw_sgd"]
+    try:
+        from dgm_ppl.optim import Adam as MultiTensorAdam
+    except ImportError:  # an older dgm_ppl
+        MultiTensorAdam = None
+    impls += [] if MultiTensorAdam is None or args.skip_dgm_optim else ["svi_dgm_optim"]
     wall = {name: [] for name in impls + ["sklearn"]}
     cpu = {name: [] for name in impls + ["sklearn"]}
     final = {}
@@ -193,7 +200,10 @@ def main():
                 opt = torch.optim.SGD([w, b, c], lr=sgd_lr) if sgd else torch.optim.Adam([w, b, c], lr=args.lr)
                 loops[name], weights[name] = raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size), w
             else:
-                optim = pyro.optim.SGD({"lr": sgd_lr}) if sgd else pyro.optim.Adam({"lr": args.lr})
+                if name == "svi_dgm_optim":
+                    optim = MultiTensorAdam({"lr": args.lr})
+                else:
+                    optim = pyro.optim.SGD({"lr": sgd_lr}) if sgd else pyro.optim.Adam({"lr": args.lr})
                 svi, rbm = make_svi(name, init, x, args, device, optim)
                 loops[name] = svi_epoch(x, order, svi, args.batch_size, validate=name != "svi_no_validation")
                 weights[name] = rbm.weight
@@ -264,8 +274,12 @@ def main():
             out["validation_share_of_step"] = round(med["svi"] / med["svi_no_validation"] - 1, 3)
         if "svi_sgd" in med:
             out["svi_sgd_over_raw_sgd"] = round(med["svi_sgd"] / med["raw_sgd"], 3)
+        if "svi_dgm_optim" in med:
+            out["svi_dgm_optim_over_raw"] = round(med["svi_dgm_optim"] / med["raw"], 3)
         if "sklearn" in med:
             out["sklearn_over_svi"] = round(med["sklearn"] / med["svi"], 3)
+            if "svi_dgm_optim" in med:
+                out["sklearn_over_svi_dgm_optim"] = round(med["sklearn"] / med["svi_dgm_optim"], 3)
             if "svi_sgd" in med:
                 out["sklearn_over_svi_sgd"] = round(med["sklearn"] / med["svi_sgd"], 3)
         return out

@@ -47,9 +47,9 @@ def _svi_grads(model, batch):
 
 def _equilibrated_chains(rbm, num_chains):
     chains = PersistentChains(rbm, num_chains, steps=1)
-    for _ in range(100):
+    for _ in range(100):  # each advance consumes the stored hidden sample: the next sweep is a full one
         chains.advance()
-    chains.hidden_is_current.fill_(False)
+    assert not chains._hidden_current
     return chains
 
 

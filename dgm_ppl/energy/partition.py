@@ -240,10 +240,11 @@ def reverse_ais_log_partition(
     base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
     if isinstance(model, DBM):
-        model._check_states(samples)
+        samples = model._check_states(samples)
         odd = [s.to(model.weight_0) for s in samples[1::2]]
         log_w = dbm_ais_log_weights(model, odd, betas.flip(0), base, progress, "reverse AIS")
     else:
+        samples = model._data(samples, "samples")
         model._check_visible(samples)
         log_w = _ais_log_weights(model, samples.to(model.weight), betas.flip(0), base, progress, "reverse AIS")
     _check_finite(log_w)
@@ -262,6 +263,7 @@ def average_log_likelihood(
     r"""The average log-likelihood :math:`\frac1N \sum_n -F(v_n) - \log Z` of ``data``; for a
     :class:`~dgm_ppl.energy.DBM` the variational lower bound :math:`\frac1N\sum_n \mathcal L(v_n) - \log Z`
     (mean field run to convergence)."""
+    data = model._data(data, "data")
     model._check_visible(data)
     total = 0.0
     for i in range(0, data.shape[0], batch_size):
