@@ -59,6 +59,7 @@ from rbm_speed import raw_epoch as rbm_raw_epoch  # noqa: E402
 from vae_mnist import RawVAE  # noqa: E402
 from vae_mnist import build as build_vae  # noqa: E402
 
+from dgm_ppl import optim as dgm_optim  # noqa: E402
 from dgm_ppl.datasets import grid_of_gaussians, load_binarized_mnist  # noqa: E402
 from dgm_ppl.energy import DBM, BernoulliRBM, PersistentChains  # noqa: E402
 from dgm_ppl.models import VAE  # noqa: E402
@@ -151,9 +152,17 @@ def rbm_pillar(x: torch.Tensor, args, device: torch.device) -> Pillar:
     impls["svi_adam"] = svi_impl("rbm_adam", pyro.optim.Adam({"lr": lr_adam}), True)
     impls["svi_adam_novalid"] = svi_impl("rbm_adam_nv", pyro.optim.Adam({"lr": lr_adam}), False)
     impls["raw_adam"] = raw_impl(torch.optim.Adam, lr_adam)
+    impls["svi_dgmadam"] = svi_impl("rbm_dgmadam", dgm_optim.Adam({"lr": lr_adam}), True)
     impls["svi_sgd"] = svi_impl("rbm_sgd", pyro.optim.SGD({"lr": lr_sgd}), True)
+    impls["svi_dgmsgd"] = svi_impl("rbm_dgmsgd", dgm_optim.SGD({"lr": lr_sgd}), True)
     impls["raw_sgd"] = raw_impl(torch.optim.SGD, lr_sgd)
-    ratios = [("svi_adam", "raw_adam"), ("svi_adam_novalid", "raw_adam"), ("svi_sgd", "raw_sgd")]
+    ratios = [
+        ("svi_adam", "raw_adam"),
+        ("svi_adam_novalid", "raw_adam"),
+        ("svi_dgmadam", "raw_adam"),
+        ("svi_sgd", "raw_sgd"),
+        ("svi_dgmsgd", "raw_sgd"),
+    ]
 
     try:
         from sklearn.neural_network import BernoulliRBM as SkRBM
