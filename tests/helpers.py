@@ -1,3 +1,4 @@
+import pyro
 import torch
 
 from dgm_ppl.energy.partition import _binary_states
@@ -19,3 +20,13 @@ def exact_visible_probs(rbm):
 
 def state_index(v):
     return (v * 2 ** torch.arange(v.shape[-1])).sum(-1).long()
+
+
+def grads() -> dict[str, torch.Tensor]:
+    """The gradients in the param store, which are then cleared."""
+    out = {}
+    for name, p in pyro.get_param_store().named_parameters():
+        if p.grad is not None:
+            out[name] = p.grad.clone()
+            p.grad = None
+    return out

@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import grads
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
@@ -59,15 +60,6 @@ GUIDES = {
     "affine_coupling": lambda m: AmortizedFlow(m.model, nn.Linear(X, 5), flow="affine_coupling", create_plates=plates),
     "categorical": lambda m: AmortizedCategorical(m.model, nn.Linear(X, 5), site="y", create_plates=plates),
 }
-
-
-def grads() -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in pyro.get_param_store().named_parameters():
-        if p.grad is not None:
-            out[name] = p.grad.clone()
-            p.grad = None
-    return out
 
 
 @pytest.mark.parametrize("kind", list(GUIDES))

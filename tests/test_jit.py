@@ -4,6 +4,7 @@ counterparts, with ``num_data`` passed positionally, for the example models and 
 import pyro
 import pytest
 import torch
+from helpers import grads
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
 from dgm_ppl.evaluation.likelihood import _log_weights
@@ -25,16 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
 def binary(rows: int, cols: int = X, seed: int = 1) -> torch.Tensor:
     return torch.bernoulli(torch.full((rows, cols), 0.4), generator=torch.Generator().manual_seed(seed))
-
-
-def grads() -> dict[str, torch.Tensor]:
-    """The gradients in the param store, which are then cleared."""
-    out = {}
-    for name, p in pyro.get_param_store().named_parameters():
-        if p.grad is not None:
-            out[name] = p.grad.clone()
-            p.grad = None
-    return out
 
 
 class KeywordNumData:
