@@ -77,6 +77,7 @@ def main():
     ll = average_log_likelihood(rbm, x_test, ais.log_z)
     lo, hi = ais.interval(3)
     report = {
+        "torch_threads": torch.get_num_threads(),
         "test_log_likelihood_ais": round(ll, 3),
         "error_bar_3sd": [round(ll - (hi - ais.log_z), 3), round(ll + (ais.log_z - lo), 3)],
         "test_log_likelihood_reverse_ais": round(average_log_likelihood(rbm, x_test, rev.log_z), 3),
