@@ -86,8 +86,9 @@ def draw_real_and_fake(
         replayed = poutine.replay(model, trace=guide_trace)
     else:
         replayed = model
+    # Subsample sites are neither observed nor deterministic, so the loop below skips them; the trace is pruned
+    # (a copy) only for the KL term below, which needs it.
     model_trace = poutine.trace(uncondition_data(replayed)).get_trace(*args, **kwargs)
-    model_trace = prune_subsample_sites(model_trace)
 
     names, real, fake, batch, keep, recorded = [], [], [], None, None, []
     for name, site in model_trace.nodes.items():
@@ -155,6 +156,7 @@ def draw_real_and_fake(
     kl = 0.0
     if with_kl and guide_trace is not None:
         guide_trace = prune_subsample_sites(guide_trace)
+        model_trace = prune_subsample_sites(model_trace)
         latent = [k for k, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
         for name in latent:
             if not getattr(guide_trace.nodes[name]["fn"], "has_rsample", False):

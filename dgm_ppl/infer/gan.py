@@ -202,7 +202,8 @@ class GANLoss(ComparisonLoss):
     def _discriminator_step(self, real, fake, context) -> tuple[float, float]:
         d_loss, penalty = self.discriminator_loss(real, fake, context)
         adversary_step("GANLoss", "discriminator loss", d_loss, self.discriminator, self.d_optim, self.clip)
-        return d_loss.item(), penalty.item()
+        # the penalty is recorded only when there is one: no host sync for the constant 0 otherwise
+        return d_loss.item(), penalty.item() if self.gradient_penalty else 0.0
 
     def __call__(self, model: Callable, guide: Callable | None, *args, **kwargs) -> Tensor:
         """One adversarial round; returns the differentiable generator loss."""
