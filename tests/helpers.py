@@ -1,12 +1,12 @@
 import pyro
 import torch
 
-from dgm_ppl.energy.partition import _binary_states
+from dgm_ppl.energy._ops import binary_states
 
 
 def all_states(n, like=None):
     like = torch.zeros(()) if like is None else like
-    return _binary_states(n, 0, 2**n, like)
+    return binary_states(n, 0, 2**n, like)
 
 
 def exact_visible_probs(rbm):

@@ -20,8 +20,8 @@ from dgm_ppl.energy import (
     ParallelTempering,
     PersistentChains,
 )
+from dgm_ppl.energy._ops import check_binary, check_finite
 from dgm_ppl.energy.dbm import _MeanFieldBound
-from dgm_ppl.energy.rbm import check_binary, check_finite
 from dgm_ppl.infer import DivergenceError
 
 RBM_KINDS = ["bernoulli", "bernoulli_centered", "gaussian", "gaussian_learned_std"]

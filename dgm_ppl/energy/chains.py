@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .rbm import as_tensor_like, bernoulli
+from ._ops import as_tensor_like, bernoulli
 
 __all__ = ["NegativePhase", "PersistentChains", "ContrastiveDivergence", "ParallelTempering"]
 

@@ -36,9 +36,9 @@ from torch.autograd.function import once_differentiable
 from tqdm.auto import tqdm
 
 from ..infer.errors import DivergenceError
+from ._ops import Beta, as_tensor_like, bernoulli, binary_states, check_binary, check_finite, closed_form_applies
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution, check_negative_phase
-from .rbm import Beta, as_tensor_like, bernoulli, check_binary, check_finite, closed_form_applies
 
 __all__ = ["DBM", "DBMParams", "DBMPersistentChains", "DBMDistribution"]
 
@@ -866,8 +866,6 @@ class _TiedCopiesRBM(nn.Module):
 def dbm_exact_log_partition(model: DBM, *, max_units: int = 20, chunk_size: int = 2**15) -> Tensor:
     """Exact log Z: enumerate the parity with fewer units (the odd one for Gaussian visible units)
     and sum the other out analytically. Differentiable."""
-    from .partition import _binary_states
-
     p = model.params()
     sizes = model.layer_sizes
     counts = [sum(sizes[0::2]), sum(sizes[1::2])]
@@ -881,7 +879,7 @@ def dbm_exact_log_partition(model: DBM, *, max_units: int = 20, chunk_size: int 
     layers = list(range(parity, len(sizes), 2))
     parts = []
     for start in range(0, 2**n, chunk_size):
-        flat = _binary_states(n, start, min(2**n, start + chunk_size), p.weights[0])
+        flat = binary_states(n, start, min(2**n, start + chunk_size), p.weights[0])
         chunks = flat.split([sizes[l] for l in layers], -1)
         states: list[Tensor | None] = [None] * len(sizes)
         for l, c in zip(layers, chunks):

@@ -37,9 +37,10 @@ from pyro.optim import PyroOptim
 from torch import Tensor, nn
 
 from ..infer.training import train
+from ._ops import as_tensor_like, bernoulli
 from .chains import ContrastiveDivergence, PersistentChains
 from .partition import AISResult
-from .rbm import BernoulliRBM, RBMParams, as_tensor_like, bernoulli
+from .rbm import BernoulliRBM, RBMParams
 
 __all__ = ["DBN"]
 

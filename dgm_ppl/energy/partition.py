@@ -26,8 +26,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._data import as_data_tensor
+from ._ops import bernoulli, binary_states
 from .dbm import DBM, dbm_ais_log_weights, dbm_exact_log_partition
-from .rbm import RBM, bernoulli
+from .rbm import RBM
 
 __all__ = [
     "AISResult",
@@ -88,12 +89,6 @@ def ais_schedule(num_betas: int = 14500, dtype: torch.dtype = torch.float64) -> 
     )
 
 
-def _binary_states(n: int, start: int, stop: int, like: Tensor) -> Tensor:
-    codes = torch.arange(start, stop, device=like.device)
-    bits = 2 ** torch.arange(n, device=like.device)
-    return ((codes[:, None] & bits) > 0).to(like.dtype)
-
-
 def exact_log_partition(
     model: RBM | DBM, *, max_units: int = 20, chunk_size: int = 2**15, record: bool = True
 ) -> Tensor:
@@ -121,7 +116,7 @@ def exact_log_partition(
         )
     parts = []
     for start in range(0, 2**n, chunk_size):
-        states = _binary_states(n, start, min(2**n, start + chunk_size), p.weight)
+        states = binary_states(n, start, min(2**n, start + chunk_size), p.weight)
         if enum_visible:
             parts.append(torch.logsumexp(model._neg_free_energy(p, states), 0))
         else:
