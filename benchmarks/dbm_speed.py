@@ -28,6 +28,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import DBM, PersistentChains
+from dgm_ppl.optim import Adam as MultiTensorAdam
 
 
 def emit(**record):
@@ -91,38 +92,25 @@ def main():
     raw_opt = torch.optim.Adam(raw_p, lr=1e-4)
     raw_chains = [t.clone() for t in chains.states()]
 
-    def model(batch):
-        with pyro.plate("data", n, subsample=batch):
-            pyro.sample("x", dbm.distribution(chains, mean_field_iters=args.mean_field_iters), obs=batch)
+    def make_svi(name: str, optim) -> SVI:
+        """SVI on a copy of the model and chains under its own param-store name: the same start for every way."""
+        copy = DBM(sizes, name=name).to(device)
+        copy.load_state_dict(dbm.state_dict())
+        copy_chains = PersistentChains(copy, num_chains=bs)
+        copy_chains.load_state_dict(chains.state_dict())
 
-    svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": 1e-4}), Trace_ELBO())
-    # the same model and updates from a copy of the same state, with Pyro's validation off
-    dbm_nv = DBM(sizes, name="dbm_no_validation").to(device)
-    dbm_nv.load_state_dict(dbm.state_dict())
-    chains_nv = PersistentChains(dbm_nv, num_chains=bs)
-    chains_nv.load_state_dict(chains.state_dict())
-
-    def model_nv(batch):
-        with pyro.plate("data", n, subsample=batch):
-            pyro.sample("x", dbm_nv.distribution(chains_nv, mean_field_iters=args.mean_field_iters), obs=batch)
-
-    svi_nv = SVI(model_nv, lambda batch: None, pyro.optim.Adam({"lr": 1e-4}), Trace_ELBO())
-    svis = {"svi": svi, "svi_no_validation": svi_nv}
-    try:
-        from dgm_ppl.optim import Adam as MultiTensorAdam
-    except ImportError:  # an older dgm_ppl
-        MultiTensorAdam = None
-    if MultiTensorAdam is not None:
-        dbm_mt = DBM(sizes, name="dbm_dgm_optim").to(device)
-        dbm_mt.load_state_dict(dbm.state_dict())
-        chains_mt = PersistentChains(dbm_mt, num_chains=bs)
-        chains_mt.load_state_dict(chains.state_dict())
-
-        def model_mt(batch):
+        def model(batch):
             with pyro.plate("data", n, subsample=batch):
-                pyro.sample("x", dbm_mt.distribution(chains_mt, mean_field_iters=args.mean_field_iters), obs=batch)
+                pyro.sample("x", copy.distribution(copy_chains, mean_field_iters=args.mean_field_iters), obs=batch)
 
-        svis["svi_dgm_optim"] = SVI(model_mt, lambda batch: None, MultiTensorAdam({"lr": 1e-4}), Trace_ELBO())
+        return SVI(model, lambda batch: None, optim, Trace_ELBO())
+
+    svis = {
+        "svi": make_svi("dbm_svi", pyro.optim.Adam({"lr": 1e-4})),
+        # the same updates with Pyro's validation off
+        "svi_no_validation": make_svi("dbm_no_validation", pyro.optim.Adam({"lr": 1e-4})),
+        "svi_dgm_optim": make_svi("dbm_dgm_optim", MultiTensorAdam({"lr": 1e-4})),
+    }
     names = ["svi", "raw", *list(svis)[1:]]
     order = torch.randperm(n, device=device)
     batches = [x[order[(i * bs) % n : (i * bs) % n + bs]] for i in range(args.steps)]
