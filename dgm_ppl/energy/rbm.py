@@ -66,6 +66,16 @@ def _sml_row_weights(grad: Tensor, num_chains: int) -> Tensor:
     return torch.cat([grad, (grad.sum() / -num_chains).expand(num_chains)])
 
 
+def _sml_outputs(ctx, neg_free: Tensor, probs: Tensor, num_data: int, *saved: Tensor | None):
+    """The forward's outputs (data rows of -F, chain mean s, hidden probabilities) and its saved state."""
+    s = neg_free[num_data:].mean()
+    ctx.num_data = num_data
+    ctx.save_for_backward(*saved)
+    ctx.mark_non_differentiable(s, probs)
+    ctx.set_materialize_grads(False)  # no zero gradients for the outputs without one
+    return neg_free[:num_data], s, probs
+
+
 class _BernoulliSML(torch.autograd.Function):
     r"""The SML surrogate of a Bernoulli RBM, with the closed-form backward.
 
@@ -102,12 +112,7 @@ class _BernoulliSML(torch.autograd.Function):
         neg_free = torch.addmv(F.softplus(x).sum(-1), v, visible_bias)
         if centered:
             neg_free.sub_(torch.addmv(visible_offset @ visible_bias, x, hidden_offset))
-        s = neg_free[num_data:].mean()
-        ctx.num_data = num_data
-        ctx.save_for_backward(v, probs, visible_offset, hidden_offset)
-        ctx.mark_non_differentiable(s, probs)
-        ctx.set_materialize_grads(False)  # no zero gradients for the outputs without one
-        return neg_free[:num_data], s, probs
+        return _sml_outputs(ctx, neg_free, probs, num_data, v, probs, visible_offset, hidden_offset)
 
     @staticmethod
     @once_differentiable
@@ -151,12 +156,7 @@ class _GaussianSML(torch.autograd.Function):
         x = torch.addmm(hidden_bias, stat, weight)
         probs = torch.sigmoid(x)
         neg_free = F.softplus(x).sum(-1) - 0.5 * (z * z).sum(-1)
-        s = neg_free[num_data:].mean()
-        ctx.num_data = num_data
-        ctx.save_for_backward(stat, z, weight, std, probs)
-        ctx.mark_non_differentiable(s, probs)
-        ctx.set_materialize_grads(False)  # no zero gradients for the outputs without one
-        return neg_free[:num_data], s, probs
+        return _sml_outputs(ctx, neg_free, probs, num_data, stat, z, weight, std, probs)
 
     @staticmethod
     @once_differentiable
