@@ -2,65 +2,235 @@
 
 Training: greedy pretraining of the two RBMs (doubled bottom and top, ``DBM.pretrain``), then
 Algorithm 20.1 through an unmodified ``pyro.infer.SVI`` with ``Trace_ELBO``: mean-field positive
-phase, persistent block-Gibbs chains for the negative phase, centered parametrization, Adam with an
-exponentially decaying rate (``pyro.optim.ExponentialLR``, stepped once per epoch). Scoring: AIS over
-the first hidden layer with v and h2 summed out (Salakhutdinov & Hinton 2009), then the average
-variational bound minus log Z on the scored split, with the +-3 sd interval, and reverse AIS from
-the chains.
+phase, persistent block-Gibbs chains for the negative phase, centered parametrization, Adam with a
+rate decaying once per epoch from ``--lr`` to ``--final-lr`` over the planned epochs (exponentially
+or linearly). Optionally the iterates are averaged (Polyak averaging of the uncentered natural
+parameters, ``DBM.params()``) into a second, non-centered DBM. Scoring: AIS over the first hidden
+layer with v and h2 summed out (Salakhutdinov & Hinton 2009), then the average variational bound
+minus log Z on the scored split, with the +-3 sd interval, and reverse AIS from the chains; the
+averaged DBM, when there is one, is scored the same way (without reverse AIS).
 
     python benchmarks/dbm_quality.py --data ../shared/data/binarized_mnist.npz --epochs 60 --save dbm.pt
+    python benchmarks/dbm_quality.py --data ../shared/data/binarized_mnist.npz --time-budget 3600 \\
+        --average-from 0.5 --checkpoint dbm.ckpt --save dbm.pt
+    python benchmarks/dbm_quality.py --data ../shared/data/binarized_mnist.npz --time-budget 3600 \\
+        --average-from 0.5 --checkpoint dbm.ckpt --resume dbm.ckpt --save dbm.pt   # after a kill
     python benchmarks/dbm_quality.py --data ../shared/data/binarized_mnist.npz --load dbm.pt
 
-Prints one JSON line per epoch and one per score.
+Options beyond the model and optimizer settings:
+
+* ``--time-budget S``: seconds of training, pretraining included (AIS excluded). At the end of every
+  epoch the planned number of epochs is set to those done plus as many as the remaining budget
+  allows at the last epoch's speed (``--epochs``, when given, caps it), so that the learning-rate
+  decay and the averaging window follow the budget (the epoch time excludes the warm-up of
+  the first SVI step; under ``--steps-schedule`` an update is costed as 1 + sweeps sweeps);
+  training also stops at the end of the epoch in which the budget is exceeded.
+* ``--schedule {exponential,linear}`` and ``--steps-schedule START END``: as in ``rbm_quality.py``.
+* ``--average-from F``: average the iterates from fraction F of the planned updates on (restarting
+  if a longer plan moves the window's start past the current update).
+* ``--checkpoint PATH``: an atomic checkpoint (``dgm_ppl.save_checkpoint``) at the end of every epoch
+  of the joint training: DBM, chains, averaged DBM, optimizer state, RNG states, counters, planned
+  epochs, training seconds and config. ``--resume PATH`` with such a checkpoint continues exactly
+  (give the same options; no pretraining): bit for bit the run that was not stopped. ``--resume``
+  with a file written by ``--save`` trains further from that DBM and its chains, as before: fresh
+  optimizer and schedule, no pretraining. ``--stop-after K`` stops after epoch K of the plan.
+* ``--save PATH`` (rewritten every epoch) holds the float32 state dicts of the DBM, chains and
+  averaged DBM and the config; ``--load PATH`` scores it (both models) on ``--split``. ``--no-score``
+  skips AIS.
+
+Prints one JSON line per epoch and one per score (``model`` = ``raw`` or ``averaged``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
+from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import DBM, PersistentChains, ais_log_partition, average_log_likelihood, reverse_ais_log_partition
 from dgm_ppl.infer import train
+from dgm_ppl.optim import Adam
 
 
 def emit(**record):
     print(json.dumps(record), flush=True)
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help=".npz with 'train' and the scored split (N x 784, binary)")
     ap.add_argument("--split", default="valid")
     ap.add_argument("--layers", type=int, nargs="+", default=[500, 1000], help="hidden layer sizes")
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--pretrain-lr", type=float, default=1e-3)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default 60); with --time-budget a cap")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--chains", type=int, default=100)
     ap.add_argument("--steps", type=int, default=1, help="Gibbs sweeps per update")
+    ap.add_argument(
+        "--steps-schedule", type=int, nargs=2, metavar=("START", "END"), help="sweeps rising linearly over training"
+    )
     ap.add_argument("--mean-field-iters", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--final-lr", type=float, default=1e-5)
+    ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
     ap.add_argument("--weight-decay", type=float, default=1e-5, help="per datum (L2 on all parameters)")
     ap.add_argument("--no-center", action="store_true")
+    ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
+    ap.add_argument("--checkpoint", help="write a checkpoint here at the end of every epoch")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="stop after K epochs of the plan")
     ap.add_argument("--ais-chains", type=int, default=100)
     ap.add_argument("--ais-betas", type=int, default=20000)
+    ap.add_argument("--no-score", action="store_true", help="skip the AIS scoring")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--save", help="write the trained DBM and its chains here")
+    ap.add_argument("--save", help="write the trained DBM, its chains and the averaged DBM here (every epoch)")
     ap.add_argument("--load", help="score a saved DBM instead of training")
-    ap.add_argument("--resume", help="train further from a saved DBM and its chains (fresh optimizer, no pretraining)")
+    ap.add_argument(
+        "--resume",
+        help="a --checkpoint file: continue exactly; a --save file: train further (fresh optimizer, no pretraining)",
+    )
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.epochs is None and args.time_budget is None:
+        args.epochs = 60
+    if args.average_from is not None and not 0 <= args.average_from < 1:
+        ap.error("--average-from must be in [0, 1)")
+    if args.steps_schedule and min(args.steps_schedule) < 1:
+        ap.error("--steps-schedule needs positive sweep counts")
+    return args
+
+
+def learning_rate(args, epoch: int, planned: int) -> float:
+    t = min(1.0, epoch / max(1, planned - 1))
+    if args.schedule == "linear":
+        return args.lr + (args.final_lr - args.lr) * t
+    return args.lr * (args.final_lr / args.lr) ** t
+
+
+def gibbs_steps(args, epoch: int, planned: int) -> int:
+    if not args.steps_schedule:
+        return args.steps
+    start, end = args.steps_schedule
+    return max(1, round(start + (end - start) * min(1.0, epoch / max(1, planned - 1))))
+
+
+def replan(args, epochs_done: int, elapsed: float, epoch_seconds: float, epoch_steps: int) -> int:
+    """Planned epochs under ``--time-budget``: those done plus as many as fit in the remaining budget, at
+    the speed of an epoch that took ``epoch_seconds`` with ``epoch_steps`` sweeps per update (an update
+    costs about 1 + sweeps sweeps, which matters under ``--steps-schedule``); capped by ``--epochs``."""
+    remaining = args.time_budget - elapsed
+    cap = args.epochs or 10**5
+    if not args.steps_schedule:
+        more = math.floor(max(0.0, remaining) / max(epoch_seconds, 1e-9))
+        return max(epochs_done, min(epochs_done + more, cap))
+    unit = epoch_seconds / (1 + epoch_steps)
+
+    def fits(planned):
+        return sum(unit * (1 + gibbs_steps(args, e, planned)) for e in range(epochs_done, planned)) <= remaining
+
+    if not fits(epochs_done + 1):
+        return epochs_done
+    lo, hi = epochs_done + 1, epochs_done + 2  # the largest plan that fits: double, then bisect
+    while hi <= cap and fits(hi):
+        lo, hi = hi, 2 * hi
+    hi = min(hi, cap + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def new_average(dbm: DBM) -> DBM:
+    avg = DBM(dbm.layer_sizes, centered=False, name="dbm_avg").to(dbm.weight_0)
+    with torch.no_grad():
+        for p in avg.parameters():
+            p.zero_()
+    return avg
+
+
+@torch.no_grad()
+def accumulate(avg: DBM, dbm: DBM, count: int) -> None:
+    """Fold the current uncentered weights and biases of ``dbm`` into the running mean of ``count - 1`` iterates."""
+    p = dbm.params()
+    for l, w in enumerate(p.weights):
+        getattr(avg, f"weight_{l}").add_(w.detach() - getattr(avg, f"weight_{l}"), alpha=1.0 / count)
+    for l, b in enumerate(p.biases):
+        getattr(avg, f"bias_{l}").add_(b.detach() - getattr(avg, f"bias_{l}"), alpha=1.0 / count)
+
+
+class StepHook:
+    """Wraps an SVI object: ``step`` runs ``svi.step`` and then ``after_step()`` (train() only calls ``step``).
+    Times the process's first step (set-up, warm-up), which the epoch-time estimate of the plan leaves out."""
+
+    def __init__(self, svi, after_step):
+        self.svi, self.after_step = svi, after_step
+        self.first_step_seconds = None
+
+    def step(self, *args, **kwargs):
+        t0 = time.perf_counter() if self.first_step_seconds is None else None
+        loss = self.svi.step(*args, **kwargs)
+        if t0 is not None:
+            self.first_step_seconds = time.perf_counter() - t0
+        self.after_step()
+        return loss
+
+
+def typical_epoch_seconds(seconds: float, hook: StepHook, first_epoch: bool, steps_per_epoch: int) -> float:
+    """An epoch's time without the warm-up of the process's first step (for planning only)."""
+    if not first_epoch or steps_per_epoch < 2 or hook.first_step_seconds is None:
+        return seconds
+    return (seconds - hook.first_step_seconds) * steps_per_epoch / (steps_per_epoch - 1)
+
+
+def float32_state(module) -> dict:
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+def is_checkpoint(saved) -> bool:
+    return isinstance(saved, dict) and {"modules", "optim", "rng"} <= set(saved)
+
+
+def score(model, label, args, train_x, test_x, common, extra, chains=None):
+    t0 = time.perf_counter()
+    ais = ais_log_partition(model, args.ais_chains, args.ais_betas, data=train_x, progress=args.progress)
+    ais_seconds = time.perf_counter() - t0
+    ll = average_log_likelihood(model, test_x, ais.log_z)
+    lo, hi = ais.interval(3.0)
+    record = dict(
+        **common,
+        event="score",
+        model=label,
+        split=args.split,
+        log_z=round(ais.log_z, 3),
+        log_z_stderr=round(ais.stderr, 4),
+        log_likelihood_bound=round(ll, 3),
+        log_likelihood_bound_3sd=[round(ll - (hi - ais.log_z), 3), round(ll + (ais.log_z - lo), 3)],
+        train_log_likelihood_bound=round(average_log_likelihood(model, train_x[:10000], ais.log_z), 3),
+    )
+    if chains is not None:
+        rev = reverse_ais_log_partition(model, chains.states(), args.ais_betas, data=train_x)
+        record.update(
+            reverse_ais_log_z=round(rev.log_z, 3),
+            reverse_ais_log_likelihood_bound=round(average_log_likelihood(model, test_x, rev.log_z), 3),
+        )
+    emit(**record, **extra, ais_seconds=round(ais_seconds, 1), ais_betas=args.ais_betas, ais_chains=args.ais_chains)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    pyro.clear_param_store()
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     train_x = load_binarized_mnist(args.data, "train").to(device)
@@ -71,76 +241,122 @@ def main():
 
     dbm = DBM(sizes, centered=not args.no_center, name="dbm").to(device)
     dbm.init_from_data(train_x)
-    pretrain_seconds = train_seconds = 0.0
+    avg = None
+    run = dict(epoch=0, planned=args.epochs or 10**9, updates=0, averaged=0, pretrain_seconds=0.0, train_seconds=0.0)
     if args.load:
         saved = torch.load(args.load, map_location=device, weights_only=False)
         dbm.load_state_dict(saved["dbm"])
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
         chains.load_state_dict(saved["chains"])
+        if saved.get("avg") is not None:
+            avg = new_average(dbm)
+            avg.load_state_dict(saved["avg"])
+        run.update(saved.get("run", {"epoch": saved["config"].get("epochs"), "planned": saved["config"].get("epochs")}))
         emit(**common, event="loaded", path=args.load, config=saved["config"])
     else:
-        if args.resume:
-            saved = torch.load(args.resume, map_location=device, weights_only=False)
-            dbm.load_state_dict(saved["dbm"])
-            chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
-            chains.load_state_dict(saved["chains"])
-            dbm.log_z = None
-            emit(**common, event="resumed", path=args.resume, config=saved["config"])
-        else:
-            t0 = time.perf_counter()
-            dbm.pretrain(
-                train_x, args.pretrain_epochs, lr=args.pretrain_lr, batch_size=args.batch_size, progress=args.progress
-            )
-            pretrain_seconds = time.perf_counter() - t0
-            emit(**common, event="pretrained", seconds=round(pretrain_seconds, 1))
-            init = train_x[torch.randperm(n, device=device)[: args.chains]]
-            chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
-        # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
-        optim_args = {"lr": args.lr, "weight_decay": args.weight_decay * n}
-        gamma = (args.final_lr / args.lr) ** (1 / max(1, args.epochs - 1))
-        optim = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": optim_args, "gamma": gamma})
-
-        def model(batch):
-            with pyro.plate("data", n, subsample=batch):
-                pyro.sample("x", dbm.distribution(chains, mean_field_iters=args.mean_field_iters), obs=batch)
-
-        svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
-        t0 = time.perf_counter()
-
-        def log(epoch, loss):
-            optim.step()  # learning-rate decay, once per epoch
-            emit(**common, event="epoch", epoch=epoch, loss=round(loss, 3), seconds=round(time.perf_counter() - t0, 1))
-            if args.save:
-                torch.save({"dbm": dbm.state_dict(), "chains": chains.state_dict(), "config": vars(args)}, args.save)
-
-        train(svi, train_x, epochs=args.epochs, batch_size=args.batch_size, progress=args.progress, callback=log)
-        train_seconds = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    ais = ais_log_partition(dbm, args.ais_chains, args.ais_betas, data=train_x, progress=args.progress)
-    ais_seconds = time.perf_counter() - t0
-    ll = average_log_likelihood(dbm, test_x, ais.log_z)
-    lo, hi = ais.interval(3.0)
-    train_ll = average_log_likelihood(dbm, train_x[:10000], ais.log_z)
-    rev = reverse_ais_log_partition(dbm, chains.states(), args.ais_betas, data=train_x)
-    emit(
-        **common,
-        event="score",
-        split=args.split,
-        epochs=args.epochs,
-        log_z=round(ais.log_z, 3),
-        log_z_stderr=round(ais.stderr, 4),
-        log_likelihood_bound=round(ll, 3),
-        log_likelihood_bound_3sd=[round(ll - (hi - ais.log_z), 3), round(ll + (ais.log_z - lo), 3)],
-        train_log_likelihood_bound=round(train_ll, 3),
-        reverse_ais_log_z=round(rev.log_z, 3),
-        reverse_ais_log_likelihood_bound=round(average_log_likelihood(dbm, test_x, rev.log_z), 3),
-        pretrain_seconds=round(pretrain_seconds, 1),
-        train_seconds=round(train_seconds, 1),
-        ais_seconds=round(ais_seconds, 1),
-        ais_betas=args.ais_betas,
-        ais_chains=args.ais_chains,
+        avg, run, chains = train_dbm(args, dbm, train_x, n, common, run)
+    if args.no_score:
+        return dbm, chains, avg, run
+    extra = dict(
+        epochs=run["epoch"],
+        planned_epochs=run["planned"],
+        pretrain_seconds=round(run["pretrain_seconds"], 1),
+        train_seconds=round(run["train_seconds"], 1),
+        time_budget=args.time_budget,
     )
+    score(dbm, "raw", args, train_x, test_x, common, extra, chains=chains)
+    if avg is not None and run.get("averaged", 1) > 0:
+        score(avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")})
+    return dbm, chains, avg, run
+
+
+def train_dbm(args, dbm, train_x, n, common, run):
+    device = train_x.device
+    steps_per_epoch = math.ceil(n / args.batch_size)
+    # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
+    optim = Adam({"lr": args.lr, "weight_decay": args.weight_decay * n})
+    avg = new_average(dbm) if args.average_from is not None else None
+    saved = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
+    if saved is not None and is_checkpoint(saved):  # exact continuation
+        chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
+        modules = {"dbm": dbm, "chains": chains} | ({"avg": avg} if avg is not None else {})
+        run.update(load_checkpoint(args.resume, modules, optim, map_location=device)["run"])
+        if args.time_budget is None:
+            run["planned"] = args.epochs
+        emit(**common, event="resumed", path=args.resume, epoch=run["epoch"], planned_epochs=run["planned"])
+    elif saved is not None:  # a --save file: its DBM and chains, a fresh optimizer and schedule
+        dbm.load_state_dict(saved["dbm"])
+        chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
+        chains.load_state_dict(saved["chains"])
+        dbm.log_z = None
+        emit(**common, event="resumed", path=args.resume, config=saved["config"])
+    else:
+        t0 = time.perf_counter()
+        dbm.pretrain(
+            train_x, args.pretrain_epochs, lr=args.pretrain_lr, batch_size=args.batch_size, progress=args.progress
+        )
+        run["pretrain_seconds"] = time.perf_counter() - t0
+        emit(**common, event="pretrained", seconds=round(run["pretrain_seconds"], 1))
+        init = train_x[torch.randperm(n, device=device)[: args.chains]]
+        chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
+    modules = {"dbm": dbm, "chains": chains} | ({"avg": avg} if avg is not None else {})
+
+    def model(batch):
+        with pyro.plate("data", n, subsample=batch):
+            pyro.sample("x", dbm.distribution(chains, mean_field_iters=args.mean_field_iters), obs=batch)
+
+    svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
+
+    def after_step():
+        run["updates"] += 1
+        if avg is None:
+            return
+        if run["updates"] > args.average_from * run["planned"] * steps_per_epoch:
+            run["averaged"] += 1
+            accumulate(avg, dbm, run["averaged"])  # the first iterate (count 1) overwrites the average
+        else:  # not (or no longer, after a longer plan) in the window: start afresh when it comes
+            run["averaged"] = 0
+
+    stepper = StepHook(svi, after_step)
+    first_epoch = True
+    while run["epoch"] < run["planned"] and (args.stop_after is None or run["epoch"] < args.stop_after):
+        epoch, planned = run["epoch"], run["planned"]
+        lr = learning_rate(args, epoch, planned)
+        optim.set_lr(lr)
+        chains.steps = gibbs_steps(args, epoch, planned)
+        t0 = time.perf_counter()
+        (loss,) = train(stepper, train_x, epochs=1, batch_size=args.batch_size, progress=args.progress)
+        seconds = time.perf_counter() - t0
+        run.update(epoch=epoch + 1, train_seconds=run["train_seconds"] + seconds)
+        if args.time_budget is not None:
+            elapsed = run["pretrain_seconds"] + run["train_seconds"]
+            over = elapsed >= args.time_budget
+            typical = typical_epoch_seconds(seconds, stepper, first_epoch, steps_per_epoch)
+            run["planned"] = run["epoch"] if over else replan(args, run["epoch"], elapsed, typical, chains.steps)
+        first_epoch = False
+        emit(
+            **common,
+            event="epoch",
+            epoch=epoch,
+            planned_epochs=run["planned"],
+            lr=lr,
+            steps=chains.steps,
+            loss=round(loss, 3),
+            averaged=run["averaged"],
+            seconds=round(run["train_seconds"], 1),
+        )
+        if args.checkpoint:
+            save_checkpoint(args.checkpoint, modules, optim, run=dict(run), config=vars(args))
+        if args.save:
+            state = {
+                "dbm": float32_state(dbm),
+                "chains": float32_state(chains),
+                "avg": None if avg is None else float32_state(avg),
+                "config": vars(args),
+                "run": dict(run),
+            }
+            torch.save(state, args.save)
+    return avg, run, chains
 
 
 if __name__ == "__main__":

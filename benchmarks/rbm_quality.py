@@ -1,137 +1,475 @@
 """Quality: a 500-hidden Bernoulli RBM trained by SML through SVI, scored by AIS on a held-out split.
 
-Training: centered RBM (offsets at the data mean and a running hidden mean), persistent chains,
-Adam (or SGD with momentum) with an exponentially decaying rate (``pyro.optim.ExponentialLR``,
-stepped once per epoch) and weight decay, all through an unmodified
-``pyro.infer.SVI`` with ``Trace_ELBO``. Scoring: AIS (Salakhutdinov & Murray schedule, 14,500
-betas, 100 runs, base-rate initial model fitted to the training data), then the average
-log-likelihood of the chosen split with the +-3 sd interval, and reverse AIS from the chains.
+Training: centered RBM (offsets at the data mean and a running hidden mean), persistent chains (or
+parallel tempering), Adam (or SGD with momentum) with weight decay and a learning rate decaying,
+once per epoch, from ``--lr`` to ``--final-lr`` over the planned epochs (exponentially or linearly),
+all through an unmodified ``pyro.infer.SVI`` with ``Trace_ELBO``. Optionally the number of Gibbs
+sweeps per update grows over training, and the iterates are averaged (Polyak averaging of the
+uncentered natural parameters W, b, c) into a second, non-centered RBM. Scoring: AIS (Salakhutdinov &
+Murray schedule, 14,500 betas, 100 runs, base-rate initial model fitted to the training data), then
+the average log-likelihood of the chosen split with the +-3 sd interval, and reverse AIS from the
+chains; the averaged model, when there is one, is scored the same way (without reverse AIS).
 
     python benchmarks/rbm_quality.py --data ../shared/data/binarized_mnist.npz --epochs 170 --save rbm500.pt
+    python benchmarks/rbm_quality.py --data ../shared/data/binarized_mnist.npz --time-budget 1800 \\
+        --average-from 0.5 --checkpoint rbm500.ckpt --save rbm500.pt
+    python benchmarks/rbm_quality.py --data ../shared/data/binarized_mnist.npz --time-budget 1800 \\
+        --average-from 0.5 --checkpoint rbm500.ckpt --resume rbm500.ckpt --save rbm500.pt   # after a kill
     python benchmarks/rbm_quality.py --data ../shared/data/binarized_mnist.npz --load rbm500.pt --split valid
+    PYTHONPATH=/path/to/rbms python benchmarks/rbm_quality.py --data ... --peer rbms --time-budget 1800
 
-Prints one JSON line per epoch (``--log-every``) and one per score.
+Options beyond the model and optimizer settings:
+
+* ``--time-budget S``: seconds of training (AIS excluded). At the end of every epoch the planned
+  number of epochs is set to the epochs done plus as many as the remaining budget allows at the last
+  epoch's speed (``--epochs``, when given, caps it), so that the learning-rate decay to ``--final-lr``,
+  the sweep schedule and the averaging window follow the budget (the epoch time excludes the warm-up of
+  the first SVI step; under ``--steps-schedule`` an update is costed as 1 + sweeps sweeps);
+  training also stops at the end of the epoch in which the budget is exceeded.
+* ``--schedule {exponential,linear}``: the learning rate of epoch e is ``lr (final/lr)^(e/(P-1))`` or
+  ``lr + (final - lr) e/(P-1)`` with P the planned epochs.
+* ``--steps-schedule START END``: Gibbs sweeps per update rising linearly (rounded) from START in the
+  first epoch to END in the last planned one (replaces ``--steps``).
+* ``--parallel-tempering K``: K replicas (betas ``--pt-spacing`` linear from 0 or geometric from
+  ``--pt-min-beta``, on the path from the data's base-rate model) instead of persistent chains.
+* ``--average-from F``: average the iterates from fraction F of the planned updates on (0.5: the last
+  half); the running mean of the uncentered (W, b, c) is updated after every SVI step (and restarts
+  if a longer plan moves the window's start past the current update).
+* ``--checkpoint PATH``: an atomic checkpoint (``dgm_ppl.save_checkpoint``) at the end of every epoch:
+  the RBM, the chains, the averaged RBM, the optimizer state (with its current learning rate), the
+  RNG states, the epoch and update counters, the planned epochs, the training seconds and the config.
+  ``--resume PATH`` continues such a run exactly (give the same options): E epochs in one run, or k
+  epochs then a resumed run to E, end with the same parameters and chains, bit for bit. The learning
+  rate schedule is a closed form of (epoch, planned epochs), so there is no scheduler state to keep.
+  ``--stop-after K`` stops after epoch K of the plan (as if killed there).
+* ``--save PATH`` writes the state dicts (float32) of the RBM, chains and averaged RBM and the config;
+  ``--load PATH`` scores such a file (both models), on ``--split``. ``--no-score`` skips AIS.
+* ``--peer rbms``: train the ``rbms`` package's Bernoulli-Bernoulli RBM (centered PCD, SGD on the
+  normalized gradient, constant ``--peer-lr``) with the same data, hidden units, batch size, chains,
+  sweeps and budget, copy it into a non-centered dgm_ppl ``BernoulliRBM`` (free energies checked to
+  1e-4) and score it with the same AIS (``model="rbms"``).
+
+Prints one JSON line per epoch and one per score (``model`` = ``raw``, ``averaged`` or ``rbms``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
+import sys
 import time
+from types import SimpleNamespace
 
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
+from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import (
     BernoulliRBM,
+    ParallelTempering,
     PersistentChains,
     ais_log_partition,
     average_log_likelihood,
     reverse_ais_log_partition,
 )
 from dgm_ppl.infer import train
+from dgm_ppl.optim import SGD, Adam
 
 
 def emit(**record):
     print(json.dumps(record), flush=True)
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help=".npz with 'train' and the scored split (N x 784, binary)")
     ap.add_argument("--split", default="valid")
     ap.add_argument("--hidden", type=int, default=500)
-    ap.add_argument("--epochs", type=int, default=170)
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="epochs (default 170); with --time-budget a cap (default none)"
+    )
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--chains", type=int, default=100)
     ap.add_argument("--steps", type=int, default=1, help="Gibbs sweeps per update (PCD-k)")
+    ap.add_argument(
+        "--steps-schedule", type=int, nargs=2, metavar=("START", "END"), help="sweeps rising linearly over training"
+    )
+    ap.add_argument("--parallel-tempering", type=int, default=0, metavar="K", help="K tempered replicas (K >= 2)")
+    ap.add_argument("--pt-spacing", choices=["linear", "geometric"], default="linear")
+    ap.add_argument("--pt-min-beta", type=float, default=None, help="lowest beta (default 0; geometric: 0.05)")
     ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     ap.add_argument("--momentum", type=float, default=0.9, help="for --optimizer sgd")
     ap.add_argument("--lr", type=float, default=3e-3, help="per datum for sgd")
     ap.add_argument("--final-lr", type=float, default=1e-5)
+    ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
     ap.add_argument("--weight-decay", type=float, default=1e-5, help="per datum (L2 on all parameters)")
     ap.add_argument("--no-center", action="store_true")
+    ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
+    ap.add_argument("--checkpoint", help="write a checkpoint here at the end of every epoch")
+    ap.add_argument("--resume", help="continue exactly from a checkpoint written by --checkpoint")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="stop after K epochs of the plan")
     ap.add_argument("--ais-chains", type=int, default=100)
     ap.add_argument("--ais-betas", type=int, default=14500)
+    ap.add_argument("--no-score", action="store_true", help="skip the AIS scoring")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--save", help="write the trained RBM and its chains here")
-    ap.add_argument("--load", help="score a saved RBM instead of training")
+    ap.add_argument("--save", help="write the trained RBM, its chains, the averaged RBM and the config here")
+    ap.add_argument("--load", help="score a saved RBM (and its averaged RBM) instead of training")
+    ap.add_argument("--peer", choices=["rbms"], help="train and score a peer library's RBM instead")
+    ap.add_argument("--peer-lr", type=float, default=0.01, help="rbms: SGD step on the normalized gradient")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    train_x = load_binarized_mnist(args.data, "train").to(device)
-    test_x = load_binarized_mnist(args.data, args.split).to(device)
+    args = ap.parse_args(argv)
+    if args.epochs is None and args.time_budget is None:
+        args.epochs = 170
+    if args.parallel_tempering == 1 or args.parallel_tempering < 0:
+        ap.error("--parallel-tempering needs K >= 2 replicas")
+    if args.average_from is not None and not 0 <= args.average_from < 1:
+        ap.error("--average-from must be in [0, 1)")
+    if args.steps_schedule and min(args.steps_schedule) < 1:
+        ap.error("--steps-schedule needs positive sweep counts")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ schedules
+def learning_rate(args, epoch: int, planned: int) -> float:
+    """The learning rate of ``epoch`` (0-based) of ``planned``: ``--lr`` at the first, ``--final-lr`` at the last."""
+    t = min(1.0, epoch / max(1, planned - 1))
+    if args.schedule == "linear":
+        return args.lr + (args.final_lr - args.lr) * t
+    return args.lr * (args.final_lr / args.lr) ** t
+
+
+def gibbs_steps(args, epoch: int, planned: int) -> int:
+    if not args.steps_schedule:
+        return args.steps
+    start, end = args.steps_schedule
+    t = min(1.0, epoch / max(1, planned - 1))
+    return max(1, round(start + (end - start) * t))
+
+
+def replan(args, epochs_done: int, elapsed: float, epoch_seconds: float, epoch_steps: int) -> int:
+    """Planned epochs under ``--time-budget``: those done plus as many as fit in the remaining budget, at
+    the speed of an epoch that took ``epoch_seconds`` with ``epoch_steps`` sweeps per update (an update
+    costs about 1 + sweeps sweeps, which matters under ``--steps-schedule``); capped by ``--epochs``."""
+    remaining = args.time_budget - elapsed
+    cap = args.epochs or 10**5
+    if not args.steps_schedule:
+        more = math.floor(max(0.0, remaining) / max(epoch_seconds, 1e-9))
+        return max(epochs_done, min(epochs_done + more, cap))
+    unit = epoch_seconds / (1 + epoch_steps)
+
+    def fits(planned):
+        return sum(unit * (1 + gibbs_steps(args, e, planned)) for e in range(epochs_done, planned)) <= remaining
+
+    if not fits(epochs_done + 1):
+        return epochs_done
+    lo, hi = epochs_done + 1, epochs_done + 2  # the largest plan that fits: double, then bisect
+    while hi <= cap and fits(hi):
+        lo, hi = hi, 2 * hi
+    hi = min(hi, cap + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+# ------------------------------------------------------------------------------------------------ models
+def make_chains(rbm, args, train_x, config=None):
+    """PersistentChains, or ParallelTempering with ``--parallel-tempering`` (settings from ``config`` if given)."""
+    cfg = config or vars(args)
     n = train_x.shape[0]
-    common = dict(benchmark="rbm_quality", hidden=args.hidden, device=str(device), threads=torch.get_num_threads())
-
-    rbm = BernoulliRBM(784, args.hidden, centered=not args.no_center, name="rbm").to(device)
-    rbm.init_from_data(train_x)
-    init = train_x[torch.randperm(n, device=device)[: args.chains]]
-    chains = PersistentChains(rbm, num_chains=args.chains, steps=args.steps, init=init)
-    train_seconds = 0.0
-    if args.load:
-        saved = torch.load(args.load, map_location=device, weights_only=False)
-        rbm.load_state_dict(saved["rbm"])
-        chains.load_state_dict(saved["chains"])
-        emit(**common, event="loaded", path=args.load, config=saved["config"])
+    init = train_x[torch.randperm(n, device=train_x.device)[: cfg["chains"]]]
+    k = cfg.get("parallel_tempering") or 0
+    if not k:
+        return PersistentChains(rbm, num_chains=cfg["chains"], steps=cfg.get("steps", 1), init=init)
+    spacing, lo = cfg.get("pt_spacing", "linear"), cfg.get("pt_min_beta")
+    if spacing == "geometric":
+        lo = 0.05 if lo is None else lo
+        if lo <= 0:
+            raise SystemExit("--pt-spacing geometric needs --pt-min-beta > 0")
+        betas = torch.logspace(math.log10(lo), 0.0, k)
     else:
-        # The SVI gradient is N times the per-datum one: scale the per-datum settings accordingly.
-        if args.optimizer == "adam":
-            optim_args = {"lr": args.lr, "weight_decay": args.weight_decay * n}
-            optimizer = torch.optim.Adam
-        else:
-            optim_args = {"lr": args.lr / n, "momentum": args.momentum, "weight_decay": args.weight_decay * n}
-            optimizer = torch.optim.SGD
-        gamma = (args.final_lr / args.lr) ** (1 / max(1, args.epochs - 1))
-        optim = pyro.optim.ExponentialLR({"optimizer": optimizer, "optim_args": optim_args, "gamma": gamma})
+        betas = torch.linspace(0.0 if lo is None else lo, 1.0, k)
+    betas[-1] = 1.0
+    base = rbm.base_rate(train_x).detach()
+    chains = ParallelTempering(rbm, num_chains=cfg["chains"], steps=cfg.get("steps", 1), betas=betas, base=base)
+    with torch.no_grad():  # start every replica at data, as the persistent chains are
+        chains.state.copy_(init.expand(k, -1, -1))
+    return chains
 
-        def model(batch):
-            with pyro.plate("data", n, subsample=batch):
-                pyro.sample("x", rbm.distribution(chains), obs=batch)
 
-        svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
-        t0 = time.perf_counter()
+def new_average(rbm) -> BernoulliRBM:
+    avg = BernoulliRBM(rbm.n_visible, rbm.n_hidden, centered=False, name="rbm_avg").to(rbm.weight)
+    with torch.no_grad():
+        for p in avg.parameters():
+            p.zero_()
+    return avg
 
-        def log(epoch, loss):
-            optim.step()  # learning-rate decay, once per epoch
-            emit(**common, event="epoch", epoch=epoch, seconds=round(time.perf_counter() - t0, 1))
 
-        train(svi, train_x, epochs=args.epochs, batch_size=args.batch_size, progress=args.progress, callback=log)
-        train_seconds = time.perf_counter() - t0
-        if args.save:
-            torch.save({"rbm": rbm.state_dict(), "chains": chains.state_dict(), "config": vars(args)}, args.save)
+@torch.no_grad()
+def accumulate(avg: BernoulliRBM, rbm: BernoulliRBM, count: int) -> None:
+    """Fold the current uncentered (W, b, c) of ``rbm`` into the running mean of ``count - 1`` iterates."""
+    p = rbm.params()
+    for dst, src in ((avg.weight, p.weight), (avg.visible_bias, p.visible_bias), (avg.hidden_bias, p.hidden_bias)):
+        dst.add_(src.detach() - dst, alpha=1.0 / count)
 
+
+class StepHook:
+    """Wraps an SVI object: ``step`` runs ``svi.step`` and then ``after_step()`` (train() only calls ``step``).
+    Times the process's first step (set-up, warm-up), which the epoch-time estimate of the plan leaves out."""
+
+    def __init__(self, svi, after_step):
+        self.svi, self.after_step = svi, after_step
+        self.first_step_seconds = None
+
+    def step(self, *args, **kwargs):
+        t0 = time.perf_counter() if self.first_step_seconds is None else None
+        loss = self.svi.step(*args, **kwargs)
+        if t0 is not None:
+            self.first_step_seconds = time.perf_counter() - t0
+        self.after_step()
+        return loss
+
+
+def typical_epoch_seconds(seconds: float, hook: StepHook, first_epoch: bool, steps_per_epoch: int) -> float:
+    """An epoch's time without the warm-up of the process's first step (for planning only)."""
+    if not first_epoch or steps_per_epoch < 2 or hook.first_step_seconds is None:
+        return seconds
+    return (seconds - hook.first_step_seconds) * steps_per_epoch / (steps_per_epoch - 1)
+
+
+def float32_state(module) -> dict:
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def score(model, label, args, train_x, test_x, common, extra, chains=None):
     t0 = time.perf_counter()
-    ais = ais_log_partition(rbm, args.ais_chains, args.ais_betas, data=train_x, progress=args.progress)
+    ais = ais_log_partition(model, args.ais_chains, args.ais_betas, data=train_x, progress=args.progress)
     ais_seconds = time.perf_counter() - t0
-    ll = average_log_likelihood(rbm, test_x, ais.log_z)
+    ll = average_log_likelihood(model, test_x, ais.log_z)
     lo, hi = ais.interval(3.0)
-    train_ll = average_log_likelihood(rbm, train_x, ais.log_z)
-    rev = reverse_ais_log_partition(rbm, chains.state, args.ais_betas, data=train_x)
-    emit(
+    record = dict(
         **common,
         event="score",
+        model=label,
         split=args.split,
-        epochs=args.epochs,
         log_z=round(ais.log_z, 3),
         log_z_stderr=round(ais.stderr, 4),
         log_likelihood=round(ll, 3),
         log_likelihood_3sd=[round(ll - (hi - ais.log_z), 3), round(ll + (ais.log_z - lo), 3)],
-        train_log_likelihood=round(train_ll, 3),
-        reverse_ais_log_z=round(rev.log_z, 3),
-        reverse_ais_log_likelihood=round(average_log_likelihood(rbm, test_x, rev.log_z), 3),
-        train_seconds=round(train_seconds, 1),
-        ais_seconds=round(ais_seconds, 1),
-        ais_betas=args.ais_betas,
-        ais_chains=args.ais_chains,
+        train_log_likelihood=round(average_log_likelihood(model, train_x, ais.log_z), 3),
     )
+    if chains is not None:
+        rev = reverse_ais_log_partition(model, chains.initial_samples(chains.num_chains), args.ais_betas, data=train_x)
+        record.update(
+            reverse_ais_log_z=round(rev.log_z, 3),
+            reverse_ais_log_likelihood=round(average_log_likelihood(model, test_x, rev.log_z), 3),
+        )
+    emit(**record, **extra, ais_seconds=round(ais_seconds, 1), ais_betas=args.ais_betas, ais_chains=args.ais_chains)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train_dgm(args, rbm, chains, train_x, common):
+    """Train ``rbm`` in place; returns the averaged RBM (or None) and the run's counters."""
+    n = train_x.shape[0]
+    steps_per_epoch = math.ceil(n / args.batch_size)
+    # The SVI gradient is N times the per-datum one: scale the per-datum settings accordingly.
+    if args.optimizer == "adam":
+        optim = Adam({"lr": args.lr, "weight_decay": args.weight_decay * n})
+    else:
+        optim = SGD({"lr": args.lr / n, "momentum": args.momentum, "weight_decay": args.weight_decay * n})
+    lr_scale = 1.0 if args.optimizer == "adam" else 1.0 / n
+    avg = new_average(rbm) if args.average_from is not None else None
+    # Under a time budget without --epochs the plan is made at the end of the first epoch.
+    run = dict(epoch=0, planned=args.epochs or 10**9, updates=0, averaged=0, train_seconds=0.0, last_epoch_seconds=None)
+    modules = {"rbm": rbm, "chains": chains} | ({"avg": avg} if avg is not None else {})
+    if args.resume:
+        saved = load_checkpoint(args.resume, modules, optim, map_location=train_x.device)
+        run.update(saved["run"])
+        if args.time_budget is None:
+            run["planned"] = args.epochs
+        emit(**common, event="resumed", path=args.resume, epoch=run["epoch"], planned_epochs=run["planned"])
+
+    def model(batch):
+        with pyro.plate("data", n, subsample=batch):
+            pyro.sample("x", rbm.distribution(chains), obs=batch)
+
+    svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
+
+    def after_step():
+        run["updates"] += 1
+        if avg is None:
+            return
+        if run["updates"] > args.average_from * run["planned"] * steps_per_epoch:
+            run["averaged"] += 1
+            accumulate(avg, rbm, run["averaged"])  # the first iterate (count 1) overwrites the average
+        else:  # not (or no longer, after a longer plan) in the window: start afresh when it comes
+            run["averaged"] = 0
+
+    stepper = StepHook(svi, after_step)
+    first_epoch = True
+    while run["epoch"] < run["planned"] and (args.stop_after is None or run["epoch"] < args.stop_after):
+        epoch, planned = run["epoch"], run["planned"]
+        lr = learning_rate(args, epoch, planned)
+        optim.set_lr(lr * lr_scale)
+        chains.steps = gibbs_steps(args, epoch, planned)
+        t0 = time.perf_counter()
+        (loss,) = train(stepper, train_x, epochs=1, batch_size=args.batch_size, progress=args.progress)
+        seconds = time.perf_counter() - t0
+        run.update(epoch=epoch + 1, train_seconds=run["train_seconds"] + seconds, last_epoch_seconds=seconds)
+        if args.time_budget is not None:
+            if run["train_seconds"] >= args.time_budget:
+                run["planned"] = run["epoch"]
+            else:
+                typical = typical_epoch_seconds(seconds, stepper, first_epoch, steps_per_epoch)
+                run["planned"] = replan(args, run["epoch"], run["train_seconds"], typical, chains.steps)
+        first_epoch = False
+        emit(
+            **common,
+            event="epoch",
+            epoch=epoch,
+            planned_epochs=run["planned"],
+            lr=lr,
+            steps=chains.steps,
+            averaged=run["averaged"],
+            seconds=round(run["train_seconds"], 1),
+        )
+        if args.checkpoint:
+            save_checkpoint(args.checkpoint, modules, optim, run=dict(run), config=vars(args))
+    return avg, run
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pyro.clear_param_store()
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    train_x = load_binarized_mnist(args.data, "train").to(device)
+    test_x = load_binarized_mnist(args.data, args.split).to(device)
+    common = dict(benchmark="rbm_quality", hidden=args.hidden, device=str(device), threads=torch.get_num_threads())
+    if args.peer:
+        return run_peer(args, train_x, test_x, common)
+
+    config = vars(args)
+    if args.load:
+        saved = torch.load(args.load, map_location=device, weights_only=False)
+        config = {**config, **saved["config"]}
+        common["hidden"] = config["hidden"]
+    rbm = BernoulliRBM(784, config["hidden"], centered=not config["no_center"], name="rbm").to(device)
+    rbm.init_from_data(train_x)
+    chains = make_chains(rbm, args, train_x, config)
+    avg = None
+    run = dict(epoch=config.get("epochs"), planned=config.get("epochs"), train_seconds=0.0)
+    if args.load:
+        rbm.load_state_dict(saved["rbm"])
+        if saved.get("chains") is not None:
+            chains.load_state_dict(saved["chains"])
+        else:  # a --peer file: no chains, no reverse AIS
+            chains = None
+        if saved.get("avg") is not None:
+            avg = new_average(rbm)
+            avg.load_state_dict(saved["avg"])
+        run.update(saved.get("run", {}))
+        emit(**common, event="loaded", path=args.load, config=saved["config"])
+    else:
+        avg, run = train_dgm(args, rbm, chains, train_x, common)
+        if args.save:
+            state = {
+                "rbm": float32_state(rbm),
+                "chains": float32_state(chains),
+                "avg": None if avg is None else float32_state(avg),
+                "config": config,
+                "run": run,
+            }
+            torch.save(state, args.save)
+    if args.no_score:
+        return rbm, chains, avg, run
+    extra = dict(
+        epochs=run["epoch"],
+        planned_epochs=run["planned"],
+        train_seconds=round(run["train_seconds"], 1),
+        time_budget=args.time_budget,
+    )
+    score(rbm, config.get("peer") or "raw", args, train_x, test_x, common, extra, chains=chains)
+    if avg is not None and run.get("averaged", 1) > 0:
+        score(avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")})
+    return rbm, chains, avg, run
+
+
+# ------------------------------------------------------------------------------------------------ peer
+def run_peer(args, train_x, test_x, common):
+    """Train the ``rbms`` package's Bernoulli-Bernoulli RBM (its centered PCD gradient and normalized SGD
+    step), then score a dgm_ppl copy of it with dgm_ppl's AIS."""
+    try:
+        from rbms.bernoulli_bernoulli.classes import BBRBM
+    except ImportError as e:
+        sys.exit(f"--peer rbms: the 'rbms' package is not importable ({e}); install it or put it on PYTHONPATH")
+    n, dtype = train_x.shape[0], train_x.dtype
+    planned = args.epochs or 1
+    params = BBRBM.init_parameters(args.hidden, SimpleNamespace(data=train_x), train_x.device, dtype)
+    params.init_grad()
+    chains = params.init_chains(args.chains)
+    optimizer = torch.optim.SGD(params.parameters(), lr=args.peer_lr, maximize=True)
+    ones = torch.ones(args.batch_size, device=train_x.device, dtype=dtype)
+    epoch, elapsed = 0, 0.0
+    while epoch < planned:
+        steps = gibbs_steps(args, epoch, planned)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            order = torch.randperm(n, device=train_x.device)
+            for i in range(0, n, args.batch_size):
+                batch = train_x[order[i : i + args.batch_size]]
+                data = params.init_chains(batch.shape[0], weights=ones[: batch.shape[0]], start_v=batch)
+                chains = params.sample_state(chains, n_steps=steps)
+                optimizer.zero_grad(set_to_none=False)
+                params.compute_gradient(data, chains, centered=not args.no_center)
+                params.normalize_grad()
+                optimizer.step()
+        seconds = time.perf_counter() - t0
+        epoch, elapsed = epoch + 1, elapsed + seconds
+        if args.time_budget is not None:
+            planned = epoch if elapsed >= args.time_budget else replan(args, epoch, elapsed, seconds, steps)
+        emit(**common, event="epoch", model="rbms", epoch=epoch - 1, planned_epochs=planned, seconds=round(elapsed, 1))
+
+    # rbms: E(v, h) = -v.vbias - h.hbias - v^T W h with W of shape (visible, hidden): dgm_ppl's convention.
+    rbm = BernoulliRBM(784, args.hidden, centered=False, name="rbm_peer").to(train_x.device)
+    with torch.no_grad():
+        rbm.weight.copy_(params.weight_matrix)
+        rbm.visible_bias.copy_(params.vbias)
+        rbm.hidden_bias.copy_(params.hbias)
+    check_peer_copy(params, rbm, train_x[:10])
+    if args.save:
+        config = {**vars(args), "no_center": True, "parallel_tempering": 0}  # the copy is a plain RBM
+        run = dict(epoch=epoch, planned=planned, train_seconds=elapsed)
+        torch.save({"rbm": float32_state(rbm), "chains": None, "config": config, "run": run}, args.save)
+    if not args.no_score:
+        extra = dict(epochs=epoch, planned_epochs=planned, train_seconds=round(elapsed, 1))
+        extra["time_budget"] = args.time_budget
+        score(rbm, "rbms", args, train_x, test_x, common, extra)
+    return rbm, params
+
+
+def check_peer_copy(params, rbm, v, tol=1e-4):
+    """The free energy of the copy against one computed from the peer's parameters in float64 (softplus in
+    full), and against the peer's own ``compute_energy_visibles`` (which cuts softplus(x) to x above 10)."""
+    ours = copy.deepcopy(rbm).double().free_energy(v.double()).detach()
+    w, b, c = (t.detach().double() for t in (params.weight_matrix, params.vbias, params.hbias))
+    vd = v.double()
+    reference = -(vd @ b) - torch.nn.functional.softplus(c + vd @ w).sum(-1)
+    theirs = params.compute_energy_visibles(v).double()
+    gap = float((ours - reference).abs().max())
+    if gap > tol:
+        raise RuntimeError(f"the copied RBM's free energies differ from the peer's parameters' by {gap:.3g}")
+    emit(event="peer_copy_check", max_abs_diff=gap, max_abs_diff_peer_energy=float((ours - theirs).abs().max()))
 
 
 if __name__ == "__main__":

@@ -281,6 +281,27 @@ class MultiTensorOptim(PyroOptim):
         store = pyro.get_param_store()
         return {store.param_name(p): slot.state_dict() for p, slot in self.optim_objs.items()}
 
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter: those already stepped, those whose loaded state (a resumed
+        checkpoint) waits for their first step, and those still to come. A schedule written as a function of the
+        epoch can then call it at the start of each epoch, with nothing to save beyond the epoch counter.
+
+        :param lr: the new rate, finite and non-negative.
+        :raises ValueError: for a rate that is not, or with per-parameter (callable) ``optim_args``.
+        """
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
+        if callable(self.pt_optim_args) and not isinstance(self.pt_optim_args, dict):
+            raise ValueError("set_lr sets one rate for all parameters; with per-parameter optim_args set the groups'")
+        self.pt_optim_args = {**self.pt_optim_args, "lr": lr}
+        for state in self._state_waiting_to_be_consumed.values():
+            inner = state["optimizer"] if set(state) == {"scheduler", "optimizer"} else state
+            for group in inner.get("param_groups", ()):
+                group["lr"] = lr
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
     def set_state(self, state_dict: dict) -> None:
         """Load states from :meth:`get_state` (of this class or of :mod:`pyro.optim`): now for the parameters this
         optimizer has seen, at their first step for the others."""

@@ -182,6 +182,51 @@ def test_checkpoints_resume_bit_for_bit_across_both_optimizers(tmp_path, writer,
     assert_params(params(), expected)
 
 
+def test_set_lr_reaches_stepped_pending_and_future_parameters(tmp_path):
+    """A per-epoch schedule by ``set_lr``: the rate reaches the built optimizer, the state a resumed checkpoint holds
+    for its first step, and parameters that appear later; the trajectory equals the torch optimizer's with the same
+    rates, and a resumed run equals the uninterrupted one."""
+    lrs, todo = [0.05, 0.05, 0.04, 0.02, 0.01, 0.01], batches(6)
+
+    def steps(svi, opt, part, lrs):
+        for xy, lr in zip(part, lrs):
+            opt.set_lr(lr)
+            svi.step(xy)
+
+    pyro.clear_param_store()
+    net, model, _ = make(use_extra=lambda step: step >= 3)  # "extra" joins after the first rate change
+    opt = dopt.Adam({"lr": 1.0})
+    svi = SVI(model, lambda xy: None, opt, Trace_ELBO())
+    steps(svi, opt, todo[:3], lrs[:3])
+    save_checkpoint(tmp_path / "ck.pt", {"net": net}, opt)
+    steps(svi, opt, todo[3:], lrs[3:])
+    expected = params()
+    assert all(g["lr"] == 0.01 for g in opt.optimizer.param_groups)
+
+    pyro.clear_param_store()  # by hand: pyro.optim.Adam with the rates set on each parameter's optimizer
+    net, model, _ = make(use_extra=lambda step: step >= 3)
+    ref = pyro.optim.Adam(lambda module, name: {"lr": lrs[state["i"]]})
+    state = {"i": 0}
+    svi = SVI(model, lambda xy: None, ref, Trace_ELBO())
+    for i, xy in enumerate(todo):
+        state["i"] = i
+        for obj in ref.optim_objs.values():
+            for group in obj.param_groups:
+                group["lr"] = lrs[i]
+        svi.step(xy)
+    assert_params(params(), expected)
+
+    pyro.clear_param_store()  # resumed: the loaded state carries lr 0.04, replaced before its first step
+    net, model, _ = make(use_extra=lambda step: step >= 0, seed=5)
+    opt = dopt.Adam({"lr": 1.0})
+    svi = SVI(model, lambda xy: None, opt, Trace_ELBO())
+    load_checkpoint(tmp_path / "ck.pt", {"net": net}, opt)
+    steps(svi, opt, todo[3:], lrs[3:])
+    assert_params(params(), expected)
+    with pytest.raises(ValueError, match="finite"):
+        opt.set_lr(float("nan"))
+
+
 def test_bad_options_are_refused():
     for lr in (math.nan, math.inf, -1.0, "fast"):
         with pytest.raises(ValueError, match="lr"):

@@ -1,0 +1,201 @@
+"""The quality benchmarks' training options: exact resumption from per-epoch checkpoints, the time budget,
+iterate averaging, save/load and the rbms peer, on a tiny random binary data set."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rbm_quality():
+    return _script("rbm_quality")
+
+
+@pytest.fixture(scope="module")
+def dbm_quality():
+    return _script("dbm_quality")
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    means = rng.uniform(0.05, 0.95, size=(3, 784))  # a mixture of three factorial patterns
+    pick = rng.integers(0, 3, size=260)
+    x = (rng.uniform(size=(260, 784)) < means[pick]).astype(np.uint8)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, train=x[:200], valid=x[200:])
+    return str(path)
+
+
+RBM_ARGS = ["--hidden", "16", "--batch-size", "50", "--chains", "20", "--threads", "1", "--no-score"]
+DBM_ARGS = ["--layers", "12", "8", "--pretrain-epochs", "1", "--batch-size", "50", "--chains", "20", "--threads", "1"]
+
+
+def _checkpoint(path):
+    return torch.load(path, weights_only=False)
+
+
+def _assert_same_run(a, b):
+    """Two checkpoints with bit-identical modules (parameters, offsets, chains, average) and optimizer states."""
+    a, b = _checkpoint(a), _checkpoint(b)
+    assert a["modules"].keys() == b["modules"].keys()
+    for name in a["modules"]:
+        sa, sb = a["modules"][name], b["modules"][name]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if torch.is_tensor(sa[key]):
+                assert torch.equal(sa[key], sb[key]), f"{name}.{key} differs"
+    assert a["optim"].keys() == b["optim"].keys()
+    for name in a["optim"]:
+        ga, gb = a["optim"][name], b["optim"][name]
+        assert ga["param_groups"] == gb["param_groups"]
+        for key, value in ga["state"][0].items():
+            assert torch.equal(value, gb["state"][0][key]), f"optimizer {name}.{key} differs"
+    ra, rb = a["extra"]["run"], b["extra"]["run"]
+    for key in ("epoch", "planned", "updates", "averaged"):
+        assert ra[key] == rb[key], key
+
+
+def _records(capsys):
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_rbm_resume_is_exact(rbm_quality, data, tmp_path):
+    """3 epochs in one run == 1 epoch, stopped, then resumed to 3: averaging, sweep schedule, linear rate."""
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "3", "--average-from", "0.2", "--steps-schedule", "1", "3"]
+    opts += ["--schedule", "linear"]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    _, _, avg, run = rbm_quality.main([*opts, "--checkpoint", full])
+    assert run["epoch"] == 3 and run["updates"] == 12 and run["averaged"] == 10  # steps 3..12 of 12
+    rbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    assert _checkpoint(part)["extra"]["run"]["epoch"] == 1
+    rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+    assert not torch.equal(avg.weight, torch.zeros_like(avg.weight))
+
+
+def test_rbm_resume_to_more_epochs(rbm_quality, data, tmp_path):
+    """A 1-epoch run resumed with --epochs 3 equals a 3-epoch run (rate re-planned from the epoch counter)."""
+    opts = [*RBM_ARGS, "--data", data, "--optimizer", "sgd", "--lr", "0.05"]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    rbm_quality.main([*opts, "--epochs", "3", "--checkpoint", full])
+    rbm_quality.main([*opts, "--epochs", "1", "--checkpoint", part])
+    rbm_quality.main([*opts, "--epochs", "3", "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+
+
+def test_rbm_parallel_tempering_resume(rbm_quality, data, tmp_path):
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "2", "--parallel-tempering", "3", "--pt-spacing", "geometric"]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    _, chains, _, _ = rbm_quality.main([*opts, "--checkpoint", full])
+    assert type(chains).__name__ == "ParallelTempering" and chains.state.shape == (3, 20, 784)
+    assert float(chains.betas[0]) == pytest.approx(0.05) and float(chains.betas[-1]) == 1.0
+    rbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+
+
+def test_rbm_time_budget_stops_and_records(rbm_quality, data, capsys):
+    rbm_quality.main([*RBM_ARGS, "--data", data, "--time-budget", "1e-6"])
+    epochs = [r for r in _records(capsys) if r["event"] == "epoch"]
+    assert len(epochs) == 1 and epochs[0]["planned_epochs"] == 1
+
+
+def test_rbm_time_budget_plans_epochs(rbm_quality, data, capsys):
+    _, _, _, run = rbm_quality.main([*RBM_ARGS, "--data", data, "--time-budget", "60", "--epochs", "4"])
+    assert run["epoch"] == run["planned"] == 4  # --epochs caps the plan the budget would allow
+    rates = [r["lr"] for r in _records(capsys) if r["event"] == "epoch"]
+    assert rates[0] == 3e-3 and rates[-1] == pytest.approx(1e-5)
+
+
+def test_rbm_save_load_scores_raw_and_averaged(rbm_quality, data, tmp_path, capsys):
+    saved = str(tmp_path / "rbm.pt")
+    opts = ["--hidden", "16", "--batch-size", "50", "--chains", "20", "--threads", "1", "--data", data]
+    score = ["--ais-betas", "50", "--ais-chains", "8"]
+    rbm, _, avg, _ = rbm_quality.main([*opts, "--epochs", "2", "--average-from", "0.5", "--save", saved, *score])
+    trained = [r for r in _records(capsys) if r["event"] == "score"]
+    assert [r["model"] for r in trained] == ["raw", "averaged"]
+    assert trained[0]["epochs"] == 2 and "train_seconds" in trained[0]
+    state = torch.load(saved, weights_only=False)
+    assert {"rbm", "chains", "avg", "config"} <= set(state)
+    assert all(v.dtype == torch.float32 for v in state["rbm"].values() if torch.is_tensor(v) and v.is_floating_point())
+    loaded, _, loaded_avg, _ = rbm_quality.main(["--data", data, "--load", saved, "--threads", "1", *score])
+    assert torch.equal(loaded.weight, rbm.weight) and torch.equal(loaded_avg.weight, avg.weight)
+    rescored = [r for r in _records(capsys) if r["event"] == "score"]
+    assert [r["model"] for r in rescored] == ["raw", "averaged"]
+    assert rescored[1]["log_likelihood"] == pytest.approx(trained[1]["log_likelihood"], abs=1.0)
+
+
+def test_dbm_resume_is_exact(dbm_quality, data, tmp_path):
+    opts = [*DBM_ARGS, "--data", data, "--epochs", "3", "--average-from", "0.3", "--no-score"]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    _, _, avg, run = dbm_quality.main([*opts, "--checkpoint", full])
+    assert run["averaged"] == 9 and avg is not None
+    dbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    dbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+
+
+def test_dbm_resume_from_saved_file_trains_further(dbm_quality, data, tmp_path, capsys):
+    """--resume with a --save file keeps its former meaning: that DBM and chains, a fresh optimizer."""
+    saved = str(tmp_path / "dbm.pt")
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "1", "--save", saved, "--no-score"])
+    before = torch.load(saved, weights_only=False)["dbm"]["weight_0"]
+    dbm, _, _, run = dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "1", "--resume", saved, "--no-score"])
+    assert not any(r["event"] == "pretrained" for r in _records(capsys)[1:])
+    assert run["epoch"] == 1 and not torch.equal(dbm.weight_0.detach(), before)
+
+
+def test_rbms_peer(rbm_quality, data, tmp_path, capsys):
+    pytest.importorskip("rbms")
+    saved = str(tmp_path / "peer.pt")
+    opts = ["--data", data, "--peer", "rbms", "--hidden", "16", "--batch-size", "50", "--chains", "20"]
+    score = ["--threads", "1", "--ais-betas", "50", "--ais-chains", "8"]
+    rbm, params = rbm_quality.main([*opts, "--epochs", "2", "--save", saved, *score])
+    assert torch.equal(rbm.weight.detach(), params.weight_matrix)
+    records = _records(capsys)
+    assert any(r["event"] == "peer_copy_check" and r["max_abs_diff"] < 1e-4 for r in records)
+    assert [r["model"] for r in records if r["event"] == "score"] == ["rbms"]
+    loaded, chains, _, _ = rbm_quality.main(["--data", data, "--load", saved, *score])
+    assert chains is None and not loaded.centered and torch.equal(loaded.weight, rbm.weight)
+    assert [r["model"] for r in _records(capsys) if r["event"] == "score"] == ["rbms"]
+
+
+def test_rbm_load_old_save_format(rbm_quality, data, tmp_path):
+    """Files written before the averaged model and counters existed still load."""
+    saved = str(tmp_path / "rbm.pt")
+    rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "1", "--save", saved])
+    state = torch.load(saved, weights_only=False)
+    old = {"rbm": state["rbm"], "chains": state["chains"], "config": {"hidden": 16, "no_center": False, "chains": 20}}
+    torch.save(old, saved)
+    rbm, _, avg, _ = rbm_quality.main(["--data", data, "--load", saved, "--threads", "1", "--no-score"])
+    assert avg is None and torch.equal(rbm.weight, state["rbm"]["weight"])
+
+
+def test_replan_fits_the_budget(rbm_quality):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(time_budget=100.0, epochs=None, steps_schedule=None, steps=1)
+    assert rbm_quality.replan(args, 1, 10.0, 9.0, 1) == 11  # 1 done + floor(90 / 9)
+    assert rbm_quality.replan(SimpleNamespace(**{**vars(args), "epochs": 5}), 1, 10.0, 9.0, 1) == 5
+    assert rbm_quality.replan(args, 1, 95.0, 9.0, 1) == 1  # no further epoch fits
+    args.steps_schedule = [1, 9]  # epochs get dearer: an epoch at 1 sweep costs 2 units of 1 s
+    planned = rbm_quality.replan(args, 1, 10.0, 2.0, 1)
+    cost = sum(1 + rbm_quality.gibbs_steps(args, e, planned) for e in range(1, planned))
+    more = sum(1 + rbm_quality.gibbs_steps(args, e, planned + 1) for e in range(1, planned + 1))
+    assert cost <= 90 < more
