@@ -49,17 +49,30 @@ from tqdm.auto import tqdm
 from dgm_ppl.datasets import grid_of_gaussians, ring_of_gaussians
 from dgm_ppl.evaluation.modes import mode_coverage
 from dgm_ppl.infer import GANLoss, MMDLoss
+from dgm_ppl.infer.gan import _d_loss
 from dgm_ppl.kernels import RBFMixture
 
 DATASETS = {"ring": ring_of_gaussians, "grid": grid_of_gaussians}
 LOSSES = ("gan", "pacgan", "wgan_gp", "mmd")
 # Per-loss defaults (tuned on seed 0 with short runs): generator / discriminator learning rates, Adam betas,
-# discriminator steps per generator step, batch size (samples) and generator steps.
+# discriminator steps per generator step, batch size (samples) and generator steps, the GAN kind, the R1
+# penalty's γ, PacGAN's m, the networks and the learning-rate schedule. The command-line options override them.
+SMALL = dict(latent=2, g_hidden=128, g_layers=3, d_hidden=128, d_layers=2, schedule="exp", final_lr_factor=0.1)
+GAN = dict(kind="nonsaturating", r1=0.0, packing=1)
 DEFAULTS = {
-    "gan": dict(g_lr=1e-3, d_lr=1e-3, betas=(0.5, 0.999), d_steps=1, batch_size=256, steps=3500),
-    "pacgan": dict(g_lr=1e-3, d_lr=1e-3, betas=(0.5, 0.999), d_steps=1, batch_size=1024, steps=3000),
-    "wgan_gp": dict(g_lr=5e-4, d_lr=5e-4, betas=(0.5, 0.9), d_steps=5, batch_size=256, steps=1000),
-    "mmd": dict(g_lr=1e-2, d_lr=None, betas=(0.5, 0.999), d_steps=None, batch_size=128, steps=3500),
+    "gan": dict(SMALL, **GAN, g_lr=1e-3, d_lr=1e-3, betas=(0.5, 0.999), d_steps=1, batch_size=256, steps=3500),
+    "pacgan": dict(
+        SMALL,
+        **dict(GAN, packing=4),
+        g_lr=1e-3,
+        d_lr=1e-3,
+        betas=(0.5, 0.999),
+        d_steps=1,
+        batch_size=1024,
+        steps=3000,
+    ),  # fmt: skip
+    "wgan_gp": dict(SMALL, g_lr=5e-4, d_lr=5e-4, betas=(0.5, 0.9), d_steps=5, batch_size=256, steps=1000),
+    "mmd": dict(SMALL, g_lr=1e-2, d_lr=None, betas=(0.5, 0.999), d_steps=None, batch_size=128, steps=3500),
 }
 BANDWIDTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -94,18 +107,37 @@ class Critic(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+class R1GANLoss(GANLoss):
+    """``GANLoss`` plus Mescheder et al.'s (2018) R1 penalty :math:`\\tfrac\\gamma2 \\|\\nabla D(x)\\|^2` on the
+    real (packed) inputs, added to the discriminator loss (a subclass here: ``GANLoss`` has no R1 option)."""
+
+    def __init__(self, *args, r1=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.r1 = float(r1)
+
+    def discriminator_loss(self, real, fake, context):
+        if not self.r1:
+            return super().discriminator_loss(real, fake, context)
+        real = [r.detach().requires_grad_(True) for r in real]
+        d_real = self.discriminator(*real, *context).reshape(len(real[0]))
+        d_fake = self.discriminator(*fake, *context).reshape(len(fake[0]))
+        grads = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+        penalty = sum(g.reshape(len(g), -1).pow(2).sum(-1) for g in grads).mean()
+        return _d_loss(self.kind, d_real, d_fake) + 0.5 * self.r1 * penalty, penalty
+
+
 def make_loss(name, args, hp):
     if name == "mmd":
         return MMDLoss(RBFMixture(args.bandwidths))
-    packing = args.packing if name == "pacgan" else 1
-    d = Critic(2 * packing, args.d_hidden, args.d_layers)
+    packing = hp.get("packing", 1)
+    d = Critic(2 * packing, hp["d_hidden"], hp["d_layers"])
     d_optim = torch.optim.Adam(d.parameters(), lr=hp["d_lr"], betas=hp["betas"])
     if name == "wgan_gp":
         return GANLoss(
             d, kind="wasserstein", d_optim=d_optim, d_steps=hp["d_steps"], gradient_penalty=10.0,
             one_sided=not args.two_sided,
         )  # fmt: skip
-    return GANLoss(d, kind="nonsaturating", d_optim=d_optim, d_steps=hp["d_steps"], packing=packing)
+    return R1GANLoss(d, kind=hp["kind"], d_optim=d_optim, d_steps=hp["d_steps"], packing=packing, r1=hp["r1"])
 
 
 @torch.no_grad()
@@ -122,17 +154,39 @@ def draw(G, n, zdim, train_mode=False):
     return samples
 
 
-def run(dataset, name, seed, args, progress):
+def lr_factor(schedule, final, steps):
+    """The learning-rate multiplier at each step: ``exp`` decays geometrically to ``final``, ``linear`` and
+    ``cosine`` run from 1 to ``final`` over the planned steps, ``constant`` stays at 1."""
+    if schedule == "exp":
+        return lambda t: final ** (min(t, steps) / steps)
+    if schedule == "linear":
+        return lambda t: 1 - (1 - final) * min(t, steps) / steps
+    if schedule == "cosine":
+        return lambda t: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))
+    return lambda t: 1.0
+
+
+HP_KEYS = ("g_lr", "d_lr", "betas", "d_steps", "batch_size", "steps", "kind", "r1", "packing", "latent")
+HP_KEYS += ("g_hidden", "g_layers", "d_hidden", "d_layers", "schedule", "final_lr_factor")
+
+
+def hyperparameters(name, args):
     hp = dict(DEFAULTS[name])
-    for key in ("g_lr", "d_lr", "d_steps", "batch_size", "steps"):
-        if getattr(args, key) is not None and (key not in ("d_lr", "d_steps") or name != "mmd"):
-            hp[key] = getattr(args, key)
+    for key in HP_KEYS:
+        value = getattr(args, key)
+        if value is not None and key in hp and hp[key] is not None:
+            hp[key] = tuple(value) if key == "betas" else value
+    return hp
+
+
+def run(dataset, name, seed, args, progress):
+    hp = hyperparameters(name, args)
     steps, bs = hp["steps"], hp["batch_size"]
     pyro.clear_param_store()
     torch.manual_seed(seed)
     data = DATASETS[dataset](args.train_size, generator=torch.Generator().manual_seed(10_000 + seed))
-    n, zdim = len(data), args.latent
-    G = mlp([zdim] + [args.g_hidden] * args.g_layers + [2], nn.ReLU, batch_norm=not args.no_batch_norm)
+    n, zdim = len(data), hp["latent"]
+    G = mlp([zdim] + [hp["g_hidden"]] * hp["g_layers"] + [2], nn.ReLU, batch_norm=not args.no_batch_norm)
     loss = make_loss(name, args, hp)
 
     def model(x):
@@ -144,22 +198,27 @@ def run(dataset, name, seed, args, progress):
     def guide(x):
         pass
 
-    gamma = args.final_lr_factor ** (1 / steps)
+    factor = lr_factor(hp["schedule"], hp["final_lr_factor"], steps)
     optim_args = {"lr": hp["g_lr"], "betas": hp["betas"]}
-    optim = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": optim_args, "gamma": gamma})
+    optim = pyro.optim.LambdaLR({"optimizer": torch.optim.Adam, "optim_args": optim_args, "lr_lambda": factor})
     svi = SVI(model, guide, optim, loss)
     d_sched = None
     if isinstance(loss, GANLoss):
-        d_sched = torch.optim.lr_scheduler.ExponentialLR(loss.d_optim, gamma=gamma)
+        d_sched = torch.optim.lr_scheduler.LambdaLR(loss.d_optim, factor)
 
     bar = tqdm(total=steps, disable=not progress, desc=f"{dataset}/{name}/{seed}", mininterval=1.0, leave=False)
     t0 = time.perf_counter()
     order, pos = torch.randperm(n), 0
+    stopped_early, done = False, 0
     for step in range(steps):
+        if args.time_budget is not None and time.perf_counter() - t0 > args.time_budget:
+            stopped_early = True
+            break
         if pos + bs > n:
             order, pos = torch.randperm(n), 0
         value = svi.step(data[order[pos : pos + bs]])
         pos += bs
+        done = step + 1
         optim.step()  # the learning-rate schedules
         if d_sched is not None:
             d_sched.step()
@@ -168,14 +227,14 @@ def run(dataset, name, seed, args, progress):
         bar.update()
         if step % 100 == 0:
             bar.set_postfix(loss=f"{value:.4g}")
-        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < steps:
-            s = mode_coverage(draw(G, args.samples, zdim), dataset)
-            emit(dict(event="progress", dataset=dataset, loss=name, seed=seed, step=step + 1, modes=s.modes,
+        if args.eval_every and done % args.eval_every == 0 and done < steps:
+            s = mode_coverage(draw(G, args.samples, zdim, args.bn_train_mode), dataset)
+            emit(dict(event="progress", dataset=dataset, loss=name, seed=seed, step=done, modes=s.modes,
                       high_quality=round(s.high_quality, 4), reverse_kl=round(s.reverse_kl, 4),
                       s=round(time.perf_counter() - t0, 1)))  # fmt: skip
     bar.close()
     train_s = time.perf_counter() - t0
-    score = mode_coverage(draw(G, args.samples, zdim), dataset)
+    score = mode_coverage(draw(G, args.samples, zdim, args.bn_train_mode), dataset)
     return dict(
         benchmark="gan_modes",
         dataset=dataset,
@@ -187,6 +246,9 @@ def run(dataset, name, seed, args, progress):
         reverse_kl=round(score.reverse_kl, 4),
         wall_s=round(time.perf_counter() - t0, 2),
         train_s=round(train_s, 2),
+        steps_done=done,
+        steps_per_s=round(done / train_s, 1) if train_s > 0 else 0.0,
+        stopped_early=stopped_early,
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in hp.items()},
     )
 
@@ -201,22 +263,28 @@ def main():
     ap.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (first-seed, first-seed + 1, ...)")
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, help="generator steps per run (default: per loss)")
-    ap.add_argument("--batch-size", type=int, help="samples per step (default: per loss)")
-    ap.add_argument("--g-lr", type=float, help="override the per-loss generator learning rate")
-    ap.add_argument("--d-lr", type=float, help="override the per-loss discriminator learning rate")
-    ap.add_argument("--d-steps", type=int, help="override the per-loss discriminator steps")
-    ap.add_argument("--final-lr-factor", type=float, default=0.1, help="both rates decay to this fraction")
+    ap.add_argument("--steps", type=int, help="generator steps per run (planned: the schedule runs over them)")
+    ap.add_argument("--time-budget", type=float, help="seconds per run: stop training once a run has taken longer")
+    ap.add_argument("--batch-size", type=int, help="samples per step")
+    ap.add_argument("--g-lr", type=float, help="the generator's initial learning rate")
+    ap.add_argument("--d-lr", type=float, help="the discriminator's initial learning rate")
+    ap.add_argument("--betas", type=float, nargs=2, help="Adam's betas (both networks)")
+    ap.add_argument("--d-steps", type=int, help="discriminator steps per generator step")
+    ap.add_argument("--schedule", choices=("exp", "linear", "cosine", "constant"), help="learning-rate schedule")
+    ap.add_argument("--final-lr-factor", type=float, help="both rates decay to this fraction of the initial one")
+    ap.add_argument("--kind", choices=("nonsaturating", "minimax", "hinge", "least_squares"), help="GAN kind")
+    ap.add_argument("--r1", type=float, help="γ of the R1 penalty on real data (gan, pacgan)")
+    ap.add_argument("--packing", type=int, help="PacGAN's m (gan, pacgan)")
+    ap.add_argument("--latent", type=int, help="latent dimension")
+    ap.add_argument("--g-hidden", type=int, help="generator width")
+    ap.add_argument("--g-layers", type=int, help="generator hidden layers")
+    ap.add_argument("--d-hidden", type=int, help="discriminator width")
+    ap.add_argument("--d-layers", type=int, help="discriminator hidden layers")
     ap.add_argument("--train-size", type=int, default=100_000)
     ap.add_argument("--samples", type=int, default=2500, help="samples scored per run")
-    ap.add_argument("--latent", type=int, default=2)
-    ap.add_argument("--g-hidden", type=int, default=128)
-    ap.add_argument("--g-layers", type=int, default=3)
-    ap.add_argument("--d-hidden", type=int, default=128)
-    ap.add_argument("--d-layers", type=int, default=2)
     ap.add_argument("--no-batch-norm", action="store_true", help="no batch norm in the generator")
+    ap.add_argument("--bn-train-mode", action="store_true", help="draw the scored samples with batch statistics")
     ap.add_argument("--two-sided", action="store_true", help="two-sided gradient penalty for wgan_gp (WGAN-GP)")
-    ap.add_argument("--packing", type=int, default=4, help="PacGAN's m for pacgan")
     ap.add_argument("--bandwidths", type=float, nargs="+", default=list(BANDWIDTHS), help="RBF σ's for mmd")
     ap.add_argument("--eval-every", type=int, default=0, help="also score the samples every this many steps")
     ap.add_argument("--threads", type=int, default=1)
@@ -240,6 +308,8 @@ def main():
                     summary[key], summary[key + "_std"] = mean_std([r[key] for r in runs])
                 summary["num_modes"] = runs[0]["num_modes"]
                 summary["steps"] = runs[0]["steps"]
+                summary["steps_per_s"] = round(statistics.fmean(r["steps_per_s"] for r in runs), 1)
+                summary["stopped_early"] = sum(r["stopped_early"] for r in runs)
                 # runs reaching the target: every mode covered and ≥ 95% high-quality samples
                 summary["on_target"] = sum(r["modes"] == r["num_modes"] and r["high_quality"] >= 0.95 for r in runs)
                 emit(summary, out)

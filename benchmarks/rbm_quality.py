@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import time
@@ -64,6 +63,7 @@ from types import SimpleNamespace
 
 import pyro
 import torch
+from _training import StepHook, emit, float32_state, gibbs_steps, learning_rate, replan, typical_epoch_seconds
 from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl import load_checkpoint, save_checkpoint
@@ -78,10 +78,6 @@ from dgm_ppl.energy import (
 )
 from dgm_ppl.infer import train
 from dgm_ppl.optim import SGD, Adam
-
-
-def emit(**record):
-    print(json.dumps(record), flush=True)
 
 
 def parse_args(argv=None):
@@ -137,46 +133,6 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------------ schedules
-def learning_rate(args, epoch: int, planned: int) -> float:
-    """The learning rate of ``epoch`` (0-based) of ``planned``: ``--lr`` at the first, ``--final-lr`` at the last."""
-    t = min(1.0, epoch / max(1, planned - 1))
-    if args.schedule == "linear":
-        return args.lr + (args.final_lr - args.lr) * t
-    return args.lr * (args.final_lr / args.lr) ** t
-
-
-def gibbs_steps(args, epoch: int, planned: int) -> int:
-    if not args.steps_schedule:
-        return args.steps
-    start, end = args.steps_schedule
-    t = min(1.0, epoch / max(1, planned - 1))
-    return max(1, round(start + (end - start) * t))
-
-
-def replan(args, epochs_done: int, elapsed: float, epoch_seconds: float, epoch_steps: int) -> int:
-    """Planned epochs under ``--time-budget``: those done plus as many as fit in the remaining budget, at
-    the speed of an epoch that took ``epoch_seconds`` with ``epoch_steps`` sweeps per update (an update
-    costs about 1 + sweeps sweeps, which matters under ``--steps-schedule``); capped by ``--epochs``."""
-    remaining = args.time_budget - elapsed
-    cap = args.epochs or 10**5
-    if not args.steps_schedule:
-        more = math.floor(max(0.0, remaining) / max(epoch_seconds, 1e-9))
-        return max(epochs_done, min(epochs_done + more, cap))
-    unit = epoch_seconds / (1 + epoch_steps)
-
-    def fits(planned):
-        return sum(unit * (1 + gibbs_steps(args, e, planned)) for e in range(epochs_done, planned)) <= remaining
-
-    if not fits(epochs_done + 1):
-        return epochs_done
-    lo, hi = epochs_done + 1, epochs_done + 2  # the largest plan that fits: double, then bisect
-    while hi <= cap and fits(hi):
-        lo, hi = hi, 2 * hi
-    hi = min(hi, cap + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -218,34 +174,6 @@ def accumulate(avg: BernoulliRBM, rbm: BernoulliRBM, count: int) -> None:
     p = rbm.params()
     for dst, src in ((avg.weight, p.weight), (avg.visible_bias, p.visible_bias), (avg.hidden_bias, p.hidden_bias)):
         dst.add_(src.detach() - dst, alpha=1.0 / count)
-
-
-class StepHook:
-    """Wraps an SVI object: ``step`` runs ``svi.step`` and then ``after_step()`` (train() only calls ``step``).
-    Times the process's first step (set-up, warm-up), which the epoch-time estimate of the plan leaves out."""
-
-    def __init__(self, svi, after_step):
-        self.svi, self.after_step = svi, after_step
-        self.first_step_seconds = None
-
-    def step(self, *args, **kwargs):
-        t0 = time.perf_counter() if self.first_step_seconds is None else None
-        loss = self.svi.step(*args, **kwargs)
-        if t0 is not None:
-            self.first_step_seconds = time.perf_counter() - t0
-        self.after_step()
-        return loss
-
-
-def typical_epoch_seconds(seconds: float, hook: StepHook, first_epoch: bool, steps_per_epoch: int) -> float:
-    """An epoch's time without the warm-up of the process's first step (for planning only)."""
-    if not first_epoch or steps_per_epoch < 2 or hook.first_step_seconds is None:
-        return seconds
-    return (seconds - hook.first_step_seconds) * steps_per_epoch / (steps_per_epoch - 1)
-
-
-def float32_state(module) -> dict:
-    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------------------ scoring

@@ -176,10 +176,8 @@ def main():
         t0 = time.perf_counter()
         order = torch.randperm(n)
         total = 0.0
+        optim.set_lr(lr)
         for i in range(0, n, b):
-            if optim.optimizer is not None:
-                for group in optim.optimizer.param_groups:
-                    group["lr"] = lr
             loss = svi.step(train_x[order[i : i + b]], num_data=n)
             if not math.isfinite(loss):
                 raise RuntimeError(f"the loss became {loss} at epoch {epoch}, step {i // b}: diverged")

@@ -1,0 +1,47 @@
+"""Smoke test of benchmarks/gan_modes.py: every loss runs a few steps and prints valid JSON lines."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gan_modes.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gan_modes_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(monkeypatch, capsys, *argv):
+    module = load_script()
+    monkeypatch.setattr(sys, "argv", ["gan_modes.py", *argv])
+    module.main()
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def test_gan_modes_smoke(monkeypatch, capsys):
+    common = ["--no-progress", "--threads", "1", "--steps", "5", "--samples", "100", "--train-size", "1000"]
+    records = run_main(monkeypatch, capsys, *common, "--seeds", "1", "--eval-every", "2")
+    assert records[0]["event"] == "config"
+    runs = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    summaries = [r for r in records if r.get("event") == "summary"]
+    module = load_script()
+    assert len(runs) == len(module.DATASETS) * len(module.LOSSES)
+    assert {(s["dataset"], s["loss"]) for s in summaries} == {(d, n) for d in module.DATASETS for n in module.LOSSES}
+    for r in runs:
+        assert r["steps_done"] == 5 and not r["stopped_early"]
+        assert 0 <= r["modes"] <= r["num_modes"] and 0 <= r["high_quality"] <= 1
+    for s in summaries:
+        assert s["runs"] == 1 and 0 <= s["on_target"] <= 1
+    assert any(r.get("event") == "progress" for r in records)
+
+
+def test_gan_modes_time_budget(monkeypatch, capsys):
+    args = ["--no-progress", "--steps", "1000", "--samples", "100", "--train-size", "1000", "--time-budget", "0"]
+    records = run_main(monkeypatch, capsys, *args, "--seeds", "1", "--datasets", "ring", "--losses", "gan", "mmd")
+    runs = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert len(runs) == 2
+    assert all(r["stopped_early"] and r["steps_done"] < 1000 for r in runs)
