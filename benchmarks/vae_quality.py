@@ -107,7 +107,7 @@ def score(vae, guide, x: torch.Tensor, args, common: dict, label: str) -> None:
     )
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help=".npz with 'train' and the scored split (N x 784, binary)")
     ap.add_argument("--split", default="valid")
@@ -128,12 +128,13 @@ def main():
     ap.add_argument("--eval-samples", type=int, default=5000, help="importance samples per image")
     ap.add_argument("--checkpoint", help="write a resumable checkpoint here after every epoch")
     ap.add_argument("--resume", help="continue the run saved in this checkpoint")
+    ap.add_argument("--stop-after", type=int, help="stop after this many epochs (as if killed there)")
     ap.add_argument("--save", help="write the trained (or best) model here")
     ap.add_argument("--load", help="score a model written by --save instead of training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
@@ -154,7 +155,7 @@ def main():
         guide.load_state_dict(saved["guide"])
         emit(**common, event="loaded", path=args.load, config=saved["config"], epochs=saved["epochs"])
         score(vae, guide, test_x, args, common, "loaded")
-        return
+        return vae, guide, saved
 
     vae, guide = build(args, train_x[:b], n)
     optim = Adam({"lr": args.lr})
@@ -170,6 +171,8 @@ def main():
     while state["epoch"] < state["planned"]:
         if args.time_budget is not None and state["seconds"] >= args.time_budget:
             break
+        if args.stop_after is not None and state["epoch"] >= args.stop_after:
+            return vae, guide, state
         epoch = state["epoch"]
         frac = epoch / max(1, state["planned"] - 1)
         lr = args.lr * (args.final_lr / args.lr) ** frac
@@ -214,6 +217,7 @@ def main():
             args.save,
         )  # fmt: skip
     score(vae, guide, test_x, args, common, "best" if args.keep_best else "last")
+    return vae, guide, state
 
 
 if __name__ == "__main__":
