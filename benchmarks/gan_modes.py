@@ -42,6 +42,7 @@ import time
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.infer import SVI
 from torch import nn
 from tqdm.auto import tqdm
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 from dgm_ppl.datasets import grid_of_gaussians, ring_of_gaussians
 from dgm_ppl.evaluation.modes import mode_coverage
 from dgm_ppl.infer import GANLoss, MMDLoss
-from dgm_ppl.infer.gan import _d_loss
+from dgm_ppl.infer.comparison import discriminator_loss
 from dgm_ppl.kernels import RBFMixture
 
 DATASETS = {"ring": ring_of_gaussians, "grid": grid_of_gaussians}
@@ -60,7 +61,18 @@ LOSSES = ("gan", "pacgan", "wgan_gp", "mmd")
 SMALL = dict(latent=2, g_hidden=128, g_layers=3, d_hidden=128, d_layers=2, schedule="exp", final_lr_factor=0.1)
 GAN = dict(kind="nonsaturating", r1=0.0, packing=1)
 DEFAULTS = {
-    "gan": dict(SMALL, **GAN, g_lr=1e-3, d_lr=1e-3, betas=(0.5, 0.999), d_steps=1, batch_size=256, steps=3500),
+    "gan": dict(
+        SMALL,
+        **GAN,
+        g_lr=1e-3,
+        d_lr=1e-3,
+        betas=(0.5, 0.999),
+        d_steps=1,
+        batch_size=256,
+        steps=12_000,
+        schedule="linear",
+        final_lr_factor=0.01,
+    ),
     "pacgan": dict(
         SMALL,
         **dict(GAN, packing=4),
@@ -70,7 +82,7 @@ DEFAULTS = {
         d_steps=1,
         batch_size=1024,
         steps=3000,
-    ),  # fmt: skip
+    ),
     "wgan_gp": dict(SMALL, g_lr=5e-4, d_lr=5e-4, betas=(0.5, 0.9), d_steps=5, batch_size=256, steps=1000),
     "mmd": dict(SMALL, g_lr=1e-2, d_lr=None, betas=(0.5, 0.999), d_steps=None, batch_size=128, steps=3500),
 }
@@ -107,6 +119,15 @@ class Critic(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+def d_loss(kind, real, fake):
+    """The discriminator loss of ``GANLoss`` (its docstring's table) on real and fake logits."""
+    if kind in ("minimax", "nonsaturating"):
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())  # least_squares
+
+
 class R1GANLoss(GANLoss):
     """``GANLoss`` plus Mescheder et al.'s (2018) R1 penalty :math:`\\tfrac\\gamma2 \\|\\nabla D(x)\\|^2` on the
     real (packed) inputs, added to the discriminator loss (a subclass here: ``GANLoss`` has no R1 option)."""
@@ -123,7 +144,7 @@ class R1GANLoss(GANLoss):
         d_fake = self.discriminator(*fake, *context).reshape(len(fake[0]))
         grads = torch.autograd.grad(d_real.sum(), real, create_graph=True)
         penalty = sum(g.reshape(len(g), -1).pow(2).sum(-1) for g in grads).mean()
-        return _d_loss(self.kind, d_real, d_fake) + 0.5 * self.r1 * penalty, penalty
+        return discriminator_loss(self.kind, d_real, d_fake) + 0.5 * self.r1 * penalty, penalty
 
 
 def make_loss(name, args, hp):
@@ -174,6 +195,8 @@ def hyperparameters(name, args):
     hp = dict(DEFAULTS[name])
     for key in HP_KEYS:
         value = getattr(args, key)
+        if key == "packing" and name != "pacgan":
+            continue
         if value is not None and key in hp and hp[key] is not None:
             hp[key] = tuple(value) if key == "betas" else value
     return hp
@@ -274,7 +297,7 @@ def main():
     ap.add_argument("--final-lr-factor", type=float, help="both rates decay to this fraction of the initial one")
     ap.add_argument("--kind", choices=("nonsaturating", "minimax", "hinge", "least_squares"), help="GAN kind")
     ap.add_argument("--r1", type=float, help="γ of the R1 penalty on real data (gan, pacgan)")
-    ap.add_argument("--packing", type=int, help="PacGAN's m (gan, pacgan)")
+    ap.add_argument("--packing", type=int, help="PacGAN's m (pacgan)")
     ap.add_argument("--latent", type=int, help="latent dimension")
     ap.add_argument("--g-hidden", type=int, help="generator width")
     ap.add_argument("--g-layers", type=int, help="generator hidden layers")

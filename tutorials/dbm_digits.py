@@ -149,7 +149,7 @@ def main():
     # --- 5. a DBN, unrolled into a classifier, vs the same net from random weights ----------
     dbn = DBN([64, h1, h2])
     dbn.pretrain(x_train, epochs=args.pretrain_epochs, batch_size=50, lr=1e-2, progress=progress)
-    dbn_samples = dbn.sample(32, gibbs_steps=1000)
+    dbn_samples = dbn.sample(32, steps=1000)
     pretrained = dbn.to_mlp(num_outputs=10)
     scratch = copy.deepcopy(pretrained)  # same output layer; the two hidden layers re-drawn
     for layer in list(scratch)[:-1]:
@@ -220,7 +220,7 @@ def _exact_log_unnormalized(dbm: DBM, v: torch.Tensor) -> torch.Tensor:
     n2 = dbm.layer_sizes[2]
     codes = torch.arange(2**n2)
     h2 = ((codes[:, None] >> torch.arange(n2)) & 1).to(v.dtype)
-    neg_free = -dbm.free_energy_of([v[:, None, :], None, h2[None]], parity=1)  # (N, 2^n2)
+    neg_free = -dbm.free_energy([v[:, None, :], None, h2[None]], parity=1)  # (N, 2^n2)
     return torch.logsumexp(neg_free, 1)
 
 

@@ -1,7 +1,9 @@
 """Energy-based models as Pyro primitives: RBMs, DBMs, their negative-phase samplers and partition functions."""
 
 from .chains import ContrastiveDivergence, NegativePhase, ParallelTempering, PersistentChains
-from .dbm import DBM, DBMDistribution, DBMParams, DBMPersistentChains
+from .dbm import DBM, DBMParams
+from .dbm_chains import DBMPersistentChains
+from .dbm_distribution import DBMDistribution
 from .dbn import DBN
 from .distribution import EnergyBasedDistribution
 from .partition import (
@@ -12,6 +14,7 @@ from .partition import (
     exact_log_partition,
     reverse_ais_log_partition,
 )
+from .protocol import AnnealingPath, EnergyModel, Enumeration, FreeEnergyModel
 from .rbm import RBM, BernoulliRBM, GaussianBernoulliRBM, RBMParams
 
 __all__ = [
@@ -35,4 +38,8 @@ __all__ = [
     "ais_log_partition",
     "reverse_ais_log_partition",
     "average_log_likelihood",
+    "EnergyModel",
+    "FreeEnergyModel",
+    "AnnealingPath",
+    "Enumeration",
 ]

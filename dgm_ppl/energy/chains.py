@@ -17,6 +17,13 @@ The samplers here supply the states :math:`\tilde v` that estimate the second ex
 All are ``nn.Module``s whose state is in buffers, so ``state_dict()`` checkpoints the chains.
 Advancing them never waits for the device: the flags that steer a sweep are mirrored on the host
 (and re-read from the buffers when a state dict is loaded).
+
+The samplers use the model only through the public members of
+:class:`~dgm_ppl.energy.protocol.FreeEnergyModel` (:class:`NegativePhase`, :class:`PersistentChains`,
+:class:`ContrastiveDivergence`, :class:`ParallelTempering` run on visible states). A model whose
+chains need more state names its own chain class in its ``chain_class`` attribute (the
+:class:`~dgm_ppl.energy.DBM` names :class:`~dgm_ppl.energy.DBMPersistentChains`);
+``PersistentChains(model, ...)`` builds that class, as does ``model.persistent_chains(...)``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._ops import as_tensor_like, bernoulli
+from ._ops import bernoulli
+from .protocol import EnergyModel, FreeEnergyModel
 
 __all__ = ["NegativePhase", "PersistentChains", "ContrastiveDivergence", "ParallelTempering"]
 
@@ -32,7 +40,7 @@ __all__ = ["NegativePhase", "PersistentChains", "ContrastiveDivergence", "Parall
 class NegativePhase(nn.Module):
     """Base class: holds the model (not as a submodule, so it is not saved twice)."""
 
-    def __init__(self, model: nn.Module, steps: int = 1):
+    def __init__(self, model: EnergyModel, steps: int = 1):
         super().__init__()
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -54,7 +62,7 @@ class NegativePhase(nn.Module):
 
     def initial_samples(self, num_samples: int) -> Tensor:
         """Starting states for fresh sampling: the chains' states if there are any."""
-        return self.model.random_visible(num_samples)
+        return self.model.random_state(num_samples)
 
     @staticmethod
     def _sync(state: Tensor, like: Tensor) -> Tensor:
@@ -76,27 +84,29 @@ class PersistentChains(NegativePhase):
     (e.g. a random data batch); by default they are drawn from the factorial model of the visible
     biases.
 
-    For a model with several hidden layers (a :class:`~dgm_ppl.energy.DBM`) this constructor returns
-    the model's own chain class (:class:`~dgm_ppl.energy.DBMPersistentChains`).
+    ``PersistentChains(model, ...)`` builds the model's own chain class, ``model.chain_class``: this
+    class for an RBM, :class:`~dgm_ppl.energy.DBMPersistentChains` (whose state holds every layer)
+    for a :class:`~dgm_ppl.energy.DBM`. ``model.persistent_chains(num_chains, steps, init)`` is the
+    same.
     """
 
-    def __new__(cls, model: nn.Module, *args, **kwargs):
-        own = getattr(type(model), "persistent_chains_class", None)
-        if cls is PersistentChains and own is not None:
-            cls = own
+    def __new__(cls, model: EnergyModel, *args, **kwargs):
+        # The one dispatch: the class a model declares for its chains (EnergyModel.chain_class).
+        if cls is PersistentChains:
+            cls = getattr(model, "chain_class", PersistentChains)
         return super().__new__(cls)
 
-    def __init__(self, model: nn.Module, num_chains: int = 100, steps: int = 1, init: Tensor | None = None):
+    def __init__(self, model: FreeEnergyModel, num_chains: int = 100, steps: int = 1, init: Tensor | None = None):
         super().__init__(model, steps)
         if not isinstance(num_chains, int) or num_chains < 1:
             raise ValueError(f"num_chains must be a positive int, got {num_chains!r}")
         if init is None:
-            state = model.random_visible(num_chains).detach()
+            state = model.random_state(num_chains).detach()
         else:
-            init = as_tensor_like(init, model.weight, "init")
+            init = model.to_tensor(init, "init")
             if init.shape != (num_chains, model.n_visible):
                 raise ValueError(f"init must have shape {(num_chains, model.n_visible)}, got {tuple(init.shape)}")
-            model._check_visible(init)
+            model.check_data(init, "init")
             state = init.detach().to(model.weight).clone()
         self.num_chains = num_chains
         self.register_buffer("state", state)
@@ -120,10 +130,10 @@ class PersistentChains(NegativePhase):
         p = model.params() if params is None else params
         v, sweeps = self._sync(self.state, p.weight), self.steps
         if self._hidden_current:
-            v = model._draw_visible(p, self._sync(self.hidden, p.weight))
+            v = model.sample_visible(self._sync(self.hidden, p.weight), params=p)
             sweeps -= 1
-        for _ in range(sweeps):
-            v = model._gibbs(p, v)
+        if sweeps:
+            v = model.gibbs(v, sweeps, params=p)
         self._set_buffer("state", v)
         self._set_hidden_current(False)
         return v
@@ -147,11 +157,9 @@ class ContrastiveDivergence(NegativePhase):
             raise ValueError("ContrastiveDivergence needs the data batch to start its chains")
         model = self.model
         p = model.params() if params is None else params
-        v = as_tensor_like(data, model.weight, "data")
+        v = model.to_tensor(data, "data")
         v = v.reshape(-1, v.shape[-1]).to(model.weight)
-        for _ in range(self.steps):
-            v = model._gibbs(p, v)
-        return v
+        return model.gibbs(v, self.steps, params=p)
 
 
 class ParallelTempering(NegativePhase):
@@ -172,7 +180,7 @@ class ParallelTempering(NegativePhase):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: FreeEnergyModel,
         num_chains: int = 100,
         steps: int = 1,
         betas: Tensor | int = 10,
@@ -186,9 +194,9 @@ class ParallelTempering(NegativePhase):
             raise ValueError("betas must increase from >= 0 to exactly 1, with at least two values")
         self.num_chains = num_chains
         self.register_buffer("betas", betas.to(model.weight.device))
-        base = None if base is None else as_tensor_like(base, model.weight, "base").detach().clone()
+        base = None if base is None else model.to_tensor(base, "base").detach().clone()
         self.register_buffer("base", base)
-        state = model.random_visible(len(betas) * num_chains).detach().reshape(len(betas), num_chains, -1)
+        state = model.random_state(len(betas) * num_chains).detach().reshape(len(betas), num_chains, -1)
         self.register_buffer("state", state)
         self.register_buffer("swaps_accepted", torch.zeros(len(betas) - 1))
         self.register_buffer("swaps_proposed", torch.zeros(len(betas) - 1))
@@ -211,7 +219,7 @@ class ParallelTempering(NegativePhase):
         betas = self.betas.to(p.weight)[:, None, None]
         v = self._sync(self.state, p.weight)
         for _ in range(self.steps):
-            v = model._gibbs(p, v, betas, self.base)
+            v = model.gibbs(v, 1, betas, self.base, params=p)
             v = self._swap(p, v)
         self._set_buffer("state", v)
         return v[-1]
@@ -225,12 +233,12 @@ class ParallelTempering(NegativePhase):
             return v
         hi = lo + 1
         b_lo, b_hi = betas[lo][:, None, None], betas[hi][:, None, None]
-        lp = self.model._tempered_log_prob
+        lp = self.model.tempered_log_prob
         log_ratio = (
-            lp(p, v[hi], b_lo, self.base)
-            + lp(p, v[lo], b_hi, self.base)
-            - lp(p, v[lo], b_lo, self.base)
-            - lp(p, v[hi], b_hi, self.base)
+            lp(v[hi], b_lo, self.base, params=p)
+            + lp(v[lo], b_hi, self.base, params=p)
+            - lp(v[lo], b_lo, self.base, params=p)
+            - lp(v[hi], b_hi, self.base, params=p)
         )
         accept = torch.rand_like(log_ratio).log() < log_ratio  # (pairs, chains)
         new = v.clone()

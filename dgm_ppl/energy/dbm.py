@@ -18,12 +18,18 @@ statistics, AIS over the odd layers) and the mean-field fixed point
 
 whose variational bound :math:`\mathcal L(v) = \mathbb E_Q[-E(v,h)] + H(Q) \le \log \sum_h e^{-E(v,h)}`
 is the positive phase of Algorithm 20.1.
+
+This module holds the model (energy, sampling, mean field, centering, partition-function hooks);
+its chains are in :mod:`~dgm_ppl.energy.dbm_chains`, its Pyro distribution in
+:mod:`~dgm_ppl.energy.dbm_distribution` and its greedy pretraining in
+:mod:`~dgm_ppl.energy.dbm_pretraining`.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -31,16 +37,17 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.nn import PyroModule
-from torch import Size, Tensor, nn
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from tqdm.auto import tqdm
 
-from ..infer.errors import DivergenceError
-from ._ops import Beta, as_tensor_like, bernoulli, binary_states, check_binary, check_finite, closed_form_applies
-from .chains import NegativePhase, PersistentChains
-from .distribution import EnergyBasedDistribution, check_negative_phase
+from ._ops import Beta, as_tensor_like, bernoulli, check_binary, check_finite, closed_form_applies
+from .dbm_chains import DBMPersistentChains
+from .dbm_distribution import DBMDistribution
+from .dbm_pretraining import TiedCopiesRBM as _TiedCopiesRBM  # noqa: F401  (its former home; tests patch it here)
+from .dbm_pretraining import pretrain_dbm
+from .protocol import Enumeration
 
-__all__ = ["DBM", "DBMParams", "DBMPersistentChains", "DBMDistribution"]
+__all__ = ["DBM", "DBMParams", "DBMPersistentChains", "DBMDistribution"]  # the last two from their modules
 
 _counter = itertools.count()
 
@@ -113,7 +120,17 @@ class DBM(PyroModule):
 
     Parameters: ``weight_l`` (``n_l x n_{l+1}``) and ``bias_l`` (``n_l``). ``log_z`` holds the latest
     estimate of :math:`\log Z` (set by ``exact_log_partition`` / ``ais_log_partition``).
+
+    A DBM satisfies :class:`~dgm_ppl.energy.protocol.EnergyModel`; its chains are
+    :class:`~dgm_ppl.energy.DBMPersistentChains` (``chain_class``), its pretraining lives in
+    :mod:`dgm_ppl.energy.dbm_pretraining`.
     """
+
+    #: the class of this model's persistent chains, built by ``PersistentChains(dbm, ...)``
+    chain_class: type = DBMPersistentChains
+    #: a deferred move of the hidden offsets (:meth:`update_offsets` with ``defer=True``), one mean per
+    #: hidden layer, applied by the next :meth:`forward`; saved with the model's state
+    pending_hidden_means: list[Tensor] | None = None
 
     def __init__(
         self,
@@ -174,13 +191,14 @@ class DBM(PyroModule):
         return f"layer_sizes={self.layer_sizes}, gaussian_visible={self.gaussian_visible}, centered={self.centered}"
 
     def get_extra_state(self) -> dict:
-        return {"log_z": self.log_z, "pending_hidden_means": self.__dict__.get("_pending_hidden_means")}
+        return {"log_z": self.log_z, "pending_hidden_means": self.pending_hidden_means}
 
     def set_extra_state(self, state: dict) -> None:
         self.log_z = state.get("log_z")
-        self.__dict__["_pending_hidden_means"] = state.get("pending_hidden_means")
+        self.pending_hidden_means = state.get("pending_hidden_means")
 
     def offsets(self) -> list[Tensor]:
+        r"""The offsets :math:`[\mu_0, \dots, \mu_L]` (buffers ``offset_l``; zero and unused when uncentered)."""
         return [getattr(self, f"offset_{l}") for l in range(len(self.layer_sizes))]
 
     def params(self) -> DBMParams:
@@ -207,6 +225,27 @@ class DBM(PyroModule):
     def _data(self, data, name: str = "data") -> Tensor:
         """``data`` as a tensor (NumPy arrays and lists go to the parameters' device and dtype)."""
         return as_tensor_like(data, self.weight_0, name)
+
+    def to_tensor(self, data, name: str = "data") -> Tensor:
+        """``data`` as a tensor: tensors pass through unchanged, NumPy arrays and lists are converted to
+        the parameters' dtype and device. No check of the values.
+
+        :param name: the argument, as error messages name it.
+        :raises TypeError: for data that is neither a tensor nor a numeric array.
+        """
+        return as_tensor_like(data, self.weight_0, name)
+
+    def check_data(self, data, name: str = "data") -> Tensor:
+        """``data`` as a tensor (:meth:`to_tensor`), after checking that it holds visible states: the
+        width ``n_visible``, finite values, binary ones for binary units (one fused pass).
+
+        :param name: the argument, as error messages name it.
+        :returns: the tensor (``data`` itself when it is one).
+        :raises ValueError: for bad values.
+        """
+        v = as_tensor_like(data, self.weight_0, name)
+        self._check_visible(v)
+        return v
 
     def _check_visible(self, v: Tensor) -> None:
         """Shape, then binary and finite (or, for Gaussian units, finite) values in one fused pass."""
@@ -320,11 +359,28 @@ class DBM(PyroModule):
             out = out + F.softplus(self._preactivation(p, l, states)).sum(-1)
         return out
 
-    def free_energy_of(self, states: Sequence[Tensor | None], parity: int = 1) -> Tensor:
+    def free_energy(self, states: Sequence[Tensor | None], parity: int = 1) -> Tensor:
         r"""Free energy of one parity's states with the other parity summed out,
-        :math:`-\log \sum_{h_{odd}} e^{-E}` for ``parity=1`` (``states`` then holds the even layers)."""
+        :math:`-\log \sum_{h_{odd}} e^{-E}` for ``parity=1`` (``states`` then holds the even layers,
+        ``None`` in place of the odd ones). For one hidden layer, ``free_energy([v, None])`` is the
+        RBM's :math:`F(v)`."""
         states = [None if s is None else self._data(s, f"states[{l}]") for l, s in enumerate(states)]
         return -self._sum_out(self.params(), states, parity)
+
+    def free_energy_of(self, states: Sequence[Tensor | None], parity: int = 1) -> Tensor:
+        """Deprecated alias of :meth:`free_energy`."""
+        warnings.warn("DBM.free_energy_of is deprecated; use DBM.free_energy", DeprecationWarning, 2)
+        return self.free_energy(states, parity)
+
+    def unnormalized_log_prob(self, v: Tensor, *, params: DBMParams | None = None) -> Tensor:
+        r"""A lower bound on the unnormalized :math:`\log p^*(v) = \log\sum_h e^{-E(v,h)}`: the mean-field
+        bound :meth:`variational_bound` run to convergence (at most 100 sweeps), shape ``v.shape[:-1]``."""
+        v = self.check_data(v, "v")
+        p = self.params() if params is None else params
+        flat = v.reshape(-1, self.n_visible).to(p.weights[0])
+        with torch.no_grad():
+            means, logits = self._mean_field(p, flat, 100, 1e-5)
+        return self._bound(p, flat, means, logits).reshape(v.shape[:-1])
 
     # ------------------------------------------------------------- sampling
     def _preactivation(self, p: DBMParams, l: int, states: Sequence[Tensor | None]) -> Tensor:
@@ -353,22 +409,59 @@ class DBM(PyroModule):
         mean = bias + p.std * beta * u
         return mean + p.std * torch.randn_like(mean)
 
-    def _sweep(self, p: DBMParams, states: list[Tensor], first: int = 1) -> list[Tensor]:
+    def _sweep(
+        self, p: DBMParams, states: list[Tensor], first: int = 1, beta: Beta = 1.0, a: Tensor | None = None
+    ) -> list[Tensor]:
         """One block-Gibbs sweep: the layers of parity ``first`` given the others, then the others."""
         states = list(states)
         for parity in (first, 1 - first):
             for l in range(parity, len(states), 2):
-                states[l] = self._sample_layer(p, l, states)
+                states[l] = self._sample_layer(p, l, states, beta, a)
         return states
 
     @torch.no_grad()
-    def gibbs_step(self, states: Sequence[Tensor], steps: int = 1) -> list[Tensor]:
-        """``steps`` block-Gibbs sweeps (odd layers given even, then even given odd)."""
-        states = self._check_states(states)
-        p = self.params()
-        for _ in range(steps):
-            states = self._sweep(p, states)
+    def sample_layers(
+        self, states: Sequence[Tensor | None], parity: int = 1, *, params: DBMParams | None = None
+    ) -> list[Tensor]:
+        """Draw the layers of one parity given the others (a half sweep), without gradient.
+
+        :param states: the layers ``[v, h1, ..., hL]``; those of ``parity`` may be ``None``.
+        :param parity: 1 for the odd layers (``h1, h3, ...``), 0 for the even ones (``v, h2, ...``).
+        :returns: a new list of layers.
+        """
+        p = self.params() if params is None else params
+        states = list(states)
+        for l in range(parity, len(states), 2):
+            states[l] = self._sample_layer(p, l, states)
         return states
+
+    @torch.no_grad()
+    def gibbs(
+        self,
+        states: Sequence[Tensor],
+        steps: int = 1,
+        beta: float = 1.0,
+        base: Tensor | None = None,
+        *,
+        params: DBMParams | None = None,
+    ) -> list[Tensor]:
+        """``steps`` block-Gibbs sweeps (odd layers given even, then even given odd), without gradient.
+
+        :param states: the layers ``[v, h1, ..., hL]`` (a NumPy array is converted).
+        :param beta: inverse temperature on the path from the base model (visible units factorial with
+            bias or mean ``base``, hidden units uniform) at 0 to the DBM at 1.
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        """
+        states = self._check_states(states)
+        p = self.params() if params is None else params
+        for _ in range(steps):
+            states = self._sweep(p, states, 1, beta, base)
+        return states
+
+    def gibbs_step(self, states: Sequence[Tensor], steps: int = 1) -> list[Tensor]:
+        """Deprecated alias of :meth:`gibbs`."""
+        warnings.warn("DBM.gibbs_step is deprecated; use DBM.gibbs(states, steps)", DeprecationWarning, 2)
+        return self.gibbs(states, steps)
 
     @torch.no_grad()
     def random_state(self, num_samples: int) -> list[Tensor]:
@@ -382,7 +475,12 @@ class DBM(PyroModule):
     def sample(self, num_samples: int, steps: int = 1000, init: Sequence[Tensor] | None = None) -> Tensor:
         """Visible samples after ``steps`` Gibbs sweeps from ``init`` (default :meth:`random_state`)."""
         states = self.random_state(num_samples) if init is None else self._check_states(init)
-        return self.gibbs_step(states, steps)[0]
+        return self.gibbs(states, steps)[0]
+
+    def persistent_chains(self, num_chains: int = 100, steps: int = 1, init: Tensor | None = None):
+        """This model's persistent chains, ``chain_class(self, num_chains, steps, init)`` (see
+        :class:`~dgm_ppl.energy.DBMPersistentChains`)."""
+        return self.chain_class(self, num_chains, steps, init)
 
     # ------------------------------------------------------------- mean field
     def _mean_field(
@@ -484,16 +582,73 @@ class DBM(PyroModule):
             means, logits = self._mean_field(p, flat, num_iters, tol)
         return self._bound(p, flat, means, logits).reshape(v.shape[:-1])
 
+    def positive_phase(
+        self,
+        v: Tensor,
+        *,
+        params: DBMParams | None = None,
+        num_iters: int = 10,
+        tol: float | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        r"""The positive phase of variational SML (Algorithm 20.1) for the rows of 2-D ``v``: the mean-field
+        bound :math:`\mathcal L(v; \mu)` at the (detached) fixed point :math:`\mu`, with the gradient in
+        the parameters when gradients are enabled (closed form at fixed :math:`\mu` for plain tensors,
+        autograd otherwise), and the means. The value reuses the mean field's last products.
+
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        :param num_iters: fixed-point sweeps (``tol`` stops early).
+        :returns: the bound of each row, and the means ``[mu_1, ..., mu_L]``.
+        """
+        p = self.params() if params is None else params
+        with torch.no_grad():
+            stat = self._stat(p, 0, v)
+            visible_input = stat @ p.weights[0]  # shared by the mean field and the bound
+            means, logits = self._mean_field(p, v, num_iters, tol, visible_input)
+            # a sweep, or a first bottom-up pass with no middle layer, leaves the mean field settled
+            settled = num_iters > 0 or self.num_layers <= 2
+            bound = self._bound_value(p, v, means, logits, visible_input, settled)
+        if not torch.is_grad_enabled():
+            return bound, means
+        if not closed_form_applies(v):
+            return self._bound(p, v, means, logits), means
+        const = [p.const] if isinstance(p.const, Tensor) else []
+        visible_grad = self._visible_bias_grad(p, v)
+        bound = _MeanFieldBound.apply(bound, (stat, *means), visible_grad, *p.weights, *p.biases, *const)
+        return bound, means
+
+    def chain_statistic(self, states: Sequence[Tensor], *, params: DBMParams | None = None) -> Tensor:
+        r"""The negative phase's statistic of 2-D chain states ``[v, h1, ..., hL]``: :math:`-F` with the odd
+        layers summed out (Rao-Blackwellized), one value per chain, differentiable in the parameters.
+
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        """
+        return self._chain_statistic(self.params() if params is None else params, states)
+
     # ----------------------------------------------------------- centering
     def _before_distribution(self) -> None:
-        pending = self.__dict__.pop("_pending_hidden_means", None)
-        if pending is not None and self.centered and torch.is_grad_enabled():
-            self.update_offsets(pending)
+        """Apply a deferred offset move (see :meth:`update_offsets`), with gradients enabled only."""
+        pending = self.pending_hidden_means
+        if pending is not None:
+            self.pending_hidden_means = None
+            if self.centered and torch.is_grad_enabled():
+                self.update_offsets(pending)
 
     @torch.no_grad()
-    def update_offsets(self, hidden_means: Sequence[Tensor]) -> None:
+    def update_offsets(self, hidden_means: Sequence[Tensor], *, defer: bool = False) -> None:
         r"""Move the hidden offsets towards ``hidden_means`` at ``offset_rate``, shifting the
-        neighbouring biases (:math:`b_{l\pm1}`) so that the distribution is unchanged."""
+        neighbouring biases (:math:`b_{l\pm1}`) so that the distribution is unchanged. Nothing for an
+        uncentered DBM.
+
+        :param hidden_means: the data's mean-field means ``[m_1, ..., m_L]``, averaged over the batch.
+        :param defer: keep the move in ``pending_hidden_means``, to be applied by the next
+            :meth:`forward` with gradients enabled (how the distribution reports the means of a
+            positive phase whose graph still holds the biases).
+        """
+        if not self.centered:
+            return
+        if defer:
+            self.pending_hidden_means = list(hidden_means)
+            return
         for l, m in enumerate(hidden_means, start=1):
             old = getattr(self, f"offset_{l}")
             m = self._data(m, "hidden_means").to(old)
@@ -519,11 +674,22 @@ class DBM(PyroModule):
         :raises ValueError: for data of the wrong width, with NaN or inf, or (binary units) not binary.
         :raises TypeError: for data that is neither a tensor nor a numeric array.
         """
-        data = self._data(data, "init_from_data(data)")
-        self._check_visible(data)
+        data = self.check_data(data, "init_from_data(data)")
         self.bias_0.copy_(self.base_rate(data))
+        self.set_offsets_from_data(data)
+        return self
+
+    @torch.no_grad()
+    def set_offsets_from_data(self, data: Tensor) -> DBM:
+        """For a centered DBM, the visible offset to the data mean and the hidden offsets to the mean of
+        the data's mean-field means (first 1000 rows), each move shifting the biases so that the
+        distribution is unchanged. Nothing for an uncentered DBM.
+
+        :param data: visible values, shape ``(N, n_visible)``.
+        :returns: the model itself.
+        """
         if self.centered:
-            data = data.to(self.weight_0)
+            data = self.to_tensor(data, "data").to(self.weight_0)
             self._move_offset(0, data.mean(0))
             for l, m in enumerate(self.mean_field(data[:1000]), start=1):
                 self._move_offset(l, m.mean(0))
@@ -560,56 +726,45 @@ class DBM(PyroModule):
         weight_decay: float = 0.0,
         num_chains: int = 100,
         steps: int = 1,
+        method: str = "pcd",
         progress: bool = True,
     ) -> list[list[float]]:
-        r"""Greedy layer-wise pretraining (Salakhutdinov & Hinton 2009), then initialization of the DBM.
+        r"""Greedy layer-wise pretraining (Salakhutdinov & Hinton 2009), then initialization of the DBM
+        (:func:`~dgm_ppl.energy.dbm_pretraining.pretrain_dbm`).
 
-        RBM :math:`l` is trained by PCD-``steps`` with Adam on the up-pass means of the layer below.
+        RBM :math:`l` is trained by SML with Adam on the up-pass means of the layer below.
         The bottom RBM sees two tied copies of the visible layer (so
         :math:`p(h_1|v) = \sigma(2W_1^\top v + c)`) and the top RBM two tied copies of its hidden
         layer, which compensates for the missing top-down (bottom-up) input in the DBM; middle RBMs
         are plain and their weights are halved in the DBM. A layer shared by two RBMs gets the
-        mean of their two biases. Returns the per-epoch mean of the SML surrogate loss of
-        each RBM, :math:`\overline{F(\text{data})} - \overline{F(\text{chains})}`.
-        ``data`` may be a NumPy array (converted to the parameters' device and dtype).
+        mean of their two biases. Same keywords as :meth:`DBN.pretrain <dgm_ppl.energy.DBN.pretrain>`
+        (which also takes a Pyro ``optim``).
+
+        :param data: visible values, shape ``(N, n_visible)``; a NumPy array is converted to the
+            parameters' device and dtype.
+        :param epochs: epochs per RBM: one int for all, or one per RBM.
+        :param batch_size: the minibatch size.
+        :param lr: Adam's learning rate.
+        :param weight_decay: Adam's weight decay.
+        :param num_chains: persistent chains per RBM (``method="pcd"``).
+        :param steps: Gibbs sweeps per update.
+        :param method: ``"pcd"`` (persistent chains) or ``"cd"`` (chains restarted at each batch).
+        :param progress: show a progress bar.
+        :returns: the per-epoch mean of the SML surrogate loss of each RBM,
+            :math:`\overline{F(\text{data})} - \overline{F(\text{chains})}`.
         """
-        data = self._data(data, "pretrain(data)")
-        self._check_visible(data)
-        L = self.num_layers
-        epochs_per_layer = [epochs] * L if isinstance(epochs, int) else list(epochs)
-        if len(epochs_per_layer) != L or min(epochs_per_layer) < 1:
-            raise ValueError(f"epochs must be a positive int or one per RBM ({L}), got {epochs!r}")
-        w0 = self.weight_0
-        x = data.to(w0)
-        rbms, histories = [], []
-        for l in range(L):
-            rbm = _TiedCopiesRBM(
-                self.layer_sizes[l],
-                self.layer_sizes[l + 1],
-                visible_copies=2 if (l == 0 and L > 1) else 1,
-                hidden_copies=2 if (l == L - 1 and L > 1) else 1,
-                std=self.log_std.exp() if (l == 0 and self.gaussian_visible) else None,
-            ).to(w0)
-            with torch.no_grad():
-                rbm.visible_bias.copy_(self.base_rate(x) if l == 0 else torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3)))
-            histories.append(
-                rbm.fit(x, epochs_per_layer[l], batch_size, lr, weight_decay, num_chains, steps, progress, l)
-            )
-            x = rbm.up(x)
-            rbms.append(rbm)
-        with torch.no_grad():
-            weights = [r.weight * (1.0 if l in (0, L - 1) else 0.5) for l, r in enumerate(rbms)]
-            biases = [rbms[0].visible_bias]
-            for l in range(1, L + 1):
-                below = rbms[l - 1].hidden_bias
-                biases.append(below if l == L else (below + rbms[l].visible_bias) / 2)
-            self.set_standard_params(weights, biases)
-            if self.centered:
-                x = data.to(w0)
-                self._move_offset(0, x.mean(0))
-                for l, m in enumerate(self.mean_field(x[:1000]), start=1):
-                    self._move_offset(l, m.mean(0))
-        return histories
+        return pretrain_dbm(
+            self,
+            data,
+            epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            num_chains=num_chains,
+            steps=steps,
+            method=method,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------ AIS glue
     def base_rate(self, data: Tensor) -> Tensor:
@@ -628,6 +783,31 @@ class DBM(PyroModule):
             return F.softplus(a).sum() + n_hidden * math.log(2.0)
         return (torch.log(p.std) + 0.5 * math.log(2 * math.pi)).sum() + n_hidden * math.log(2.0)
 
+    def annealing_path(self, base: Tensor | None = None) -> _DBMAnnealingPath:
+        """The AIS path from the base model ``base`` (visible units factorial, hidden units uniform) to this
+        DBM over the odd layers, with the even layers (``v``, ``h2``, ...) summed out, as in Salakhutdinov
+        & Hinton (2009); parameters as now. See :class:`~dgm_ppl.energy.protocol.AnnealingPath`."""
+        return _DBMAnnealingPath(self, base)
+
+    def enumeration(self) -> Enumeration:
+        """Exact log Z enumerates the parity with fewer units (the odd one for Gaussian visible units) and
+        sums the other out analytically. Differentiable in the parameters."""
+        p = self.params()
+        sizes = self.layer_sizes
+        counts = [sum(sizes[0::2]), sum(sizes[1::2])]
+        parity = 1 if (self.gaussian_visible or counts[1] <= counts[0]) else 0  # the parity to enumerate
+        layers = list(range(parity, len(sizes), 2))
+
+        def log_marginal(flat: Tensor) -> Tensor:
+            chunks = flat.split([sizes[l] for l in layers], -1)
+            states: list[Tensor | None] = [None] * len(sizes)
+            for l, c in zip(layers, chunks):
+                states[l] = c
+            return self._sum_out(p, states, 1 - parity)
+
+        what = f"joint states of the {'odd' if parity else 'even'} layers"
+        return Enumeration(counts[parity], what, log_marginal, p.weights[0])
+
     # ----------------------------------------------------------- Pyro glue
     def forward(self, chains: DBMPersistentChains, **kwargs) -> DBMDistribution:
         self._before_distribution()
@@ -639,283 +819,45 @@ class DBM(PyroModule):
         return self(chains, **kwargs)
 
 
-class DBMPersistentChains(PersistentChains):
-    """Persistent block-Gibbs chains over all layers of a DBM (odd layers given even, then even
-    given odd). Created by ``PersistentChains(dbm, num_chains, steps)``. ``state`` holds the
-    concatenated layers ``[v, h1, ..., hL]`` of each chain; ``init`` gives initial visible states."""
+class _DBMAnnealingPath:
+    r"""The AIS path of a DBM over its odd layers (``state = [h1, h3, ...]``) with the even layers summed
+    out. The cache is the layout of all layers (even ones ``None``) and the even layers' inputs from the
+    odd ones, shared by both temperatures of a step and the next draw of the even layers; the
+    transition is one block-Gibbs sweep on the tempered joint (even given odd, then odd given even)."""
 
-    def __init__(self, model: DBM, num_chains: int = 100, steps: int = 1, init: Tensor | None = None):
-        NegativePhase.__init__(self, model, steps)
-        if not isinstance(num_chains, int) or num_chains < 1:
-            raise ValueError(f"num_chains must be a positive int, got {num_chains!r}")
-        self.num_chains = num_chains
-        states = model.random_state(num_chains)
-        if init is not None:
-            init = model._data(init, "init")
-            if init.shape != (num_chains, model.n_visible):
-                raise ValueError(f"init must have shape {(num_chains, model.n_visible)}, got {tuple(init.shape)}")
-            model._check_visible(init)
-            states[0] = init.detach().to(model.weight_0).clone()
-            p = model.params()
-            with torch.no_grad():
-                for l in range(1, len(states), 2):
-                    states[l] = model._sample_layer(p, l, states)
-        self.register_buffer("state", torch.cat(states, -1))
+    def __init__(self, model: DBM, base: Tensor | None):
+        self.model, self.base = model, base
+        self.params = model.params()
+        self.num_layers = len(model.layer_sizes)  # L + 1, with the visible one
 
-    def states(self) -> list[Tensor]:
-        """The chains' layers ``[v, h1, ..., hL]``."""
-        return list(self.state.split(self.model.layer_sizes, -1))
+    def initial_state(self, num_chains: int) -> list[Tensor]:
+        w = self.model.weight_0
+        return [
+            bernoulli(torch.full((num_chains, n), 0.5, dtype=w.dtype, device=w.device))
+            for n in self.model.layer_sizes[1::2]
+        ]
 
-    @torch.no_grad()
-    def advance(self, data: Tensor | None = None, *, params: DBMParams | None = None) -> list[Tensor]:
-        model = self.model
-        p = model.params() if params is None else params
-        states = list(self._sync(self.state, p.weights[0]).split(model.layer_sizes, -1))
-        for _ in range(self.steps):
-            states = model._sweep(p, states)
-        self._set_buffer("state", torch.cat(states, -1))
-        return states
+    def state_from_samples(self, samples) -> list[Tensor]:
+        samples = self.model._check_states(samples)
+        return [s.to(self.model.weight_0) for s in samples[1::2]]
 
-    def after_negative_phase(self, hidden_input: Tensor | None = None, *, probs: Tensor | None = None) -> None:
-        pass
+    def prepare(self, state: list[Tensor]) -> tuple[list[Tensor | None], dict[int, Tensor]]:
+        states: list[Tensor | None] = [None] * self.num_layers
+        for l, s in zip(range(1, self.num_layers, 2), state):
+            states[l] = s
+        inputs = {l: self.model._input(self.params, l, states) for l in range(0, self.num_layers, 2)}
+        return states, inputs
 
-    def initial_samples(self, num_samples: int) -> list[Tensor]:
-        idx = torch.arange(num_samples, device=self.state.device) % self.num_chains
-        return list(self.state[idx].clone().split(self.model.layer_sizes, -1))
+    def log_prob(self, state: list[Tensor], beta: float, cache) -> Tensor:
+        states, inputs = cache
+        return self.model._sum_out(self.params, states, 0, beta, self.base, inputs)
 
-
-class DBMDistribution(EnergyBasedDistribution):
-    r"""The distribution of a DBM's visible units inside a Pyro program (Algorithm 20.1).
-
-    ``log_prob(v)`` has the value :math:`\mathcal L(v) - \log\hat Z`, the mean-field bound minus
-    ``model.log_z`` (0 when unset), computed through the surrogate
-
-    .. math::
-
-        \mathcal L_\theta(v; \mu) - \log\hat Z - (s - \operatorname{stop\_grad}(s)),
-        \qquad s = \frac1C\sum_c -F_{odd}(\tilde v_c, \tilde h_{2,c}, \dots),
-
-    with :math:`\mu` the (detached) mean-field fixed point, so the gradient is the positive phase
-    :math:`\nabla_\theta \mathcal L` at :math:`\mu` minus the negative phase from the persistent
-    chains, with the odd layers summed out (Rao-Blackwellized). Under a subsampled plate Pyro scales
-    it by :math:`N/B`, so ``SVI`` + ``Trace_ELBO`` performs variational SML.
-
-    :param mean_field_iters: fixed-point sweeps for the positive phase (``mean_field_tol`` stops early).
-    """
-
-    def __init__(
-        self,
-        model: DBM,
-        chains: DBMPersistentChains,
-        *,
-        params: DBMParams | None = None,
-        sample_steps: int = 100,
-        mean_field_iters: int = 10,
-        mean_field_tol: float | None = None,
-        batch_shape: Size | tuple = (),
-        validate_args: bool | None = None,
-    ):
-        if not isinstance(chains, DBMPersistentChains):
-            raise TypeError(
-                f"a DBM needs PersistentChains(dbm, ...) for its negative phase, got {type(chains).__name__}"
-            )
-        self.mean_field_iters, self.mean_field_tol = mean_field_iters, mean_field_tol
-        super().__init__(
-            model,
-            chains,
-            params=params,
-            sample_steps=sample_steps,
-            batch_shape=batch_shape,
-            validate_args=validate_args,
-        )
-
-    def _options(self) -> dict:
-        options = super()._options()
-        options.update(mean_field_iters=self.mean_field_iters, mean_field_tol=self.mean_field_tol)
-        return options
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        """The bound minus ``log_z``, with the gradient of Algorithm 20.1 (see the class notes).
-        The positive phase's gradient is the closed form at the mean-field means
-        (:class:`_MeanFieldBound`), and its value reuses the mean field's last products. Checks as for
-        :class:`~dgm_ppl.energy.EnergyBasedDistribution`: with Pyro's validation off, neither the value
-        nor the negative phase is checked.
-
-        :param value: visible values, shape ``batch_shape + (n_visible,)`` (a NumPy array is converted).
-        :returns: shape ``value.shape[:-1]``.
-        """
+    def transition(self, state: list[Tensor], beta: float, cache) -> list[Tensor]:
+        states, inputs = cache
+        states = list(states)
         model, p = self.model, self.params
-        if not isinstance(value, Tensor):
-            value = model._data(value, "value")
-        validate = self._validate_args
-        if validate:
-            self._validate_sample(value)
-        log_z = model.log_z or 0.0
-        flat = value.reshape(-1, value.shape[-1]).to(p.weights[0])
-        iters = self.mean_field_iters
-        with torch.no_grad():
-            stat = model._stat(p, 0, flat)
-            visible_input = stat @ p.weights[0]  # shared by the mean field and the bound
-            means, logits = model._mean_field(p, flat, iters, self.mean_field_tol, visible_input)
-            # a sweep, or a first bottom-up pass with no middle layer, leaves the mean field settled
-            settled = iters > 0 or model.num_layers <= 2
-            bound = model._bound_value(p, flat, means, logits, visible_input, settled)
-        if not torch.is_grad_enabled():
-            bound = bound.reshape(value.shape[:-1])
-            return bound - log_z if log_z else bound
-        if not closed_form_applies(flat):
-            bound = model._bound(p, flat, means, logits)
-        else:
-            const = [p.const] if isinstance(p.const, Tensor) else []
-            layers = (stat, *means)
-            visible_grad = model._visible_bias_grad(p, flat)
-            bound = _MeanFieldBound.apply(bound, layers, visible_grad, *p.weights, *p.biases, *const)
-        s = model._chain_statistic(p, self.chains.advance(value, params=p)).mean()
-        if validate:
-            check_negative_phase(s, "DBM")
-        if model.centered:
-            model.__dict__["_pending_hidden_means"] = [m.mean(0) for m in means]
-        out = (bound - (s - s.detach())).reshape(value.shape[:-1])
-        return out - log_z if log_z else out
-
-    @torch.no_grad()
-    def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
-        """Draws by block Gibbs: ``sample_steps`` sweeps started from the chains' current states."""
-        shape = self._extended_shape(sample_shape)
-        states = self.chains.initial_samples(shape[:-1].numel())
-        return self.model.gibbs_step(states, steps=self.sample_steps)[0].reshape(shape)
-
-
-class _TiedCopiesRBM(nn.Module):
-    r"""An RBM with ``visible_copies`` tied copies of its visible layer and ``hidden_copies`` of its
-    hidden layer, for DBM pretraining. Summed copies are sufficient statistics:
-    :math:`-F(v_{1..k}) = \sum_i \ell(v_i) + k_h \sum_j \operatorname{softplus}(c_j + \sum_i s(v_i)^\top W_{:j})`,
-    and the data clamps all visible copies to the same vector."""
-
-    def __init__(self, n_visible: int, n_hidden: int, visible_copies: int, hidden_copies: int, std: Tensor | None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n_visible, n_hidden) * 0.01)
-        self.visible_bias = nn.Parameter(torch.zeros(n_visible))
-        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden))
-        self.kv, self.kh = visible_copies, hidden_copies
-        self.register_buffer("std", None if std is None else std.detach().clone())
-
-    def _stat(self, v: Tensor) -> Tensor:
-        return v if self.std is None else v / self.std
-
-    def _visible_term(self, v: Tensor) -> Tensor:
-        if self.std is None:
-            return v @ self.visible_bias
-        return -(((v - self.visible_bias) / self.std) ** 2).sum(-1) / 2
-
-    def neg_free_energy(self, copies: Tensor) -> Tensor:
-        """``copies`` of shape ``(k_v, batch, n_visible)``."""
-        x = self.hidden_bias + self._stat(copies).sum(0) @ self.weight
-        return self._visible_term(copies).sum(0) + self.kh * F.softplus(x).sum(-1)
-
-    @torch.no_grad()
-    def up(self, v: Tensor) -> Tensor:
-        return torch.sigmoid(self.hidden_bias + self.kv * self._stat(v) @ self.weight)
-
-    @torch.no_grad()
-    def gibbs(self, copies: Tensor) -> Tensor:
-        p = torch.sigmoid(self.hidden_bias + self._stat(copies).sum(0) @ self.weight)
-        h = sum(bernoulli(p) for _ in range(self.kh))  # Binomial(k_h, p): the summed hidden copies
-        x = (h @ self.weight.T).expand(self.kv, -1, -1)
-        if self.std is None:
-            return bernoulli(torch.sigmoid(x + self.visible_bias))
-        mean = self.visible_bias + self.std * x
-        return mean + self.std * torch.randn_like(mean)
-
-    def fit(self, data, epochs, batch_size, lr, weight_decay, num_chains, steps, progress, layer) -> list[float]:
-        opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
-        idx = torch.randint(len(data), (num_chains,), device=data.device)
-        with torch.no_grad():
-            chains = (
-                bernoulli(data[idx].expand(self.kv, -1, -1)) if self.std is None else data[idx].expand(self.kv, -1, -1)
-            )
-        history = []
-        n_batches = math.ceil(len(data) / batch_size)
-        bar = tqdm(total=epochs * n_batches, disable=not progress, desc=f"pretraining RBM {layer + 1}", mininterval=0.5)
-        try:
-            for epoch in range(epochs):
-                order = torch.randperm(len(data), device=data.device)
-                total = torch.zeros((), dtype=data.dtype, device=data.device)  # summed on the device: no sync per step
-                for i in range(0, len(data), batch_size):
-                    batch = data[order[i : i + batch_size]]
-                    for _ in range(steps):
-                        chains = self.gibbs(chains)
-                    loss = (
-                        self.neg_free_energy(chains).mean() - self.neg_free_energy(batch.expand(self.kv, -1, -1)).mean()
-                    )
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    total += loss.detach()
-                    bar.update()
-                mean = float(total) / n_batches
-                if not math.isfinite(mean):
-                    raise DivergenceError(f"pretraining RBM {layer + 1} diverged at epoch {epoch}")
-                history.append(mean)
-        finally:
-            bar.close()
-        return history
-
-
-# ----------------------------------------------------------------- partition functions
-def dbm_exact_log_partition(model: DBM, *, max_units: int = 20, chunk_size: int = 2**15) -> Tensor:
-    """Exact log Z: enumerate the parity with fewer units (the odd one for Gaussian visible units)
-    and sum the other out analytically. Differentiable."""
-    p = model.params()
-    sizes = model.layer_sizes
-    counts = [sum(sizes[0::2]), sum(sizes[1::2])]
-    parity = 1 if (model.gaussian_visible or counts[1] <= counts[0]) else 0  # the parity to enumerate
-    n = counts[parity]
-    if n > max_units:
-        raise ValueError(
-            f"exact_log_partition would enumerate 2^{n} joint states of the {'odd' if parity else 'even'} layers; "
-            f"the limit is max_units={max_units} (use ais_log_partition for larger models)"
-        )
-    layers = list(range(parity, len(sizes), 2))
-    parts = []
-    for start in range(0, 2**n, chunk_size):
-        flat = binary_states(n, start, min(2**n, start + chunk_size), p.weights[0])
-        chunks = flat.split([sizes[l] for l in layers], -1)
-        states: list[Tensor | None] = [None] * len(sizes)
-        for l, c in zip(layers, chunks):
-            states[l] = c
-        parts.append(torch.logsumexp(model._sum_out(p, states, 1 - parity), 0))
-    return torch.logsumexp(torch.stack(parts), 0)
-
-
-@torch.no_grad()
-def dbm_ais_log_weights(
-    model: DBM, odd: list[Tensor], betas: Tensor, base: Tensor | None, progress: bool, desc: str
-) -> Tensor:
-    r"""AIS over the odd layers with the even layers (``v``, ``h2``, ...) summed out, as in Salakhutdinov
-    & Hinton (2009). ``odd`` are the initial odd-layer states (from the base model, or from the DBM
-    for reverse AIS with ``betas`` decreasing). The transition at :math:`\beta_k` is one block-Gibbs
-    sweep (even given odd, then odd given even) on the tempered joint."""
-    p = model.params()
-    L1 = len(model.layer_sizes)
-    states: list[Tensor | None] = [None] * L1
-    for l, s in zip(range(1, L1, 2), odd):
-        states[l] = s
-    log_w = torch.zeros(odd[0].shape[0], dtype=torch.float64, device=odd[0].device)
-    b_list = betas.tolist()
-    for k in tqdm(range(1, len(b_list)), disable=not progress, desc=desc, mininterval=1.0):
-        # the even layers' inputs from the odd ones serve both betas and the next even draw
-        inputs = {l: model._input(p, l, states) for l in range(0, L1, 2)}
-        lp = model._sum_out
-        log_w += (lp(p, states, 0, b_list[k], base, inputs) - lp(p, states, 0, b_list[k - 1], base, inputs)).double()
-        if k < len(b_list) - 1:
-            for l in range(0, L1, 2):
-                states[l] = model._sample_layer(p, l, states, b_list[k], base, inputs[l])
-            for l in range(1, L1, 2):
-                states[l] = model._sample_layer(p, l, states, b_list[k])
-            for l in range(0, L1, 2):
-                states[l] = None
-    return log_w
-
-
-DBM.persistent_chains_class = DBMPersistentChains
+        for l in range(0, self.num_layers, 2):
+            states[l] = model._sample_layer(p, l, states, beta, self.base, inputs[l])
+        for l in range(1, self.num_layers, 2):
+            states[l] = model._sample_layer(p, l, states, beta)
+        return states[1::2]

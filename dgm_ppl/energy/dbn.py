@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 
 import pyro
@@ -94,23 +95,51 @@ class DBN(nn.Module):
         """``data`` as a tensor (NumPy arrays and lists go to the parameters' device and dtype)."""
         return as_tensor_like(data, self.rbms[0].weight, name)
 
+    def to_tensor(self, data, name: str = "data") -> Tensor:
+        """``data`` as a tensor: tensors pass through unchanged, NumPy arrays and lists are converted to
+        the parameters' dtype and device. No check of the values."""
+        return self._data(data, name)
+
+    def check_data(self, data, name: str = "data") -> Tensor:
+        """``data`` as a tensor, after checking that it holds binary visible states of width
+        ``n_visible`` (as :meth:`BernoulliRBM.check_data <dgm_ppl.energy.RBM.check_data>`).
+
+        :raises ValueError: for bad values.
+        """
+        return self.rbms[0].check_data(data, name)
+
     def _check_data(self, v: Tensor, name: str = "v") -> Tensor:
         """Validate binary visible data and move it to the parameters' device and dtype."""
-        v = self._data(v, name)
-        self.rbms[0]._check_visible(v)
-        return v.to(self.rbms[0].weight)
+        return self.check_data(v, name).to(self.rbms[0].weight)
+
+    @torch.no_grad()
+    def init_from_data(self, data: Tensor) -> DBN:
+        r"""Initialize each RBM from its input as :meth:`~dgm_ppl.energy.BernoulliRBM.init_from_data`
+        does: RBM 1 from ``data``, RBM :math:`l` from binary draws of :math:`q(h_{l-1} \mid h_{l-2})`
+        (what :meth:`pretrain` fits it to).
+
+        :param data: binary tensor or NumPy array of shape ``(N, n_visible)``.
+        :returns: the model itself.
+        """
+        x = self._check_data(data, "init_from_data(data)")
+        for l, rbm in enumerate(self.rbms):
+            rbm.init_from_data(x)
+            if l < len(self.rbms) - 1:
+                x = rbm.sample_hidden(x)
+        return self
 
     # ------------------------------------------------------------ training
     def pretrain(
         self,
         data: Tensor,
+        epochs: int | Sequence[int] = 10,
         *,
-        epochs: int = 10,
         batch_size: int = 100,
         lr: float = 1e-2,
-        method: str = "pcd",
-        steps: int = 1,
+        weight_decay: float = 0.0,
         num_chains: int = 100,
+        steps: int = 1,
+        method: str = "pcd",
         optim: PyroOptim | None = None,
         progress: bool = True,
     ) -> list[list[float]]:
@@ -123,9 +152,20 @@ class DBN(nn.Module):
         (``method="pcd"``) or CD-``steps`` (``method="cd"``). The optimizer is ``optim`` (shared by
         all layers) or a fresh ``pyro.optim.Adam({"lr": lr})`` per layer. The RBMs' ``log_z``
         estimates are reset to ``None``, as training makes them stale. A further call continues from the
-        current weights, but restarts the visible biases at the base rates.
+        current weights, but restarts the visible biases at the base rates. Same keywords as
+        :meth:`DBM.pretrain <dgm_ppl.energy.DBM.pretrain>`, plus ``optim``.
 
         :param data: binary tensor or NumPy array of shape ``(N, n_visible)``.
+        :param epochs: epochs per RBM: one int for all, or one per RBM.
+        :param batch_size: the minibatch size.
+        :param lr: the learning rate of the default optimizer.
+        :param weight_decay: the weight decay of the default optimizer.
+        :param num_chains: persistent chains per RBM (``method="pcd"``).
+        :param steps: Gibbs sweeps per update.
+        :param method: ``"pcd"`` or ``"cd"``.
+        :param optim: a Pyro optimizer shared by all layers, in place of a fresh
+            ``pyro.optim.Adam({"lr": lr, "weight_decay": weight_decay})`` per layer.
+        :param progress: show a progress bar.
         :return: the per-epoch mean losses (free energy per datum) of each layer.
         """
         data = self._data(data, "pretrain(data)")
@@ -135,11 +175,16 @@ class DBN(nn.Module):
             raise ValueError("data is empty")
         if method not in ("pcd", "cd"):
             raise ValueError(f"method must be 'pcd' or 'cd', got {method!r}")
-        for label, n in (("epochs", epochs), ("batch_size", batch_size), ("steps", steps), ("num_chains", num_chains)):
+        epochs_per_layer = [epochs] * len(self.rbms) if isinstance(epochs, int) else list(epochs)
+        if len(epochs_per_layer) != len(self.rbms):
+            raise ValueError(f"epochs must be a positive int or one per RBM ({len(self.rbms)}), got {epochs!r}")
+        for n in epochs_per_layer:
+            _check_int("epochs", n)
+        for label, n in (("batch_size", batch_size), ("steps", steps), ("num_chains", num_chains)):
             _check_int(label, n)
         x = self._check_data(data, "pretrain(data)")
         histories = []
-        for rbm in self.rbms:
+        for rbm, rbm_epochs in zip(self.rbms, epochs_per_layer):
             rbm.init_from_data(x)
             rbm.log_z = None
             if method == "pcd":
@@ -147,9 +192,10 @@ class DBN(nn.Module):
                 chains = PersistentChains(rbm, num_chains, steps, init=init)
             else:
                 chains = ContrastiveDivergence(rbm, steps)
-            opt = optim if optim is not None else pyro.optim.Adam({"lr": lr})
+            adam = {"lr": lr} if weight_decay == 0.0 else {"lr": lr, "weight_decay": weight_decay}
+            opt = optim if optim is not None else pyro.optim.Adam(adam)
             svi = SVI(_rbm_model(rbm, chains, len(x)), _empty_guide, opt, Trace_ELBO())
-            histories.append(train(svi, x, epochs=epochs, batch_size=batch_size, progress=progress))
+            histories.append(train(svi, x, epochs=rbm_epochs, batch_size=batch_size, progress=progress))
             with torch.no_grad():
                 x = rbm.sample_hidden(x)
         return histories
@@ -165,7 +211,7 @@ class DBN(nn.Module):
         mu = v.to(self.rbms[0].weight)
         means = []
         for rbm in self.rbms:
-            mu = torch.sigmoid(rbm._hidden_input(rbm.params(), mu))
+            mu = torch.sigmoid(rbm.hidden_preactivation(mu))
             means.append(mu)
         return means
 
@@ -193,9 +239,15 @@ class DBN(nn.Module):
     # ------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(
-        self, num_samples: int, gibbs_steps: int = 1000, init: Tensor | None = None, *, mean_visible: bool = False
+        self,
+        num_samples: int,
+        steps: int = 1000,
+        init: Tensor | None = None,
+        *,
+        mean_visible: bool = False,
+        gibbs_steps: int | None = None,
     ) -> Tensor:
-        r"""Draw :math:`v` by ``gibbs_steps`` block-Gibbs sweeps in the top RBM, giving
+        r"""Draw :math:`v` by ``steps`` block-Gibbs sweeps in the top RBM, giving
         :math:`h_{L-1} \approx p_L(h_{L-1})`, then one ancestral pass down the directed layers,
         :math:`h_{l-1} \sim p(h_{l-1} \mid h_l)`.
 
@@ -203,20 +255,24 @@ class DBN(nn.Module):
             ``(num_samples, layer_sizes[-2])``; default: the factorial model of its visible biases.
         :param mean_visible: return the probabilities :math:`p(v_i = 1 \mid h_1)` of the last step
             instead of a binary draw.
+        :param gibbs_steps: deprecated name of ``steps``.
         :return: shape ``(num_samples, n_visible)``.
         """
+        if gibbs_steps is not None:
+            warnings.warn("DBN.sample(gibbs_steps=...) is deprecated; use steps=...", DeprecationWarning, 2)
+            steps = gibbs_steps
         _check_int("num_samples", num_samples)
-        _check_int("gibbs_steps", gibbs_steps, minimum=0)
+        _check_int("steps", steps, minimum=0)
         top = self.rbms[-1]
         if init is None:
-            h = top.random_visible(num_samples)
+            h = top.random_state(num_samples)
         else:
             init = self._data(init, "init")
             if init.shape != (num_samples, top.n_visible):
                 raise ValueError(f"init must have shape {(num_samples, top.n_visible)}, got {tuple(init.shape)}")
-            top._check_visible(init)
+            top.check_data(init, "init")
             h = init.to(top.weight)
-        h = top.gibbs_step(h, steps=gibbs_steps)
+        h = top.gibbs(h, steps=steps)
         directed = list(self.rbms[:-1])
         if not directed:  # a single RBM: h is already a visible sample
             return top.visible_given_hidden(top.sample_hidden(h)).mean if mean_visible else h
@@ -270,11 +326,11 @@ class DBN(nn.Module):
         log_w = 0.0
         for rbm in self.rbms[:-1]:
             p: RBMParams = rbm.params()
-            logits = rbm._hidden_input(p, x)
+            logits = rbm.hidden_preactivation(x, params=p)
             h = bernoulli(torch.sigmoid(logits))
             log_w = log_w + _bernoulli_log_prob(x, h @ p.weight.T + p.visible_bias) - _bernoulli_log_prob(h, logits)
             x = h
-        log_w = log_w + top._neg_free_energy(top.params(), x)
+        log_w = log_w + top.unnormalized_log_prob(x)
         if importance_weighted:
             bound = torch.logsumexp(log_w, 0) - math.log(num_samples)
         else:

@@ -25,6 +25,10 @@ ones; its batch shape), and checks that the negative phase is finite (else
 ``pyro.enable_validation(False)`` none of these run: bad data then gives wrong numbers or a
 PyTorch error, and a diverged model a NaN loss (which :func:`~dgm_ppl.infer.train` reports as a
 :class:`~dgm_ppl.infer.DivergenceError`).
+
+The distribution uses the model only through the public members of
+:class:`~dgm_ppl.energy.protocol.FreeEnergyModel`; a centered model receives the data's mean hidden
+probabilities through ``model.update_offsets(..., defer=True)`` after each positive phase.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import Size, Tensor
 
 from ..infer.errors import DivergenceError
 from .chains import NegativePhase
+from .protocol import FreeEnergyModel
 
 __all__ = ["EnergyBasedDistribution"]
 
@@ -65,7 +70,7 @@ class EnergyBasedDistribution(TorchDistribution):
 
     def __init__(
         self,
-        model,
+        model: FreeEnergyModel,
         chains: NegativePhase,
         *,
         params=None,
@@ -100,7 +105,7 @@ class EnergyBasedDistribution(TorchDistribution):
 
     def _validate_sample(self, value: Tensor) -> None:
         """The value's width and values (one fused pass), then its batch shape."""
-        self.model._check_visible(value)
+        self.model.check_data(value, "value")
         shape = value.shape[:-1]
         n = min(len(shape), len(self.batch_shape))
         for actual, expected in zip(shape[len(shape) - n :], self.batch_shape[len(self.batch_shape) - n :]):
@@ -121,13 +126,13 @@ class EnergyBasedDistribution(TorchDistribution):
         """
         model, p = self.model, self.params
         if not isinstance(value, Tensor):
-            value = model._data(value, "value")
+            value = model.to_tensor(value, "value")
         validate = self._validate_args
         if validate:
             self._validate_sample(value)
         log_z = model.log_z or 0.0
         if not torch.is_grad_enabled():
-            out = model._neg_free_energy(p, value.to(p.weight))
+            out = model.unnormalized_log_prob(value, params=p)
             return out - log_z if log_z else out
         negatives = self.chains.advance(value, params=p)
         # positive and negative phase in one matrix product, with a closed-form backward
@@ -135,13 +140,13 @@ class EnergyBasedDistribution(TorchDistribution):
         if flat.dtype != negatives.dtype or flat.device != negatives.device:
             flat = flat.to(negatives)
         n = flat.shape[0]
-        out, s, probs = model._sml_terms(p, torch.cat([flat, negatives]), n)
+        out, s, probs = model.sml_terms(torch.cat([flat, negatives]), n, params=p)
         if validate:
             check_negative_phase(s)
         self.chains.after_negative_phase(probs=probs[n:])
-        if getattr(model, "centered", False):
-            # applied by the model's next forward(), before the parameters enter a new graph
-            model.__dict__["_pending_hidden_mean"] = probs[:n].mean(0)
+        if model.centered:
+            # deferred: applied by the model's next forward(), before the parameters enter a new graph
+            model.update_offsets(probs[:n].mean(0), defer=True)
         if value.dim() != 2:
             out = out.reshape(value.shape[:-1])
         return out - log_z if log_z else out
@@ -151,5 +156,5 @@ class EnergyBasedDistribution(TorchDistribution):
         """Draws by block Gibbs: ``sample_steps`` sweeps started from the chains' current states."""
         shape = self._extended_shape(sample_shape)
         n = shape[:-1].numel()
-        v = self.model.gibbs_step(self.chains.initial_samples(n), steps=self.sample_steps)
+        v = self.model.gibbs(self.chains.initial_samples(n), steps=self.sample_steps)
         return v.reshape(shape)

@@ -14,6 +14,12 @@ tends to underestimate :math:`\log Z` (a stochastic lower bound on the log parti
 makes the estimated log-likelihood optimistic). Reverse AIS runs the same path from
 :math:`\beta = 1` (chains started at approximate model samples) back to 0, estimating
 :math:`Z_0/Z`; it errs the other way, so the two bracket the truth.
+
+The functions here use a model only through :class:`~dgm_ppl.energy.protocol.EnergyModel`: the
+model's :meth:`~dgm_ppl.energy.protocol.EnergyModel.enumeration` says which units exact
+enumeration visits, its :meth:`~dgm_ppl.energy.protocol.EnergyModel.annealing_path` which states AIS
+runs over (the visible units of an RBM; the odd layers of a DBM, whose even layers are summed out)
+and how they move.
 """
 
 from __future__ import annotations
@@ -26,9 +32,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._data import as_data_tensor
-from ._ops import bernoulli, binary_states
-from .dbm import DBM, dbm_ais_log_weights, dbm_exact_log_partition
-from .rbm import RBM
+from ._ops import binary_states
+from .protocol import AnnealingPath, EnergyModel
 
 __all__ = [
     "AISResult",
@@ -90,37 +95,29 @@ def ais_schedule(num_betas: int = 14500, dtype: torch.dtype = torch.float64) -> 
 
 
 def exact_log_partition(
-    model: RBM | DBM, *, max_units: int = 20, chunk_size: int = 2**15, record: bool = True
+    model: EnergyModel, *, max_units: int = 20, chunk_size: int = 2**15, record: bool = True
 ) -> Tensor:
-    r"""Exact :math:`\log Z` by enumerating the smaller layer (always the hidden layer for
-    Gaussian visible units). Differentiable; the value is stored in ``model.log_z`` when
-    ``record``.
+    r"""Exact :math:`\log Z` by enumerating the units that ``model.enumeration()`` names (for an RBM the
+    smaller layer, always the hidden layer for Gaussian visible units; for a
+    :class:`~dgm_ppl.energy.DBM` the parity, odd or even layers, with fewer units) and summing the
+    others out analytically. Differentiable; the value is stored in ``model.log_z`` when ``record``.
 
-    For a :class:`~dgm_ppl.energy.DBM`, the parity (odd or even layers) with fewer units is
-    enumerated and the other summed out analytically.
-
-    :raises ValueError: when the layer to enumerate has more than ``max_units`` units.
+    :param max_units: the most units to enumerate (:math:`2^{n}` states).
+    :param chunk_size: states per batch.
+    :raises ValueError: when more than ``max_units`` units would be enumerated.
     """
-    if isinstance(model, DBM):
-        log_z = dbm_exact_log_partition(model, max_units=max_units, chunk_size=chunk_size)
-        if record:
-            model.log_z = float(log_z.detach())
-        return log_z
-    p = model.params()
-    enum_visible = model.binary_visible and model.n_visible < model.n_hidden
-    n = model.n_visible if enum_visible else model.n_hidden
+    plan = model.enumeration()
+    n = plan.num_units
     if n > max_units:
         raise ValueError(
-            f"exact_log_partition would enumerate 2^{n} states of the {'visible' if enum_visible else 'hidden'} "
-            f"layer; the limit is max_units={max_units} (use ais_log_partition for larger models)"
+            f"exact_log_partition would enumerate 2^{n} {plan.what}; "
+            f"the limit is max_units={max_units} (use ais_log_partition for larger models)"
         )
     parts = []
     for start in range(0, 2**n, chunk_size):
-        states = binary_states(n, start, min(2**n, start + chunk_size), p.weight)
-        if enum_visible:
-            parts.append(torch.logsumexp(model._neg_free_energy(p, states), 0))
-        else:
-            parts.append(torch.logsumexp(model._log_marginal_given_hidden(p, states), 0) + p.const)
+        states = binary_states(n, start, min(2**n, start + chunk_size), plan.like)
+        part = torch.logsumexp(plan.log_marginal(states), 0)
+        parts.append(part if plan.const is None else part + plan.const)
     log_z = torch.logsumexp(torch.stack(parts), 0)
     if record:
         model.log_z = float(log_z.detach())
@@ -128,18 +125,17 @@ def exact_log_partition(
 
 
 @torch.no_grad()
-def _ais_log_weights(model: RBM, v: Tensor, betas: Tensor, base: Tensor | None, progress: bool, desc: str) -> Tensor:
-    p = model.params()
-    a = model._default_base(p, base)
-    log_w = torch.zeros(v.shape[0], dtype=torch.float64, device=v.device)
+def _ais_log_weights(path: AnnealingPath, state: list[Tensor], betas: Tensor, progress: bool, desc: str) -> Tensor:
+    r"""The log importance weights of AIS along ``path`` from ``state`` through the schedule ``betas``:
+    at each :math:`\beta_k`, add :math:`\log p^*_{\beta_k} - \log p^*_{\beta_{k-1}}` of the current
+    state, then move it by a transition that leaves :math:`p_{\beta_k}` invariant."""
+    log_w = torch.zeros(state[0].shape[0], dtype=torch.float64, device=state[0].device)
     b_list = betas.tolist()
     for k in tqdm(range(1, len(b_list)), disable=not progress, desc=desc, mininterval=1.0):
-        x = model._hidden_input(p, v)
-        lp = model._tempered_from_input
-        log_w += (lp(p, v, x, b_list[k], a) - lp(p, v, x, b_list[k - 1], a)).double()
+        cache = path.prepare(state)
+        log_w += (path.log_prob(state, b_list[k], cache) - path.log_prob(state, b_list[k - 1], cache)).double()
         if k < len(b_list) - 1:
-            h = bernoulli(torch.sigmoid(b_list[k] * x))
-            v = model._draw_visible(p, h, b_list[k], a)
+            state = path.transition(state, b_list[k], cache)
     return log_w
 
 
@@ -172,7 +168,7 @@ def _check_finite(log_w: Tensor) -> None:
 
 
 def ais_log_partition(
-    model: RBM | DBM,
+    model: EnergyModel,
     num_chains: int = 100,
     num_betas: int = 14500,
     data: Tensor | None = None,
@@ -198,15 +194,8 @@ def ais_log_partition(
     _check_schedule(betas)
     base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
-    if isinstance(model, DBM):
-        w = model.weight_0
-        odd = [
-            bernoulli(torch.full((num_chains, n), 0.5, dtype=w.dtype, device=w.device)) for n in model.layer_sizes[1::2]
-        ]
-        log_w = dbm_ais_log_weights(model, odd, betas, base, progress, "AIS")
-    else:
-        v = model.sample_base(num_chains, base)
-        log_w = _ais_log_weights(model, v, betas, base, progress, "AIS")
+    path = model.annealing_path(base)
+    log_w = _ais_log_weights(path, path.initial_state(num_chains), betas, progress, "AIS")
     _check_finite(log_w)
     result = _summarize(log_w, log_z_base, betas, reverse=False)
     if record:
@@ -215,7 +204,7 @@ def ais_log_partition(
 
 
 def reverse_ais_log_partition(
-    model: RBM | DBM,
+    model: EnergyModel,
     samples: Tensor | list[Tensor],
     num_betas: int = 14500,
     data: Tensor | None = None,
@@ -234,14 +223,8 @@ def reverse_ais_log_partition(
     _check_schedule(betas)
     base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
-    if isinstance(model, DBM):
-        samples = model._check_states(samples)
-        odd = [s.to(model.weight_0) for s in samples[1::2]]
-        log_w = dbm_ais_log_weights(model, odd, betas.flip(0), base, progress, "reverse AIS")
-    else:
-        samples = model._data(samples, "samples")
-        model._check_visible(samples)
-        log_w = _ais_log_weights(model, samples.to(model.weight), betas.flip(0), base, progress, "reverse AIS")
+    path = model.annealing_path(base)
+    log_w = _ais_log_weights(path, path.state_from_samples(samples), betas.flip(0), progress, "reverse AIS")
     _check_finite(log_w)
     return _summarize(log_w, log_z_base, betas, reverse=True)
 
@@ -253,19 +236,15 @@ def _check_schedule(betas: Tensor) -> None:
 
 @torch.no_grad()
 def average_log_likelihood(
-    model: RBM | DBM, data: Tensor, log_z: float | AISResult | Tensor, batch_size: int = 10000
+    model: EnergyModel, data: Tensor, log_z: float | AISResult | Tensor, batch_size: int = 10000
 ) -> float:
-    r"""The average log-likelihood :math:`\frac1N \sum_n -F(v_n) - \log Z` of ``data``; for a
+    r"""The average log-likelihood :math:`\frac1N \sum_n \log p^*(v_n) - \log Z` of ``data``, with
+    ``model.unnormalized_log_prob``: exactly :math:`-F(v_n)` for an RBM; for a
     :class:`~dgm_ppl.energy.DBM` the variational lower bound :math:`\frac1N\sum_n \mathcal L(v_n) - \log Z`
     (mean field run to convergence)."""
-    data = model._data(data, "data")
-    model._check_visible(data)
+    data = model.check_data(data, "data")
     total = 0.0
     for i in range(0, data.shape[0], batch_size):
         batch = data[i : i + batch_size]
-        if isinstance(model, DBM):
-            total += float(model.variational_bound(batch, num_iters=100).double().sum())
-        else:
-            p = model.params()
-            total += float(model._neg_free_energy(p, batch.to(p.weight)).double().sum())
+        total += float(model.unnormalized_log_prob(batch).double().sum())
     return total / data.shape[0] - float(log_z)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import pyro.distributions as dist
@@ -37,7 +39,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ._ops import Beta, as_tensor_like, bernoulli, check_binary, check_finite, closed_form_applies
+from .chains import PersistentChains
 from .distribution import EnergyBasedDistribution
+from .protocol import Enumeration
 
 __all__ = ["RBM", "BernoulliRBM", "GaussianBernoulliRBM"]
 
@@ -183,10 +187,21 @@ class RBM(PyroModule):
     ``name`` is the prefix of the parameters in Pyro's param store. By default each instance gets
     a unique one (``BernoulliRBM_0``, ``BernoulliRBM_1``, ...), so several RBMs can share a model;
     pass a fixed name when optimizer state must be restored in another process.
+
+    Every RBM satisfies :class:`~dgm_ppl.energy.protocol.FreeEnergyModel` (and so
+    :class:`~dgm_ppl.energy.protocol.EnergyModel`), through which the chains, the distribution and
+    the partition functions use it.
     """
 
     support: constraints.Constraint
     binary_visible: bool = False
+    #: whether the energy is written around offsets (see :class:`BernoulliRBM`)
+    centered: bool = False
+    #: the class of this model's persistent chains, built by ``PersistentChains(rbm, ...)``
+    chain_class: type = PersistentChains
+    #: a deferred move of the hidden offset (:meth:`update_offsets` with ``defer=True``), applied by the
+    #: next :meth:`forward`; saved with the model's state
+    pending_hidden_means: Tensor | None = None
 
     def __init__(self, n_visible: int, n_hidden: int, *, init_std: float = 0.01, name: str | None = None):
         for label, n in (("n_visible", n_visible), ("n_hidden", n_hidden)):
@@ -202,11 +217,11 @@ class RBM(PyroModule):
 
     # ----------------------------------------------------------------- state
     def get_extra_state(self) -> dict:
-        return {"log_z": self.log_z, "pending_hidden_mean": self.__dict__.get("_pending_hidden_mean")}
+        return {"log_z": self.log_z, "pending_hidden_mean": self.pending_hidden_means}
 
     def set_extra_state(self, state: dict) -> None:
         self.log_z = state.get("log_z")
-        self.__dict__["_pending_hidden_mean"] = state.get("pending_hidden_mean")
+        self.pending_hidden_means = state.get("pending_hidden_mean")
 
     def extra_repr(self) -> str:
         return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}"
@@ -246,6 +261,27 @@ class RBM(PyroModule):
         """``data`` as a tensor (NumPy arrays and lists go to the parameters' device and dtype)."""
         return as_tensor_like(data, self.weight, name)
 
+    def to_tensor(self, data, name: str = "data") -> Tensor:
+        """``data`` as a tensor: tensors pass through unchanged, NumPy arrays and lists are converted to
+        the parameters' dtype and device. No check of the values.
+
+        :param name: the argument, as error messages name it.
+        :raises TypeError: for data that is neither a tensor nor a numeric array.
+        """
+        return as_tensor_like(data, self.weight, name)
+
+    def check_data(self, data, name: str = "data") -> Tensor:
+        """``data`` as a tensor (:meth:`to_tensor`), after checking that it holds visible states: the
+        width ``n_visible`` and finite values (binary ones for Bernoulli units), in one fused pass.
+
+        :param name: the argument, as error messages name it.
+        :returns: the tensor (``data`` itself when it is one).
+        :raises ValueError: for values of the wrong width, with NaN or inf, or (Bernoulli units) not binary.
+        """
+        v = as_tensor_like(data, self.weight, name)
+        self._check_visible(v)
+        return v
+
     def _check_visible(self, v: Tensor) -> None:
         """Shape and finiteness of visible values: one reduction (one host sync) when they are fine."""
         if v.shape[-1:] != (self.n_visible,):
@@ -274,8 +310,17 @@ class RBM(PyroModule):
     def _default_base(self, p: RBMParams, base: Tensor | None) -> Tensor:
         return torch.zeros_like(p.visible_bias) if base is None else self._data(base, "base")
 
-    def energy(self, v: Tensor, h: Tensor) -> Tensor:
-        r"""The energy :math:`E(v,h) = -\ell(v) - c^\top h - s(v)^\top W h`, shape ``batch``."""
+    def energy(self, v: Tensor | Sequence[Tensor], h: Tensor | None = None) -> Tensor:
+        r"""The energy :math:`E(v,h) = -\ell(v) - c^\top h - s(v)^\top W h`, shape ``batch``.
+
+        :param v: visible states, or the joint states ``[v, h]`` (as for :meth:`DBM.energy`) when ``h``
+            is not given.
+        :param h: hidden states.
+        """
+        if h is None:
+            if len(v) != 2:
+                raise ValueError(f"expected the layer states [v, h], got {len(v)} states")
+            v, h = v
         v, h = self._data(v, "v"), self._data(h, "h")
         p = self.params()
         coupling = ((self._visible_stat(p, v) @ p.weight) * h).sum(-1)
@@ -287,6 +332,31 @@ class RBM(PyroModule):
         Plain autograd (any order of derivatives, in the parameters and in ``v``); the SML path of
         :meth:`distribution` uses a closed-form first-order backward instead."""
         return -self._neg_free_energy(self.params(), self._data(v, "v"))
+
+    def unnormalized_log_prob(self, v: Tensor, *, params: RBMParams | None = None) -> Tensor:
+        r"""The unnormalized :math:`\log p^*(v) = -F(v)` of visible states, moved to the parameters'
+        dtype and device; no check of the values (see :meth:`check_data`).
+
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        """
+        p = self.params() if params is None else params
+        return self._neg_free_energy(p, self._data(v, "v").to(p.weight))
+
+    def hidden_preactivation(self, v: Tensor, *, params: RBMParams | None = None) -> Tensor:
+        r"""The hidden pre-activations :math:`c + s(v)^\top W` (the logits of :math:`p(h|v)`)."""
+        p = self.params() if params is None else params
+        return self._hidden_input(p, self._data(v, "v"))
+
+    def sml_terms(self, v: Tensor, num_data: int, *, params: RBMParams | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        r"""The SML surrogate of the rows of 2-D ``v``: its first ``num_data`` rows are data, the rest
+        chain states :math:`\tilde v_c`. Returns :math:`-F` of the data rows, with gradient
+        :math:`\nabla(-F(v_n)) - \frac1C\sum_c \nabla(-F(\tilde v_c))`; the chains' mean :math:`s` of
+        :math:`-F` and the hidden probabilities of all rows, both without gradient. A closed-form
+        backward serves where it applies (first order, plain tensors).
+
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        """
+        return self._sml_terms(self.params() if params is None else params, v, num_data)
 
     def _hidden_input(self, p: RBMParams, v: Tensor) -> Tensor:
         """Hidden pre-activations :math:`c + s(v)^\\top W`."""
@@ -313,10 +383,15 @@ class RBM(PyroModule):
         s = neg_free[num_data:].mean()
         return neg_free[:num_data] - (s - s.detach()), s.detach(), torch.sigmoid(x.detach())
 
-    def tempered_log_prob(self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
+    def tempered_log_prob(
+        self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None, *, params: RBMParams | None = None
+    ) -> Tensor:
         r"""Unnormalized :math:`\log p^*_\beta(v)` on the path from the base model (``beta=0``) to
-        the RBM (``beta=1``, where it equals :math:`-F(v)`)."""
-        return self._tempered_log_prob(self.params(), self._data(v, "v"), beta, base)
+        the RBM (``beta=1``, where it equals :math:`-F(v)`).
+
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        """
+        return self._tempered_log_prob(self.params() if params is None else params, self._data(v, "v"), beta, base)
 
     def _tempered_log_prob(self, p: RBMParams, v: Tensor, beta: Beta, base: Tensor | None) -> Tensor:
         return self._tempered_from_input(p, v, self._hidden_input(p, v), beta, self._default_base(p, base))
@@ -341,9 +416,14 @@ class RBM(PyroModule):
         p = self.params()
         return bernoulli(torch.sigmoid(beta * self._hidden_input(p, self._data(v, "v"))))
 
-    def sample_visible(self, h: Tensor, beta: Beta = 1.0, base: Tensor | None = None) -> Tensor:
-        """Draw v ~ p_beta(v | h)."""
-        return self._draw_visible(self.params(), self._data(h, "h"), beta, base)
+    def sample_visible(
+        self, h: Tensor, beta: Beta = 1.0, base: Tensor | None = None, *, params: RBMParams | None = None
+    ) -> Tensor:
+        """Draw v ~ p_beta(v | h).
+
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        """
+        return self._draw_visible(self.params() if params is None else params, self._data(h, "h"), beta, base)
 
     def _draw_visible(self, p: RBMParams, h: Tensor, beta: Beta = 1.0, a: Tensor | None = None) -> Tensor:
         """v ~ p_beta(v | h) on the annealing path (a plain draw from p(v | h) at beta = 1)."""
@@ -358,26 +438,74 @@ class RBM(PyroModule):
         return self._draw_visible(p, h, beta, a)
 
     @torch.no_grad()
-    def gibbs_step(self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None, steps: int = 1) -> Tensor:
-        """``steps`` block-Gibbs sweeps v -> h -> v at inverse temperature ``beta``.
+    def gibbs(
+        self,
+        states: Tensor,
+        steps: int = 1,
+        beta: Beta = 1.0,
+        base: Tensor | None = None,
+        *,
+        params: RBMParams | None = None,
+    ) -> Tensor:
+        """``steps`` block-Gibbs sweeps v -> h -> v at inverse temperature ``beta``, without gradient.
 
-        ``beta`` may be a tensor of shape ``(T, 1, 1)`` for a batch ``v`` of shape ``(T, C, n_visible)``.
+        :param states: visible states ``(..., n_visible)``.
+        :param beta: inverse temperature on the path from the base model ``base``; a tensor of shape
+            ``(T, 1, 1)`` for states of shape ``(T, C, n_visible)``.
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
         """
-        p = self.params()
-        v = self._data(v, "v")
+        p = self.params() if params is None else params
+        v = self._data(states, "v")
         for _ in range(steps):
             v = self._gibbs(p, v, beta, base)
         return v
+
+    def gibbs_step(self, v: Tensor, beta: Beta = 1.0, base: Tensor | None = None, steps: int = 1) -> Tensor:
+        """Deprecated alias of :meth:`gibbs` (with its former argument order)."""
+        warnings.warn("RBM.gibbs_step is deprecated; use RBM.gibbs(v, steps, beta, base)", DeprecationWarning, 2)
+        return self.gibbs(v, steps, beta, base)
 
     @torch.no_grad()
     def sample(self, num_samples: int, steps: int = 1000, init: Tensor | None = None) -> Tensor:
         """Approximate samples by ``steps`` Gibbs sweeps from ``init`` (default: the base model)."""
         v = self.sample_base(num_samples) if init is None else self._data(init, "init")
-        return self.gibbs_step(v, steps=steps)
+        return self.gibbs(v, steps=steps)
 
-    def random_visible(self, num_samples: int) -> Tensor:
+    def random_state(self, num_samples: int) -> Tensor:
         """Initial chain states from the factorial model given by the visible biases."""
         return self.sample_base(num_samples, self.params().visible_bias.detach())
+
+    def random_visible(self, num_samples: int) -> Tensor:
+        """Deprecated alias of :meth:`random_state`."""
+        warnings.warn("RBM.random_visible is deprecated; use RBM.random_state", DeprecationWarning, 2)
+        return self.random_state(num_samples)
+
+    def persistent_chains(self, num_chains: int = 100, steps: int = 1, init: Tensor | None = None):
+        """This model's persistent chains, ``chain_class(self, num_chains, steps, init)`` (see
+        :class:`~dgm_ppl.energy.PersistentChains`)."""
+        return self.chain_class(self, num_chains, steps, init)
+
+    # ------------------------------------------------------ partition functions
+    def annealing_path(self, base: Tensor | None = None) -> _RBMAnnealingPath:
+        """The AIS path from the base model ``base`` (default: zero visible biases or means) to this
+        RBM, over visible states; parameters as now. See :class:`~dgm_ppl.energy.protocol.AnnealingPath`."""
+        return _RBMAnnealingPath(self, base)
+
+    def enumeration(self) -> Enumeration:
+        """Exact log Z enumerates the smaller layer (always the hidden layer for non-binary visible
+        units) and sums the other out in closed form. Differentiable in the parameters."""
+        p = self.params()
+        if self.binary_visible and self.n_visible < self.n_hidden:
+            return Enumeration(
+                self.n_visible, "states of the visible layer", lambda v: self._neg_free_energy(p, v), p.weight
+            )
+        return Enumeration(
+            self.n_hidden,
+            "states of the hidden layer",
+            lambda h: self._log_marginal_given_hidden(p, h),
+            p.weight,
+            p.const,
+        )
 
     # ----------------------------------------------------------- Pyro glue
     def forward(self, chains, **kwargs):
@@ -387,7 +515,37 @@ class RBM(PyroModule):
         return EnergyBasedDistribution(self, chains, params=self.params(), **kwargs)
 
     def _before_distribution(self) -> None:
-        pass
+        """Apply a deferred offset move (see :meth:`update_offsets`), with gradients enabled only."""
+        pending = self.pending_hidden_means
+        if pending is not None:
+            self.pending_hidden_means = None
+            if self.centered and torch.is_grad_enabled():
+                self.update_offsets(pending)
+
+    def update_offsets(self, hidden_means: Tensor | Sequence[Tensor], *, defer: bool = False) -> None:
+        r"""Move the hidden offset :math:`\lambda` of a centered RBM towards ``hidden_means`` (see
+        :meth:`BernoulliRBM.update_hidden_offset`); nothing for an uncentered one.
+
+        :param hidden_means: the data's mean hidden probabilities, shape ``(n_hidden,)`` (or a
+            sequence holding that one tensor).
+        :param defer: keep the move in ``pending_hidden_means``, to be applied by the next
+            :meth:`forward` with gradients enabled (how the distribution reports the means of a
+            positive phase whose graph still holds the biases).
+        """
+        if not self.centered:
+            return
+        if defer:
+            self.pending_hidden_means = hidden_means
+            return
+        if isinstance(hidden_means, (list, tuple)):
+            if len(hidden_means) != 1:
+                raise ValueError(f"an RBM has one hidden layer, got {len(hidden_means)} hidden means")
+            (hidden_means,) = hidden_means
+        self.update_hidden_offset(hidden_means)
+
+    def update_hidden_offset(self, hidden_mean: Tensor) -> None:
+        """Move the hidden offset towards ``hidden_mean`` (centered models only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no hidden offset")
 
     def distribution(self, chains, **kwargs):
         """A Pyro distribution over v whose ``log_prob`` carries the SML gradient.
@@ -436,11 +594,6 @@ class BernoulliRBM(RBM):
         # -E = v.(b - W lam) + h.(c - W^T mu) + v^T W h + const,  const = -mu.b - c.lam + mu^T W lam
         wl = w @ lam
         return RBMParams(w, b - wl, c - mu @ w, -(mu @ b) - (c @ lam) + (mu @ wl), centering=(b, c, mu, lam))
-
-    def _before_distribution(self) -> None:
-        pending = self.__dict__.pop("_pending_hidden_mean", None)
-        if pending is not None and self.centered and torch.is_grad_enabled():
-            self.update_hidden_offset(pending)
 
     @torch.no_grad()
     def update_hidden_offset(self, hidden_mean: Tensor) -> None:
@@ -587,3 +740,32 @@ class GaussianBernoulliRBM(RBM):
 
     def base_rate(self, data: Tensor) -> Tensor:
         return self._data(data).to(self.weight).mean(0)
+
+
+class _RBMAnnealingPath:
+    r"""The AIS path of an RBM over visible states (``state = [v]``), with the hidden units summed out:
+    :math:`\log p^*_\beta(v)` of the module's notes, and one block-Gibbs sweep
+    :math:`v \to h \to v` at :math:`\beta` as the transition. The cache is the hidden pre-activations
+    of ``v``, shared by both temperatures of a step and the next draw of ``h``."""
+
+    def __init__(self, model: RBM, base: Tensor | None):
+        self.model, self.base = model, base
+        self.params = model.params()
+        self.visible_base = model._default_base(self.params, base)
+
+    def initial_state(self, num_chains: int) -> list[Tensor]:
+        return [self.model.sample_base(num_chains, self.base)]
+
+    def state_from_samples(self, samples) -> list[Tensor]:
+        samples = self.model.check_data(samples, "samples")
+        return [samples.to(self.params.weight)]
+
+    def prepare(self, state: list[Tensor]) -> Tensor:
+        return self.model._hidden_input(self.params, state[0])
+
+    def log_prob(self, state: list[Tensor], beta: float, cache: Tensor) -> Tensor:
+        return self.model._tempered_from_input(self.params, state[0], cache, beta, self.visible_base)
+
+    def transition(self, state: list[Tensor], beta: float, cache: Tensor) -> list[Tensor]:
+        h = bernoulli(torch.sigmoid(beta * cache))
+        return [self.model._draw_visible(self.params, h, beta, self.visible_base)]

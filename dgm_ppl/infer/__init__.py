@@ -1,8 +1,11 @@
 """Objectives that run on Pyro's SVI, and training helpers."""
 
+from .avb import AVBLoss
+from .bigan import BIGAN_KINDS, ALILoss, BiGANLoss
 from .errors import DivergenceError
 from .gan import GAN_KINDS, GANLoss, gradient_penalty
 from .mmd import MMDLoss
+from .nce import NCELoss, unnormalized_log_prob
 from .objectives import (
     IWAE,
     AnnealedELBO,
@@ -21,7 +24,13 @@ __all__ = [
     "GANLoss",
     "GAN_KINDS",
     "gradient_penalty",
+    "BiGANLoss",
+    "ALILoss",
+    "BIGAN_KINDS",
+    "AVBLoss",
     "MMDLoss",
+    "NCELoss",
+    "unnormalized_log_prob",
     "AnnealedELBO",
     "FreeBitsELBO",
     "IWAE",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pyro.poutine as poutine
 import torch
+import torch.nn.functional as F
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 
@@ -29,6 +30,9 @@ __all__ = [
     "check_finite",
     "make_optimizer",
     "adversary_step",
+    "critic_scores",
+    "discriminator_loss",
+    "generator_loss",
 ]
 
 
@@ -36,13 +40,18 @@ __all__ = [
 class Comparison:
     """Real and generated samples at the observed sites, each ``(B, *event_shape)`` (``(B, 1)`` for scalar
     sites) with the plates' batch dimensions flattened and masked-out entries dropped; ``context`` holds the
-    extra per-sample inputs; ``kl`` is the guide's ``log q(θ) − log p(θ)`` (0 without a guide)."""
+    extra per-sample inputs; ``kl`` is the guide's ``log q(θ) − log p(θ)`` (0 without a guide); ``trace`` is
+    the unconditioned model's trace, ``sample_shape`` the observed sites' batch shape and ``keep`` the flattened
+    mask of the entries kept (None when all are)."""
 
     names: list[str]
     real: list[Tensor]
     fake: list[Tensor]
     context: list[Tensor]
     kl: Tensor | float
+    trace: poutine.Trace | None = None
+    sample_shape: torch.Size | None = None
+    keep: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -156,18 +165,18 @@ def draw_real_and_fake(
     kl = 0.0
     if with_kl and guide_trace is not None:
         guide_trace = prune_subsample_sites(guide_trace)
-        model_trace = prune_subsample_sites(model_trace)
+        pruned = prune_subsample_sites(model_trace)
         latent = [k for k, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
         for name in latent:
             if not getattr(guide_trace.nodes[name]["fn"], "has_rsample", False):
                 raise ValueError(f"{loss_name}: guide site {name!r} is not reparametrized")
-            if name not in model_trace.nodes:
+            if name not in pruned.nodes:
                 raise ValueError(f"{loss_name}: guide site {name!r} is not in the model")
         if latent:
-            kl = guide_trace.log_prob_sum(lambda k, s: k in latent) - model_trace.log_prob_sum(lambda k, s: k in latent)
+            kl = guide_trace.log_prob_sum(lambda k, s: k in latent) - pruned.log_prob_sum(lambda k, s: k in latent)
     if n == 0:
         raise ValueError(f"{loss_name}: every observed value is masked out")
-    return Comparison(names, real, fake, ctx, kl)
+    return Comparison(names, real, fake, ctx, kl, model_trace, batch, keep)
 
 
 def pack(tensors: list[Tensor], m: int) -> list[Tensor]:
@@ -271,3 +280,42 @@ class ComparisonLoss:
             module.load_state_dict(state[name])
             optim.load_state_dict(state[name + "_optim"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+
+
+def discriminator_loss(kind: str, real: Tensor, fake: Tensor) -> Tensor:
+    """The discriminator's (critic's) loss of a GAN of ``kind`` (``"minimax"``, ``"nonsaturating"``,
+    ``"wasserstein"``, ``"hinge"``, ``"least_squares"``) from its scores on real and generated samples."""
+    if kind in ("minimax", "nonsaturating"):
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    if kind == "wasserstein":
+        return fake.mean() - real.mean()
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())
+
+
+def generator_loss(kind: str, fake: Tensor) -> Tensor:
+    """The generator's loss of a GAN of ``kind`` from the discriminator's scores on generated samples."""
+    if kind == "minimax":
+        return -F.softplus(fake).mean()
+    if kind == "nonsaturating":
+        return F.softplus(-fake).mean()
+    if kind in ("wasserstein", "hinge"):
+        return -fake.mean()
+    return 0.5 * (fake - 1).pow(2).mean()
+
+
+def critic_scores(discriminator: nn.Module, inputs: list[Tensor], context: list[Tensor]) -> Tensor:
+    """``discriminator(*inputs, *context)`` as one score per sample, shape ``(B,)``.
+
+    :raises ValueError: when the discriminator returns anything but a tensor of shape ``(B,)`` or ``(B, 1)``.
+    """
+    out = discriminator(*inputs, *context)
+    batch = inputs[0].shape[0]
+    if not isinstance(out, Tensor) or out.shape not in ((batch,), (batch, 1)):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"the discriminator must return one value per (packed) sample, shape ({batch},) or "
+            f"({batch}, 1); got {shape}"
+        )
+    return out.reshape(batch)

@@ -27,15 +27,17 @@ from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .comparison import (
     ComparisonLoss,
     adversary_step,
     check_finite,
+    critic_scores,
+    discriminator_loss,
     draw_real_and_fake,
     frozen,
+    generator_loss,
     make_optimizer,
     pack,
 )
@@ -43,38 +45,6 @@ from .comparison import (
 __all__ = ["GANLoss", "gradient_penalty", "GAN_KINDS"]
 
 GAN_KINDS = ("minimax", "nonsaturating", "wasserstein", "hinge", "least_squares")
-
-
-def _d_loss(kind: str, real: Tensor, fake: Tensor) -> Tensor:
-    if kind in ("minimax", "nonsaturating"):
-        return F.softplus(-real).mean() + F.softplus(fake).mean()
-    if kind == "wasserstein":
-        return fake.mean() - real.mean()
-    if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())
-
-
-def _g_loss(kind: str, fake: Tensor) -> Tensor:
-    if kind == "minimax":
-        return -F.softplus(fake).mean()
-    if kind == "nonsaturating":
-        return F.softplus(-fake).mean()
-    if kind in ("wasserstein", "hinge"):
-        return -fake.mean()
-    return 0.5 * (fake - 1).pow(2).mean()
-
-
-def _critic(discriminator: nn.Module, inputs: list[Tensor], context: list[Tensor]) -> Tensor:
-    out = discriminator(*inputs, *context)
-    batch = inputs[0].shape[0]
-    if not isinstance(out, Tensor) or out.shape not in ((batch,), (batch, 1)):
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"the discriminator must return one value per (packed) sample, shape ({batch},) or "
-            f"({batch}, 1); got {shape}"
-        )
-    return out.reshape(batch)
 
 
 def gradient_penalty(
@@ -100,7 +70,7 @@ def gradient_penalty(
     for r, f in zip(real, fake, strict=True):
         e = eps.reshape(batch, *([1] * (r.dim() - 1))).to(r)
         points.append((e * r.detach() + (1 - e) * f.detach()).requires_grad_(True))
-    out = _critic(discriminator, points, list(context))
+    out = critic_scores(discriminator, points, list(context))
     grads = torch.autograd.grad(out.sum(), points, create_graph=True)
     sq = sum(g.reshape(batch, -1).pow(2).sum(-1) for g in grads)
     excess = (sq + 1e-12).sqrt() - target
@@ -190,9 +160,9 @@ class GANLoss(ComparisonLoss):
         self, real: list[Tensor], fake: list[Tensor], context: list[Tensor]
     ) -> tuple[Tensor, Tensor]:
         """The discriminator loss on packed inputs, and the mean gradient penalty (0 without one)."""
-        d_real = _critic(self.discriminator, real, context)
-        d_fake = _critic(self.discriminator, fake, context)
-        loss = _d_loss(self.kind, d_real, d_fake)
+        d_real = critic_scores(self.discriminator, real, context)
+        d_fake = critic_scores(self.discriminator, fake, context)
+        loss = discriminator_loss(self.kind, d_real, d_fake)
         penalty = torch.zeros((), dtype=loss.dtype, device=loss.device)
         if self.gradient_penalty:
             penalty = gradient_penalty(self.discriminator, real, fake, *context, one_sided=self.one_sided).mean()
@@ -223,7 +193,7 @@ class GANLoss(ComparisonLoss):
                         step_fake, real, ctx = pack(again.fake, m), pack(again.real, m), pack(again.context, m)
                     d_loss, penalty = self._discriminator_step(real, step_fake, ctx)
             with frozen(self.discriminator):
-                g_loss = _g_loss(self.kind, _critic(self.discriminator, fake, ctx))
+                g_loss = generator_loss(self.kind, critic_scores(self.discriminator, fake, ctx))
         check_finite("GANLoss", "generator loss", g_loss)
         loss = g_loss + self.prior_scale * draw.kl if self.prior_scale else g_loss
         if train:

@@ -1,0 +1,106 @@
+r"""The distribution of a :class:`~dgm_ppl.energy.DBM`'s visible units inside a Pyro program: variational
+SML (Salakhutdinov & Hinton 2009; Goodfellow et al. Algorithm 20.1).
+
+Uses the DBM through public members only: ``positive_phase`` (the mean-field bound and its gradient),
+``chain_statistic`` (the Rao-Blackwellized negative phase), ``gibbs`` and ``update_offsets``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Size, Tensor
+
+from .dbm_chains import DBMPersistentChains
+from .distribution import EnergyBasedDistribution, check_negative_phase
+from .protocol import EnergyModel
+
+__all__ = ["DBMDistribution"]
+
+
+class DBMDistribution(EnergyBasedDistribution):
+    r"""The distribution of a DBM's visible units inside a Pyro program (Algorithm 20.1).
+
+    ``log_prob(v)`` has the value :math:`\mathcal L(v) - \log\hat Z`, the mean-field bound minus
+    ``model.log_z`` (0 when unset), computed through the surrogate
+
+    .. math::
+
+        \mathcal L_\theta(v; \mu) - \log\hat Z - (s - \operatorname{stop\_grad}(s)),
+        \qquad s = \frac1C\sum_c -F_{odd}(\tilde v_c, \tilde h_{2,c}, \dots),
+
+    with :math:`\mu` the (detached) mean-field fixed point, so the gradient is the positive phase
+    :math:`\nabla_\theta \mathcal L` at :math:`\mu` minus the negative phase from the persistent
+    chains, with the odd layers summed out (Rao-Blackwellized). Under a subsampled plate Pyro scales
+    it by :math:`N/B`, so ``SVI`` + ``Trace_ELBO`` performs variational SML.
+
+    :param mean_field_iters: fixed-point sweeps for the positive phase (``mean_field_tol`` stops early).
+    """
+
+    def __init__(
+        self,
+        model: EnergyModel,
+        chains: DBMPersistentChains,
+        *,
+        params=None,
+        sample_steps: int = 100,
+        mean_field_iters: int = 10,
+        mean_field_tol: float | None = None,
+        batch_shape: Size | tuple = (),
+        validate_args: bool | None = None,
+    ):
+        if not isinstance(chains, DBMPersistentChains):
+            raise TypeError(
+                f"a DBM needs PersistentChains(dbm, ...) for its negative phase, got {type(chains).__name__}"
+            )
+        self.mean_field_iters, self.mean_field_tol = mean_field_iters, mean_field_tol
+        super().__init__(
+            model,
+            chains,
+            params=params,
+            sample_steps=sample_steps,
+            batch_shape=batch_shape,
+            validate_args=validate_args,
+        )
+
+    def _options(self) -> dict:
+        options = super()._options()
+        options.update(mean_field_iters=self.mean_field_iters, mean_field_tol=self.mean_field_tol)
+        return options
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """The bound minus ``log_z``, with the gradient of Algorithm 20.1 (see the class notes).
+        The positive phase is :meth:`DBM.positive_phase <dgm_ppl.energy.DBM.positive_phase>` (closed-form
+        gradient at the mean-field means), the negative phase :meth:`DBM.chain_statistic
+        <dgm_ppl.energy.DBM.chain_statistic>` of the advanced chains. Checks as for
+        :class:`~dgm_ppl.energy.EnergyBasedDistribution`: with Pyro's validation off, neither the value
+        nor the negative phase is checked.
+
+        :param value: visible values, shape ``batch_shape + (n_visible,)`` (a NumPy array is converted).
+        :returns: shape ``value.shape[:-1]``.
+        """
+        model, p = self.model, self.params
+        if not isinstance(value, Tensor):
+            value = model.to_tensor(value, "value")
+        validate = self._validate_args
+        if validate:
+            self._validate_sample(value)
+        log_z = model.log_z or 0.0
+        flat = value.reshape(-1, value.shape[-1]).to(p.weights[0])
+        bound, means = model.positive_phase(flat, params=p, num_iters=self.mean_field_iters, tol=self.mean_field_tol)
+        if not torch.is_grad_enabled():
+            bound = bound.reshape(value.shape[:-1])
+            return bound - log_z if log_z else bound
+        s = model.chain_statistic(self.chains.advance(value, params=p), params=p).mean()
+        if validate:
+            check_negative_phase(s, "DBM")
+        if model.centered:  # deferred: applied by the model's next forward()
+            model.update_offsets([m.mean(0) for m in means], defer=True)
+        out = (bound - (s - s.detach())).reshape(value.shape[:-1])
+        return out - log_z if log_z else out
+
+    @torch.no_grad()
+    def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
+        """Draws by block Gibbs: ``sample_steps`` sweeps started from the chains' current states."""
+        shape = self._extended_shape(sample_shape)
+        states = self.chains.initial_samples(shape[:-1].numel())
+        return self.model.gibbs(states, steps=self.sample_steps)[0].reshape(shape)

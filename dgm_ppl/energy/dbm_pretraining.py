@@ -1,0 +1,163 @@
+r"""Greedy layer-wise pretraining of a :class:`~dgm_ppl.energy.DBM` (Salakhutdinov & Hinton 2009).
+
+RBM :math:`l` is trained by SML on the up-pass means of the layer below, with tied copies of layers
+(:class:`TiedCopiesRBM`) that compensate for the input the layer gets from both neighbours in the DBM.
+:func:`pretrain_dbm` then initializes the DBM from the RBMs (:meth:`DBM.pretrain` calls it). Uses the
+DBM only through public members.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..infer.errors import DivergenceError
+from ._ops import bernoulli
+
+__all__ = ["TiedCopiesRBM", "pretrain_dbm"]
+
+
+class TiedCopiesRBM(nn.Module):
+    r"""An RBM with ``visible_copies`` tied copies of its visible layer and ``hidden_copies`` of its
+    hidden layer, for DBM pretraining. Summed copies are sufficient statistics:
+    :math:`-F(v_{1..k}) = \sum_i \ell(v_i) + k_h \sum_j \operatorname{softplus}(c_j + \sum_i s(v_i)^\top W_{:j})`,
+    and the data clamps all visible copies to the same vector."""
+
+    def __init__(self, n_visible: int, n_hidden: int, visible_copies: int, hidden_copies: int, std: Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_visible, n_hidden) * 0.01)
+        self.visible_bias = nn.Parameter(torch.zeros(n_visible))
+        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden))
+        self.kv, self.kh = visible_copies, hidden_copies
+        self.register_buffer("std", None if std is None else std.detach().clone())
+
+    def _stat(self, v: Tensor) -> Tensor:
+        return v if self.std is None else v / self.std
+
+    def _visible_term(self, v: Tensor) -> Tensor:
+        if self.std is None:
+            return v @ self.visible_bias
+        return -(((v - self.visible_bias) / self.std) ** 2).sum(-1) / 2
+
+    def neg_free_energy(self, copies: Tensor) -> Tensor:
+        """``copies`` of shape ``(k_v, batch, n_visible)``."""
+        x = self.hidden_bias + self._stat(copies).sum(0) @ self.weight
+        return self._visible_term(copies).sum(0) + self.kh * F.softplus(x).sum(-1)
+
+    @torch.no_grad()
+    def up(self, v: Tensor) -> Tensor:
+        return torch.sigmoid(self.hidden_bias + self.kv * self._stat(v) @ self.weight)
+
+    @torch.no_grad()
+    def gibbs(self, copies: Tensor) -> Tensor:
+        p = torch.sigmoid(self.hidden_bias + self._stat(copies).sum(0) @ self.weight)
+        h = sum(bernoulli(p) for _ in range(self.kh))  # Binomial(k_h, p): the summed hidden copies
+        x = (h @ self.weight.T).expand(self.kv, -1, -1)
+        if self.std is None:
+            return bernoulli(torch.sigmoid(x + self.visible_bias))
+        mean = self.visible_bias + self.std * x
+        return mean + self.std * torch.randn_like(mean)
+
+    def _start(self, rows: Tensor) -> Tensor:
+        """Chain states started at ``rows`` (binary draws of the means for binary units), all copies equal."""
+        copies = rows.expand(self.kv, -1, -1)
+        return bernoulli(copies) if self.std is None else copies
+
+    def fit(
+        self, data, epochs, batch_size, lr, weight_decay, num_chains, steps, progress, layer, method: str = "pcd"
+    ) -> list[float]:
+        """Fit to ``data`` (rows of the layer below) by SML with Adam: PCD-``steps`` with ``num_chains``
+        persistent chains started at random rows (``method="pcd"``), or CD-``steps`` with chains restarted
+        at each batch (``method="cd"``). Returns the per-epoch mean surrogate loss."""
+        opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
+        idx = torch.randint(len(data), (num_chains,), device=data.device)
+        with torch.no_grad():
+            chains = self._start(data[idx])
+        history = []
+        n_batches = math.ceil(len(data) / batch_size)
+        bar = tqdm(total=epochs * n_batches, disable=not progress, desc=f"pretraining RBM {layer + 1}", mininterval=0.5)
+        try:
+            for epoch in range(epochs):
+                order = torch.randperm(len(data), device=data.device)
+                total = torch.zeros((), dtype=data.dtype, device=data.device)  # summed on the device: no sync per step
+                for i in range(0, len(data), batch_size):
+                    batch = data[order[i : i + batch_size]]
+                    if method == "cd":
+                        with torch.no_grad():
+                            chains = self._start(batch)
+                    for _ in range(steps):
+                        chains = self.gibbs(chains)
+                    loss = (
+                        self.neg_free_energy(chains).mean() - self.neg_free_energy(batch.expand(self.kv, -1, -1)).mean()
+                    )
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    total += loss.detach()
+                    bar.update()
+                mean = float(total) / n_batches
+                if not math.isfinite(mean):
+                    raise DivergenceError(f"pretraining RBM {layer + 1} diverged at epoch {epoch}")
+                history.append(mean)
+        finally:
+            bar.close()
+        return history
+
+
+def pretrain_dbm(
+    model,
+    data,
+    epochs: int | Sequence[int] = 10,
+    *,
+    batch_size: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    num_chains: int = 100,
+    steps: int = 1,
+    method: str = "pcd",
+    progress: bool = True,
+) -> list[list[float]]:
+    r"""Greedy layer-wise pretraining of the DBM ``model``, then its initialization from the RBMs; see
+    :meth:`DBM.pretrain <dgm_ppl.energy.DBM.pretrain>` for the parameters.
+
+    :returns: the per-epoch mean surrogate losses of each RBM.
+    """
+    data = model.check_data(data, "pretrain(data)")
+    if method not in ("pcd", "cd"):
+        raise ValueError(f"method must be 'pcd' or 'cd', got {method!r}")
+    L = model.num_layers
+    epochs_per_layer = [epochs] * L if isinstance(epochs, int) else list(epochs)
+    if len(epochs_per_layer) != L or min(epochs_per_layer) < 1:
+        raise ValueError(f"epochs must be a positive int or one per RBM ({L}), got {epochs!r}")
+    w0 = model.weight
+    x = data.to(w0)
+    rbms, histories = [], []
+    for l in range(L):
+        rbm = TiedCopiesRBM(
+            model.layer_sizes[l],
+            model.layer_sizes[l + 1],
+            visible_copies=2 if (l == 0 and L > 1) else 1,
+            hidden_copies=2 if (l == L - 1 and L > 1) else 1,
+            std=model.log_std.exp() if (l == 0 and model.gaussian_visible) else None,
+        ).to(w0)
+        with torch.no_grad():
+            rbm.visible_bias.copy_(model.base_rate(x) if l == 0 else torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3)))
+        histories.append(
+            rbm.fit(x, epochs_per_layer[l], batch_size, lr, weight_decay, num_chains, steps, progress, l, method)
+        )
+        x = rbm.up(x)
+        rbms.append(rbm)
+    with torch.no_grad():
+        weights = [r.weight * (1.0 if l in (0, L - 1) else 0.5) for l, r in enumerate(rbms)]
+        biases = [rbms[0].visible_bias]
+        for l in range(1, L + 1):
+            below = rbms[l - 1].hidden_bias
+            biases.append(below if l == L else (below + rbms[l].visible_bias) / 2)
+        model.set_standard_params(weights, biases)
+        model.set_offsets_from_data(data)
+    return histories
