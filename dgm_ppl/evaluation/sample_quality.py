@@ -41,7 +41,7 @@ at least one fake point.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -120,7 +120,7 @@ class KernelDistance:
     value: float
     std: float
     stderr: float
-    subsets: Tensor
+    subsets: Tensor = field(repr=False)
     subset_size: int
 
     def __float__(self) -> float:
