@@ -1,5 +1,7 @@
-"""Energy-based models as Pyro primitives: RBMs, DBMs, their negative-phase samplers and partition functions."""
+"""Energy-based models as Pyro primitives: RBMs, DBMs, general Boltzmann machines, their negative-phase samplers and
+partition functions."""
 
+from .boltzmann import BMParams, BoltzmannChains, BoltzmannDistribution, BoltzmannMachine
 from .chains import ContrastiveDivergence, NegativePhase, ParallelTempering, PersistentChains
 from .dbm import DBM, DBMParams
 from .dbm_chains import DBMPersistentChains
@@ -18,6 +20,10 @@ from .protocol import AnnealingPath, EnergyModel, Enumeration, FreeEnergyModel
 from .rbm import RBM, BernoulliRBM, GaussianBernoulliRBM, RBMParams
 
 __all__ = [
+    "BoltzmannMachine",
+    "BoltzmannChains",
+    "BoltzmannDistribution",
+    "BMParams",
     "RBM",
     "RBMParams",
     "BernoulliRBM",

@@ -17,9 +17,16 @@ from .objectives import (
     jit_trace,
     linear_warmup,
 )
+from .pseudo_likelihood import PseudoLikelihood
+from .ratio_matching import RatioMatching
+from .score_matching import ScoreMatching, gaussian_rbm_score_matching
 from .training import train
 
 __all__ = [
+    "PseudoLikelihood",
+    "RatioMatching",
+    "ScoreMatching",
+    "gaussian_rbm_score_matching",
     "DivergenceError",
     "GANLoss",
     "GAN_KINDS",
