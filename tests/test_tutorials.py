@@ -220,3 +220,16 @@ def test_ssvae_digits_runs(tmp_path):
     assert [h["epoch"] for h in report["accuracy_during_training"]] == [1, 2]
     assert math.isfinite(report["final_loss_per_image"]) and report["train_seconds"] > 0
     assert (tmp_path / "ssvae_digits.png").stat().st_size > 1000
+
+
+def test_autoregressive_digits_runs(tmp_path):
+    report = run_tutorial("autoregressive_digits.py", "--quick", "--no-progress", "--out", str(tmp_path))
+    baseline = report["independent_pixels"]["test_log_likelihood"]
+    assert -26 < baseline < -25
+    for name in ("fvsbn", "nade", "made", "pixelcnn"):
+        scores = report[name]
+        assert baseline < scores["test_log_likelihood"] < -20, (name, scores)  # 5 epochs: better than independent
+        assert scores["train_seconds"] > 0 and scores["parameters"] > 0
+    assert report["made"]["test_log_likelihood_first_mask"] < -20
+    assert sorted(report["ranking_by_test_log_likelihood"]) == ["fvsbn", "made", "nade", "pixelcnn"]
+    assert (tmp_path / "autoregressive_digits.png").stat().st_size > 1000

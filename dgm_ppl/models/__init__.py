@@ -1,8 +1,36 @@
-"""Example deep latent-variable models, written as Pyro programs: VAE, conditional VAE, sigmoid belief net, and the
-linear-Gaussian factor models (PPCA / factor analysis) whose marginal and posterior are exact."""
+"""Example deep generative models, written as Pyro programs: VAE, conditional VAE, sigmoid belief net, the
+linear-Gaussian factor models (PPCA / factor analysis) whose marginal and posterior are exact, and the autoregressive
+distributions (FVSBN, NADE, MADE, PixelCNN) with exact log-probabilities, diffusion (DDPM) with the forward process as
+the guide, and ICA, sparse coding and slow feature analysis."""
 
+from .autoregressive import FVSBN, MADE, NADE, AutoregressiveDistribution, AutoregressiveModel, PixelCNN
+from .diffusion import DDPM, LinearNoisePredictor, NoisePredictor, variance_schedule
 from .factor import PPCA, FactorAnalysis
+from .linear_factors import ICA, ProbabilisticSFA, SlowFeatureAnalysis, SparseCoding, amari_index
 from .sbn import SigmoidBeliefNet
 from .vae import CVAE, GUIDES, VAE, mlp
 
-__all__ = ["VAE", "CVAE", "GUIDES", "mlp", "SigmoidBeliefNet", "FactorAnalysis", "PPCA"]
+__all__ = [
+    "VAE",
+    "CVAE",
+    "GUIDES",
+    "mlp",
+    "SigmoidBeliefNet",
+    "FactorAnalysis",
+    "PPCA",
+    "FVSBN",
+    "NADE",
+    "MADE",
+    "PixelCNN",
+    "AutoregressiveModel",
+    "AutoregressiveDistribution",
+    "DDPM",
+    "NoisePredictor",
+    "LinearNoisePredictor",
+    "variance_schedule",
+    "ICA",
+    "amari_index",
+    "SparseCoding",
+    "SlowFeatureAnalysis",
+    "ProbabilisticSFA",
+]
