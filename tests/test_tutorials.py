@@ -233,3 +233,26 @@ def test_autoregressive_digits_runs(tmp_path):
     assert report["made"]["test_log_likelihood_first_mask"] < -20
     assert sorted(report["ranking_by_test_log_likelihood"]) == ["fvsbn", "made", "nade", "pixelcnn"]
     assert (tmp_path / "autoregressive_digits.png").stat().st_size > 1000
+
+
+def test_digits_by_comparison_runs(tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tutorials", "digits_by_comparison.py"), "--quick", "--no-progress",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    report = lines[-1]
+    methods = ("gan", "wgan_gp", "mmd", "bigan", "gan_relaxed", "gan_reinforce", "rbm_sml", "rbm_nce")
+    assert [line["method"] for line in lines[:-1]] == ["real_train_digits", *methods]  # one JSON line per method
+    real = report["real_train_digits"]
+    assert real["fid"] < 5 and real["precision"] > 0.8 and real["recall"] > 0.8
+    for name in methods:
+        scores = report[name]
+        assert all(math.isfinite(scores[k]) for k in ("fid", "kid", "kid_stderr", "train_seconds")), (name, scores)
+        assert scores["fid"] > real["fid"] and 0 <= scores["precision"] <= 1 and 0 <= scores["recall"] <= 1
+    for name in ("rbm_sml", "rbm_nce"):
+        assert -35 < report[name]["test_log_likelihood_exact"] < -15, (name, report[name])
+    assert abs(report["rbm_nce"]["log_z_learned_by_nce"] - report["rbm_nce"]["log_z_exact"]) < 2
+    assert 0 <= report["bigan"]["reconstruction_pixel_error"] <= 1
+    assert (tmp_path / "digits_by_comparison.png").stat().st_size > 1000

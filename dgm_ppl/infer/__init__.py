@@ -3,7 +3,7 @@
 from .avb import AVBLoss
 from .bigan import BIGAN_KINDS, ALILoss, BiGANLoss
 from .errors import DivergenceError
-from .gan import GAN_KINDS, GANLoss, gradient_penalty
+from .gan import GAN_ESTIMATORS, GAN_KINDS, GANLoss, gradient_penalty
 from .mmd import MMDLoss
 from .nce import NCELoss, unnormalized_log_prob
 from .objectives import (
@@ -23,6 +23,7 @@ from .score_matching import ScoreMatching, gaussian_rbm_score_matching
 from .training import train
 
 __all__ = [
+    "GAN_ESTIMATORS",
     "PseudoLikelihood",
     "RatioMatching",
     "ScoreMatching",

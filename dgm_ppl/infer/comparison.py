@@ -33,6 +33,7 @@ __all__ = [
     "critic_scores",
     "discriminator_loss",
     "generator_loss",
+    "generator_loss_terms",
 ]
 
 
@@ -87,8 +88,11 @@ def draw_real_and_fake(
     *,
     context: Callable | None = None,
     with_kl: bool = False,
+    require_rsample: bool = True,
 ) -> Comparison:
-    """Run ``guide`` then ``model`` (unconditioned, guide replayed) and collect the observed sites."""
+    """Run ``guide`` then ``model`` (unconditioned, guide replayed) and collect the observed sites.
+    ``require_rsample=False`` admits observed sites whose distributions cannot be reparametrized (discrete ones,
+    for score-function gradients)."""
     guide_trace = None
     if guide is not None:
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -115,7 +119,7 @@ def draw_real_and_fake(
             )
         if not torch.isfinite(obs).all():
             raise ValueError(f"{loss_name}: the data at observed site {name!r} contain NaN or inf")
-        if not getattr(fn, "has_rsample", False):
+        if require_rsample and not getattr(fn, "has_rsample", False):
             raise ValueError(
                 f"{loss_name}: observed site {name!r} has a non-reparametrized distribution "
                 f"({type(fn).__name__}); use dist.Delta(G(z), event_dim=...) or another rsample-able one"
@@ -294,15 +298,21 @@ def discriminator_loss(kind: str, real: Tensor, fake: Tensor) -> Tensor:
     return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())
 
 
+def generator_loss_terms(kind: str, fake: Tensor) -> Tensor:
+    """The generator's per-sample loss of a GAN of ``kind`` (the shape of ``fake``, the discriminator's scores on
+    generated samples); :func:`generator_loss` is its mean."""
+    if kind == "minimax":
+        return -F.softplus(fake)
+    if kind == "nonsaturating":
+        return F.softplus(-fake)
+    if kind in ("wasserstein", "hinge"):
+        return -fake
+    return 0.5 * (fake - 1).pow(2)
+
+
 def generator_loss(kind: str, fake: Tensor) -> Tensor:
     """The generator's loss of a GAN of ``kind`` from the discriminator's scores on generated samples."""
-    if kind == "minimax":
-        return -F.softplus(fake).mean()
-    if kind == "nonsaturating":
-        return F.softplus(-fake).mean()
-    if kind in ("wasserstein", "hinge"):
-        return -fake.mean()
-    return 0.5 * (fake - 1).pow(2).mean()
+    return generator_loss_terms(kind, fake).mean()
 
 
 def critic_scores(discriminator: nn.Module, inputs: list[Tensor], context: list[Tensor]) -> Tensor:

@@ -19,6 +19,26 @@ penalty (WGAN-GP, Gulrajani et al. 2017) adds
 :math:`\lambda\,\mathbb E_{\hat x}(\|\nabla_{\hat x} D(\hat x)\|_2 - 1)^2` at
 :math:`\hat x = \epsilon x + (1 - \epsilon)\tilde x`,
 :math:`\epsilon \sim U(0, 1)`, to the discriminator loss; without it ``wasserstein`` clips the critic's weights.
+
+**Discrete outputs.** When the observed site is discrete (bits, a category), :math:`\tilde x` is not a
+differentiable function of the generator's parameters and D's gradient cannot reach G. Two remedies:
+
+- *relaxation* (Jang et al. 2017; Maddison et al. 2017): observe the site with a Concrete / Gumbel-softmax
+  distribution, ``dist.RelaxedBernoulliStraightThrough(t, logits=G(z))`` or
+  ``dist.RelaxedOneHotCategoricalStraightThrough``. Its ``rsample`` is a hard 0/1 (one-hot) value in the forward
+  pass, so D compares exact discrete fakes with the exact discrete data (a soft relaxed fake would be told from a
+  0/1 datum by its fractional values alone), while the backward pass uses the gradient of the soft sample (a
+  biased estimate; a lower temperature t lowers the bias of the relaxation and raises the variance);
+- *REINFORCE* (``estimator="reinforce"``; Williams 1992, as in SeqGAN, Yu et al. 2017): any discrete site,
+  e.g. ``dist.Bernoulli(logits=G(z)).to_event(1)``. With :math:`\ell(\tilde x)` the generator loss of one fake
+  above and :math:`\tilde x \sim p_G(\cdot \mid z)`,
+  :math:`\nabla_\theta \mathbb E\,\ell(\tilde x) = \mathbb E\,[(\ell(\tilde x) - b)\,
+  \nabla_\theta \log p_G(\tilde x \mid z)]` for any constant b. The loss returned has the value of the batch
+  mean of :math:`\ell` and the gradient of the mean of :math:`(\ell - b) \log p_G(\tilde x \mid z)`
+  (the factor held fixed), where the baseline b, which lowers the variance, is an exponential moving average of
+  the batch means of :math:`\ell` over the previous steps (decay ``baseline_decay``). It is unbiased but noisy;
+  only the observed sites' conditional log-probabilities are differentiated (latent ``z`` must be reparametrized
+  or parameter-free).
 """
 
 from __future__ import annotations
@@ -38,13 +58,15 @@ from .comparison import (
     draw_real_and_fake,
     frozen,
     generator_loss,
+    generator_loss_terms,
     make_optimizer,
     pack,
 )
 
-__all__ = ["GANLoss", "gradient_penalty", "GAN_KINDS"]
+__all__ = ["GANLoss", "gradient_penalty", "GAN_KINDS", "GAN_ESTIMATORS"]
 
 GAN_KINDS = ("minimax", "nonsaturating", "wasserstein", "hinge", "least_squares")
+GAN_ESTIMATORS = ("reparam", "reinforce")
 
 
 def gradient_penalty(
@@ -106,8 +128,12 @@ class GANLoss(ComparisonLoss):
     :param prior_scale: weight of :math:`\log q(\theta) - \log p(\theta)` added to the generator loss for the
         guide's (global) latents, as in :class:`pyro.infer.EnergyDistance`.
     :param context: maps the model's arguments to extra per-sample discriminator inputs.
+    :param estimator: the generator's gradient: ``"reparam"`` (backpropagation through the fakes, which must be
+        drawn by ``rsample``: continuous or straight-through relaxed sites) or ``"reinforce"`` (the score function
+        with a moving-average baseline, for any discrete observed site; see the module's notes).
+    :param baseline_decay: the decay of the REINFORCE baseline's moving average, in [0, 1).
 
-    ``history`` records ``d_loss``, ``g_loss`` (and ``gradient_penalty``) at each step.
+    ``history`` records ``d_loss``, ``g_loss`` (and ``gradient_penalty``; ``baseline`` for REINFORCE) at each step.
     """
 
     def __init__(
@@ -123,6 +149,8 @@ class GANLoss(ComparisonLoss):
         packing: int = 1,
         prior_scale: float = 0.0,
         context: Callable[..., Tensor | tuple[Tensor, ...]] | None = None,
+        estimator: str = "reparam",
+        baseline_decay: float = 0.9,
     ):
         if not isinstance(discriminator, nn.Module):
             raise TypeError(f"discriminator must be an nn.Module, got {type(discriminator).__name__}")
@@ -135,8 +163,15 @@ class GANLoss(ComparisonLoss):
         for name, value in (("gradient_penalty", gradient_penalty), ("prior_scale", prior_scale), ("clip", clip)):
             if not value >= 0:
                 raise ValueError(f"{name} must be non-negative, got {value}")
+        if estimator not in GAN_ESTIMATORS:
+            raise ValueError(f"estimator must be one of {GAN_ESTIMATORS}, got {estimator!r}")
+        if not 0 <= baseline_decay < 1:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
         self.discriminator = discriminator
         self.kind = kind
+        self.estimator = estimator
+        self.baseline_decay = float(baseline_decay)
+        self.baseline: float | None = None
         self.d_optim = make_optimizer(
             discriminator, d_optim, lambda params: torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
         )
@@ -150,11 +185,45 @@ class GANLoss(ComparisonLoss):
         self.history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
         if self.gradient_penalty:
             self.history["gradient_penalty"] = []
+        if estimator == "reinforce":
+            self.history["baseline"] = []
 
     def _draw(self, model, guide, args, kwargs):
         return draw_real_and_fake(
-            "GANLoss", model, guide, args, kwargs, context=self.context, with_kl=self.prior_scale > 0
+            "GANLoss",
+            model,
+            guide,
+            args,
+            kwargs,
+            context=self.context,
+            with_kl=self.prior_scale > 0,
+            require_rsample=self.estimator == "reparam",
         )
+
+    def _fake_log_prob(self, draw) -> Tensor:
+        """``log p_G(x̃ | z)`` per (packed) fake, summed over the observed sites, ``(B // packing,)``."""
+        n = draw.sample_shape.numel()
+        total = 0.0
+        for name in draw.names:
+            site = draw.trace.nodes[name]
+            lp = site["fn"].log_prob(site["value"].detach())
+            total = total + lp.expand(draw.sample_shape).reshape(n)
+        if draw.keep is not None:
+            total = total[draw.keep]
+        m = self.packing
+        return total if m == 1 else pack([total], m)[0].sum(-1)
+
+    def _reinforce_loss(self, draw, fake: list[Tensor], ctx: list[Tensor]) -> Tensor:
+        with torch.no_grad():
+            terms = generator_loss_terms(self.kind, critic_scores(self.discriminator, fake, ctx))
+        mean = terms.mean()
+        if not torch.is_grad_enabled():
+            return mean
+        baseline = mean.item() if self.baseline is None else self.baseline
+        surrogate = ((terms - baseline) * self._fake_log_prob(draw)).mean()
+        d = self.baseline_decay
+        self.baseline = mean.item() if self.baseline is None else d * self.baseline + (1 - d) * mean.item()
+        return mean + surrogate - surrogate.detach()
 
     def discriminator_loss(
         self, real: list[Tensor], fake: list[Tensor], context: list[Tensor]
@@ -193,7 +262,10 @@ class GANLoss(ComparisonLoss):
                         step_fake, real, ctx = pack(again.fake, m), pack(again.real, m), pack(again.context, m)
                     d_loss, penalty = self._discriminator_step(real, step_fake, ctx)
             with frozen(self.discriminator):
-                g_loss = generator_loss(self.kind, critic_scores(self.discriminator, fake, ctx))
+                if self.estimator == "reinforce":
+                    g_loss = self._reinforce_loss(draw, [f.detach() for f in fake], ctx)
+                else:
+                    g_loss = generator_loss(self.kind, critic_scores(self.discriminator, fake, ctx))
         check_finite("GANLoss", "generator loss", g_loss)
         loss = g_loss + self.prior_scale * draw.kl if self.prior_scale else g_loss
         if train:
@@ -201,7 +273,15 @@ class GANLoss(ComparisonLoss):
             self.history["g_loss"].append(g_loss.item())
             if self.gradient_penalty:
                 self.history["gradient_penalty"].append(penalty)
+            if self.estimator == "reinforce":
+                self.history["baseline"].append(self.baseline)
         return loss
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.estimator == "reinforce":  # the baseline resumes from the last one recorded
+            recorded = self.history.get("baseline")
+            self.baseline = recorded[-1] if recorded else None
 
     def _adversary(self):
         return "discriminator", self.discriminator, self.d_optim
