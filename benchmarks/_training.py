@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -83,3 +84,24 @@ def typical_epoch_seconds(seconds: float, hook: StepHook, first_epoch: bool, ste
 
 def float32_state(module) -> dict:
     return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+def averaging_step(
+    run: dict, average_from: float | None, steps_per_epoch: int, fold: Callable[[int], None] | None
+) -> Callable[[], None]:
+    """The hook run after each SVI step: counts the updates in ``run["updates"]`` and, within the averaging window
+    (updates past ``average_from`` of the planned ones), folds the current iterate into the running mean by
+    ``fold(count)`` (count 1 overwrites the average). A longer plan that moves the window's start past the current
+    update restarts the average when the window comes."""
+
+    def after_step() -> None:
+        run["updates"] += 1
+        if fold is None:
+            return
+        if run["updates"] > average_from * run["planned"] * steps_per_epoch:
+            run["averaged"] += 1
+            fold(run["averaged"])
+        else:
+            run["averaged"] = 0
+
+    return after_step

@@ -63,7 +63,16 @@ from types import SimpleNamespace
 
 import pyro
 import torch
-from _training import StepHook, emit, float32_state, gibbs_steps, learning_rate, replan, typical_epoch_seconds
+from _training import (
+    StepHook,
+    averaging_step,
+    emit,
+    float32_state,
+    gibbs_steps,
+    learning_rate,
+    replan,
+    typical_epoch_seconds,
+)
 from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl import load_checkpoint, save_checkpoint
@@ -231,17 +240,8 @@ def train_dgm(args, rbm, chains, train_x, common):
 
     svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
 
-    def after_step():
-        run["updates"] += 1
-        if avg is None:
-            return
-        if run["updates"] > args.average_from * run["planned"] * steps_per_epoch:
-            run["averaged"] += 1
-            accumulate(avg, rbm, run["averaged"])  # the first iterate (count 1) overwrites the average
-        else:  # not (or no longer, after a longer plan) in the window: start afresh when it comes
-            run["averaged"] = 0
-
-    stepper = StepHook(svi, after_step)
+    fold = None if avg is None else (lambda count: accumulate(avg, rbm, count))
+    stepper = StepHook(svi, averaging_step(run, args.average_from, steps_per_epoch, fold))
     first_epoch = True
     while run["epoch"] < run["planned"] and (args.stop_after is None or run["epoch"] < args.stop_after):
         epoch, planned = run["epoch"], run["planned"]
