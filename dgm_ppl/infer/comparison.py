@@ -329,3 +329,25 @@ def critic_scores(discriminator: nn.Module, inputs: list[Tensor], context: list[
             f"({batch}, 1); got {shape}"
         )
     return out.reshape(batch)
+
+
+def observed_site(trace: poutine.Trace, site: str | None, owner: str) -> dict:
+    """The observed sample site of ``trace`` that a loss fits: the one named ``site``, or the only one.
+
+    :param owner: the loss's name, as the errors give it.
+    :raises ValueError: when there is no observed site, ``site`` is not one, or there are several and no ``site``.
+    """
+    observed = [
+        name
+        for name, s in trace.nodes.items()
+        if s["type"] == "sample" and s["is_observed"] and not is_deterministic(s)
+    ]
+    if site is not None:
+        if site not in observed:
+            raise ValueError(f"{owner}: {site!r} is not an observed site of the model (those are {observed})")
+        return trace.nodes[site]
+    if not observed:
+        raise ValueError(f"{owner}: the model has no observed site (a pyro.sample with obs=...) to fit")
+    if len(observed) > 1:
+        raise ValueError(f"{owner}: the model has several observed sites {observed}; name one with site=...")
+    return trace.nodes[observed[0]]

@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ..handlers import is_deterministic
-from .comparison import ComparisonLoss, check_finite
+from .comparison import ComparisonLoss, check_finite, observed_site
 
 __all__ = ["NCELoss", "unnormalized_log_prob"]
 
@@ -120,22 +119,6 @@ class NCELoss(ComparisonLoss):
         """:math:`c`, the learned :math:`\\log Z` (the Pyro parameter ``log_z_param``)."""
         return pyro.param(self.log_z_param, lambda: torch.tensor(self.log_z_init))
 
-    def _observed_site(self, trace: poutine.Trace) -> dict:
-        observed = [
-            name
-            for name, s in trace.nodes.items()
-            if s["type"] == "sample" and s["is_observed"] and not is_deterministic(s)
-        ]
-        if self.site is not None:
-            if self.site not in observed:
-                raise ValueError(f"NCELoss: {self.site!r} is not an observed site of the model (those are {observed})")
-            return trace.nodes[self.site]
-        if not observed:
-            raise ValueError("NCELoss: the model has no observed site (a pyro.sample with obs=...) to fit")
-        if len(observed) > 1:
-            raise ValueError(f"NCELoss: the model has several observed sites {observed}; name one with site=...")
-        return trace.nodes[observed[0]]
-
     def _noise_for(self, name: str, batch: torch.Size, event: torch.Size) -> Distribution:
         noise = self.noise
         if tuple(noise.event_shape) != tuple(event):
@@ -166,7 +149,7 @@ class NCELoss(ComparisonLoss):
         if guide is not None:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             model = poutine.replay(model, trace=guide_trace)
-        site = self._observed_site(poutine.trace(model).get_trace(*args, **kwargs))
+        site = observed_site(poutine.trace(model).get_trace(*args, **kwargs), self.site, "NCELoss")
         name, fn, x = site["name"], site["fn"], site["value"]
         if not isinstance(x, Tensor):
             x = torch.as_tensor(x, dtype=torch.get_default_dtype())

@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ..handlers import is_deterministic
-from .comparison import ComparisonLoss, check_finite
+from .comparison import ComparisonLoss, check_finite, observed_site
 
 __all__ = ["PseudoLikelihood", "EnergySiteLoss", "log_unnormalized", "flip_each"]
 
@@ -109,24 +108,6 @@ class EnergySiteLoss(ComparisonLoss):
         """The per-datum terms of the loss at the data ``x`` (shape ``batch + event``), shape ``batch``."""
         raise NotImplementedError
 
-    def _observed_site(self, trace: poutine.Trace) -> dict:
-        observed = [
-            name
-            for name, s in trace.nodes.items()
-            if s["type"] == "sample" and s["is_observed"] and not is_deterministic(s)
-        ]
-        if self.site is not None:
-            if self.site not in observed:
-                raise ValueError(
-                    f"{self.name}: {self.site!r} is not an observed site of the model (those are {observed})"
-                )
-            return trace.nodes[self.site]
-        if not observed:
-            raise ValueError(f"{self.name}: the model has no observed site (a pyro.sample with obs=...) to fit")
-        if len(observed) > 1:
-            raise ValueError(f"{self.name}: the model has several observed sites {observed}; name one with site=...")
-        return trace.nodes[observed[0]]
-
     def _check_data(self, x: Tensor, name: str) -> None:
         if not torch.isfinite(x).all():
             raise ValueError(f"{self.name}: the data at observed site {name!r} contain NaN or inf")
@@ -152,7 +133,7 @@ class EnergySiteLoss(ComparisonLoss):
         if guide is not None:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             model = poutine.replay(model, trace=guide_trace)
-        site = self._observed_site(poutine.trace(model).get_trace(*args, **kwargs))
+        site = observed_site(poutine.trace(model).get_trace(*args, **kwargs), self.site, self.name)
         name, fn, x = site["name"], site["fn"], site["value"]
         if not isinstance(x, Tensor):
             x = torch.as_tensor(x, dtype=torch.get_default_dtype())
