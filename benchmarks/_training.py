@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from dgm_ppl.energy import ais_log_partition, average_log_likelihood, reverse_ais_log_partition
+
 
 def emit(**record):
     print(json.dumps(record), flush=True)
@@ -105,3 +107,46 @@ def averaging_step(
             run["averaged"] = 0
 
     return after_step
+
+
+def ais_score(
+    model,
+    label: str,
+    args,
+    train_x: torch.Tensor,
+    test_x: torch.Tensor,
+    common: dict,
+    extra: dict,
+    *,
+    reverse_from: Callable[[], torch.Tensor | list[torch.Tensor]] | None = None,
+    key: str = "log_likelihood",
+    train_points: int | None = None,
+) -> None:
+    """Emit the score line of ``model``: AIS log Z (``args.ais_chains`` runs of ``args.ais_betas`` betas, base rates
+    from ``train_x``), the mean ``key`` (log-likelihood, or its bound) of ``test_x`` with the +-3 sd interval, that of
+    the first ``train_points`` training images, and reverse AIS from the states ``reverse_from()`` when given."""
+    t0 = time.perf_counter()
+    ais = ais_log_partition(model, args.ais_chains, args.ais_betas, data=train_x, progress=args.progress)
+    ais_seconds = time.perf_counter() - t0
+    ll = average_log_likelihood(model, test_x, ais.log_z)
+    lo, hi = ais.interval(3.0)
+    record = dict(
+        **common,
+        event="score",
+        model=label,
+        split=args.split,
+        log_z=round(ais.log_z, 3),
+        log_z_stderr=round(ais.stderr, 4),
+        **{
+            key: round(ll, 3),
+            f"{key}_3sd": [round(ll - (hi - ais.log_z), 3), round(ll + (ais.log_z - lo), 3)],
+            f"train_{key}": round(average_log_likelihood(model, train_x[:train_points], ais.log_z), 3),
+        },
+    )
+    if reverse_from is not None:
+        rev = reverse_ais_log_partition(model, reverse_from(), args.ais_betas, data=train_x)
+        record.update(
+            reverse_ais_log_z=round(rev.log_z, 3),
+            **{f"reverse_ais_{key}": round(average_log_likelihood(model, test_x, rev.log_z), 3)},
+        )
+    emit(**record, **extra, ais_seconds=round(ais_seconds, 1), ais_betas=args.ais_betas, ais_chains=args.ais_chains)

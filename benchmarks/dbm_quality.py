@@ -51,6 +51,7 @@ import pyro
 import torch
 from _training import (
     StepHook,
+    ais_score,
     averaging_step,
     emit,
     float32_state,
@@ -63,7 +64,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
-from dgm_ppl.energy import DBM, PersistentChains, ais_log_partition, average_log_likelihood, reverse_ais_log_partition
+from dgm_ppl.energy import DBM, PersistentChains
 from dgm_ppl.infer import train
 from dgm_ppl.optim import Adam
 
@@ -133,34 +134,11 @@ def accumulate(avg: DBM, dbm: DBM, count: int) -> None:
         getattr(avg, f"bias_{l}").add_(b.detach() - getattr(avg, f"bias_{l}"), alpha=1.0 / count)
 
 
+BOUND = "log_likelihood_bound"  # a DBM is scored by its variational bound
+
+
 def is_checkpoint(saved) -> bool:
     return isinstance(saved, dict) and {"modules", "optim", "rng"} <= set(saved)
-
-
-def score(model, label, args, train_x, test_x, common, extra, chains=None):
-    t0 = time.perf_counter()
-    ais = ais_log_partition(model, args.ais_chains, args.ais_betas, data=train_x, progress=args.progress)
-    ais_seconds = time.perf_counter() - t0
-    ll = average_log_likelihood(model, test_x, ais.log_z)
-    lo, hi = ais.interval(3.0)
-    record = dict(
-        **common,
-        event="score",
-        model=label,
-        split=args.split,
-        log_z=round(ais.log_z, 3),
-        log_z_stderr=round(ais.stderr, 4),
-        log_likelihood_bound=round(ll, 3),
-        log_likelihood_bound_3sd=[round(ll - (hi - ais.log_z), 3), round(ll + (ais.log_z - lo), 3)],
-        train_log_likelihood_bound=round(average_log_likelihood(model, train_x[:10000], ais.log_z), 3),
-    )
-    if chains is not None:
-        rev = reverse_ais_log_partition(model, chains.states(), args.ais_betas, data=train_x)
-        record.update(
-            reverse_ais_log_z=round(rev.log_z, 3),
-            reverse_ais_log_likelihood_bound=round(average_log_likelihood(model, test_x, rev.log_z), 3),
-        )
-    emit(**record, **extra, ais_seconds=round(ais_seconds, 1), ais_betas=args.ais_betas, ais_chains=args.ais_chains)
 
 
 def main(argv=None):
@@ -201,9 +179,14 @@ def main(argv=None):
         train_seconds=round(run["train_seconds"], 1),
         time_budget=args.time_budget,
     )
-    score(dbm, "raw", args, train_x, test_x, common, extra, chains=chains)
+    ais_score(
+        dbm, "raw", args, train_x, test_x, common, extra, reverse_from=chains.states, key=BOUND, train_points=10000
+    )
     if avg is not None and run.get("averaged", 1) > 0:
-        score(avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")})
+        ais_score(
+            avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")},
+            key=BOUND, train_points=10000,
+        )  # fmt: skip
     return dbm, chains, avg, run
 
 

@@ -65,6 +65,7 @@ import pyro
 import torch
 from _training import (
     StepHook,
+    ais_score,
     averaging_step,
     emit,
     float32_state,
@@ -81,9 +82,6 @@ from dgm_ppl.energy import (
     BernoulliRBM,
     ParallelTempering,
     PersistentChains,
-    ais_log_partition,
-    average_log_likelihood,
-    reverse_ais_log_partition,
 )
 from dgm_ppl.infer import train
 from dgm_ppl.optim import SGD, Adam
@@ -186,32 +184,6 @@ def accumulate(avg: BernoulliRBM, rbm: BernoulliRBM, count: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def score(model, label, args, train_x, test_x, common, extra, chains=None):
-    t0 = time.perf_counter()
-    ais = ais_log_partition(model, args.ais_chains, args.ais_betas, data=train_x, progress=args.progress)
-    ais_seconds = time.perf_counter() - t0
-    ll = average_log_likelihood(model, test_x, ais.log_z)
-    lo, hi = ais.interval(3.0)
-    record = dict(
-        **common,
-        event="score",
-        model=label,
-        split=args.split,
-        log_z=round(ais.log_z, 3),
-        log_z_stderr=round(ais.stderr, 4),
-        log_likelihood=round(ll, 3),
-        log_likelihood_3sd=[round(ll - (hi - ais.log_z), 3), round(ll + (ais.log_z - lo), 3)],
-        train_log_likelihood=round(average_log_likelihood(model, train_x, ais.log_z), 3),
-    )
-    if chains is not None:
-        rev = reverse_ais_log_partition(model, chains.initial_samples(chains.num_chains), args.ais_betas, data=train_x)
-        record.update(
-            reverse_ais_log_z=round(rev.log_z, 3),
-            reverse_ais_log_likelihood=round(average_log_likelihood(model, test_x, rev.log_z), 3),
-        )
-    emit(**record, **extra, ais_seconds=round(ais_seconds, 1), ais_betas=args.ais_betas, ais_chains=args.ais_chains)
-
-
 # ------------------------------------------------------------------------------------------------ training
 def train_dgm(args, rbm, chains, train_x, common):
     """Train ``rbm`` in place; returns the averaged RBM (or None) and the run's counters."""
@@ -327,9 +299,12 @@ def main(argv=None):
         train_seconds=round(run["train_seconds"], 1),
         time_budget=args.time_budget,
     )
-    score(rbm, config.get("peer") or "raw", args, train_x, test_x, common, extra, chains=chains)
+    ais_score(
+        rbm, config.get("peer") or "raw", args, train_x, test_x, common, extra,
+        reverse_from=lambda: chains.initial_samples(chains.num_chains),
+    )  # fmt: skip
     if avg is not None and run.get("averaged", 1) > 0:
-        score(avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")})
+        ais_score(avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")})
     return rbm, chains, avg, run
 
 
@@ -382,7 +357,7 @@ def run_peer(args, train_x, test_x, common):
     if not args.no_score:
         extra = dict(epochs=epoch, planned_epochs=planned, train_seconds=round(elapsed, 1))
         extra["time_budget"] = args.time_budget
-        score(rbm, "rbms", args, train_x, test_x, common, extra)
+        ais_score(rbm, "rbms", args, train_x, test_x, common, extra)
     return rbm, params
 
 
