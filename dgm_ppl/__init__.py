@@ -1,12 +1,13 @@
 """dgm_ppl: deep generative models on top of Pyro."""
 
-from . import datasets, energy, evaluation, guides, infer, kernels, models, nn, optim
+from . import datasets, distributed, energy, evaluation, guides, infer, kernels, models, nn, optim
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 __all__ = [
     "arviz",
     "datasets",
+    "distributed",
     "energy",
     "evaluation",
     "guides",

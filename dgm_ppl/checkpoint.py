@@ -12,7 +12,7 @@ import torch
 from pyro.optim import PyroOptim
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "atomic_save", "load_optim_state"]
 
 
 def save_checkpoint(
@@ -37,10 +37,12 @@ def save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "extra": extra,
     }
-    _atomic_save(state, path)
+    atomic_save(state, path)
 
 
-def _atomic_save(state: dict, path: str | os.PathLike) -> None:
+def atomic_save(state: dict, path: str | os.PathLike) -> None:
+    """``torch.save(state, path)`` that leaves either the old file or the whole new one, never a part: the
+    state goes to a temporary file in the same folder, flushed and ``fsync``-ed, then renamed over ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -96,21 +98,33 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {os.fspath(path)!r} is damaged or not a torch file ({reason})") from e
     if not isinstance(state, dict) or not {"modules", "optim", "rng"} <= set(state):
         raise ValueError(f"{os.fspath(path)!r} is a torch file but not a dgm_ppl checkpoint (save_checkpoint)")
+    if state.get("world_size", 1) != 1:
+        raise ValueError(
+            f"{os.fspath(path)!r} was written by {state['world_size']} processes "
+            "(dgm_ppl.distributed.save_checkpoint): resume it with dgm_ppl.distributed.load_checkpoint on "
+            f"{state['world_size']} processes; nothing was loaded"
+        )
     missing = set(modules) - set(state["modules"])
     if missing:
         raise KeyError(f"the checkpoint has no modules named {sorted(missing)}")
     for name, module in modules.items():
         module.load_state_dict(state["modules"][name])
     if optim is not None and state["optim"] is not None:
-        store = pyro.get_param_store()
-        live = {store.param_name(p): obj for p, obj in optim.optim_objs.items()}
-        for name, opt_state in state["optim"].items():
-            if name in live:  # an optimizer already exists for this parameter: load directly
-                live[name].load_state_dict(opt_state)
-            else:
-                optim.set_state({name: opt_state})
+        load_optim_state(optim, state["optim"])
     if restore_rng:
         pyro.util.set_rng_state(state["rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["extra"]
+
+
+def load_optim_state(optim: PyroOptim, state: dict) -> None:
+    """Load ``state`` (from ``optim.get_state()``) into ``optim``: at once into the per-parameter optimizers that
+    exist already, and for the others when their parameters are first stepped (``optim.set_state``)."""
+    store = pyro.get_param_store()
+    live = {store.param_name(p): obj for p, obj in optim.optim_objs.items()}
+    for name, opt_state in state.items():
+        if name in live:  # an optimizer already exists for this parameter: load directly
+            live[name].load_state_dict(opt_state)
+        else:
+            optim.set_state({name: opt_state})

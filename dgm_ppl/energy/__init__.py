@@ -1,12 +1,14 @@
-"""Energy-based models as Pyro primitives: RBMs, DBMs, general Boltzmann machines, their negative-phase samplers and
-partition functions."""
+"""Energy-based models as Pyro primitives: RBMs (Bernoulli, Gaussian, classification and conditional), DBMs, DBNs,
+general Boltzmann machines, their negative-phase samplers and partition functions."""
 
 from .boltzmann import BMParams, BoltzmannChains, BoltzmannDistribution, BoltzmannMachine
 from .chains import ContrastiveDivergence, NegativePhase, ParallelTempering, PersistentChains
+from .conditional_rbm import ConditionalRBM, ConditionalRBMDistribution, CRBMParams
 from .dbm import DBM, DBMParams
 from .dbm_chains import DBMPersistentChains
 from .dbm_distribution import DBMDistribution
 from .dbn import DBN
+from .discriminative_rbm import ClassificationRBM, ClassificationRBMJoint, JointParams
 from .distribution import EnergyBasedDistribution
 from .partition import (
     AISResult,
@@ -28,6 +30,12 @@ __all__ = [
     "RBMParams",
     "BernoulliRBM",
     "GaussianBernoulliRBM",
+    "ClassificationRBM",
+    "ClassificationRBMJoint",
+    "JointParams",
+    "ConditionalRBM",
+    "ConditionalRBMDistribution",
+    "CRBMParams",
     "DBM",
     "DBN",
     "DBMParams",

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._data import as_data_tensor
-from ..checkpoint import _atomic_save
+from ..checkpoint import atomic_save
 
 __all__ = ["FeatureExtractor", "train_feature_extractor", "digits_feature_extractor"]
 
@@ -177,7 +177,7 @@ def train_feature_extractor(
         model = _train(x, y, config)
     if path is not None:
         state = {"format": _FORMAT, "config": config, "state": model.state_dict()}
-        _atomic_save({**state, "held_out_accuracy": model.held_out_accuracy}, path)
+        atomic_save({**state, "held_out_accuracy": model.held_out_accuracy}, path)
     return model
 
 

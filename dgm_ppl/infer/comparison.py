@@ -30,6 +30,7 @@ __all__ = [
     "check_finite",
     "make_optimizer",
     "adversary_step",
+    "adversary_gradient_hook",
     "critic_scores",
     "discriminator_loss",
     "generator_loss",
@@ -220,14 +221,31 @@ def check_finite(loss_name: str, what: str, value: Tensor) -> None:
         raise DivergenceError(f"{loss_name}: the {what} became {value.detach().flatten()[:1].item()}")
 
 
+_GRADIENT_HOOKS: list[Callable[[nn.Module], None]] = []
+
+
+@contextmanager
+def adversary_gradient_hook(hook: Callable[[nn.Module], None]):
+    """Call ``hook(module)`` in every :func:`adversary_step` of the block, between the adversary's backward pass
+    and its optimizer step, e.g. to average its gradients across processes (:mod:`dgm_ppl.distributed`)."""
+    _GRADIENT_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _GRADIENT_HOOKS.remove(hook)
+
+
 def adversary_step(
     loss_name: str, what: str, loss: Tensor, module: nn.Module, optim: torch.optim.Optimizer, clip: float | None
 ) -> None:
     """One optimizer step of the adversary on ``loss`` (refused if it is not finite, before anything moves),
-    then clip its weights to ``[-clip, clip]`` when ``clip`` is given."""
+    then clip its weights to ``[-clip, clip]`` when ``clip`` is given. The hooks of
+    :func:`adversary_gradient_hook` see the gradients before the step."""
     check_finite(loss_name, what, loss)
     optim.zero_grad(set_to_none=True)
     loss.backward()
+    for hook in _GRADIENT_HOOKS:
+        hook(module)
     optim.step()
     if clip is not None:
         with torch.no_grad():
@@ -266,6 +284,13 @@ class ComparisonLoss:
 
     def _adversary(self) -> tuple[str, nn.Module, torch.optim.Optimizer] | None:
         return None
+
+    @property
+    def adversary(self) -> nn.Module | None:
+        """The network that the loss trains itself with its own optimizer, unseen by SVI (the discriminator,
+        critic or feature map), or None."""
+        adversary = self._adversary()
+        return None if adversary is None else adversary[1]
 
     def state_dict(self) -> dict:
         """The adversary, its optimizer and the history (for :func:`dgm_ppl.save_checkpoint`)."""
