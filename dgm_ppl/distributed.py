@@ -319,7 +319,7 @@ class DistributedSVI(SVI):
         if self.world_size == 1:
             return super().step(*args, **kwargs)
         loss, params = self._loss_and_grads(args, kwargs)
-        fresh = [p for name, p in params.items() if name not in self._known]
+        fresh = [params[name] for name in sorted(params) if name not in self._known]  # the same order on every rank
         if fresh:
             # Parameters made during this step out of the handlers' sight (inside a poutine.block, e.g. by a
             # guide's setup at its first call) hold each rank's own initial values: start every rank from rank

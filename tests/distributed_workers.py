@@ -23,9 +23,10 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from dgm_ppl import distributed
+from dgm_ppl import optim as dgm_optim
 from dgm_ppl.energy import BernoulliRBM, PersistentChains
 from dgm_ppl.energy.chains import NegativePhase
-from dgm_ppl.infer import GANLoss, train
+from dgm_ppl.infer import GANLoss, JitTrace_ELBO, train
 from dgm_ppl.models import VAE
 
 D, H = 12, 6
@@ -177,6 +178,14 @@ def train_all(steps: int) -> dict:
     svi = distributed.DistributedSVI(vae.model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
     train(svi, x, epochs=1, batch_size=5, progress=False, args=(len(x),))
     out["vae"] = distributed.param_checksum()
+
+    # the fast path: Pyro's JIT ELBO and the package's optimizer over all parameters at once
+    pyro.clear_param_store()
+    vae = VAE(D, 3, (8,), name="vae_jit")
+    guide = vae.guide("diagonal")
+    svi = distributed.DistributedSVI(vae.model, guide, dgm_optim.Adam({"lr": 0.01}), JitTrace_ELBO())
+    train(svi, x, epochs=1, batch_size=5, progress=False, kwargs={"num_data": len(x)})
+    out["vae_jit"] = distributed.param_checksum()
 
     pyro.clear_param_store()
     G, disc, loss = gan_parts()

@@ -256,3 +256,21 @@ def test_digits_by_comparison_runs(tmp_path):
     assert abs(report["rbm_nce"]["log_z_learned_by_nce"] - report["rbm_nce"]["log_z_exact"]) < 2
     assert 0 <= report["bigan"]["reconstruction_pixel_error"] <= 1
     assert (tmp_path / "digits_by_comparison.png").stat().st_size > 1000
+
+
+def test_distributed_runs_on_two_processes():
+    """The tutorial under torchrun on 2 CPU processes (gloo): one JSON line per rank, equal checksums."""
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + [os.path.join(ROOT, "tutorials", "distributed.py"), "--steps", "20", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    ).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert sorted(line["rank"] for line in lines) == [0, 1]
+    assert lines[0]["param_checksum"] == lines[1]["param_checksum"]
+    assert lines[0]["world_size"] == 2 and lines[0]["global_batch"] == 100
+    assert lines[0]["rbm_test_log_likelihood"] > -30  # the uniform model: 64 log 2 = 44.4 nats
