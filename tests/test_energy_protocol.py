@@ -296,3 +296,11 @@ def test_pretrain_takes_the_same_keywords_on_dbm_and_dbn():
             assert all(math.isfinite(v) for h in histories for v in h)
         with pytest.raises(ValueError, match="method"):
             model.pretrain(x, 1, method="bogus", **common)
+
+
+def test_parallel_tempering_refuses_a_model_without_a_free_energy():
+    from dgm_ppl.energy import DBM, BoltzmannMachine, ParallelTempering
+
+    for model in (DBM([4, 3, 2]), BoltzmannMachine(4, 1)):
+        with pytest.raises(TypeError, match="not a FreeEnergyModel"):
+            ParallelTempering(model, num_chains=4)

@@ -274,3 +274,11 @@ def test_distributed_runs_on_two_processes():
     assert lines[0]["param_checksum"] == lines[1]["param_checksum"]
     assert lines[0]["world_size"] == 2 and lines[0]["global_batch"] == 100
     assert lines[0]["rbm_test_log_likelihood"] > -30  # the uniform model: 64 log 2 = 44.4 nats
+
+
+def test_classification_rbm_digits_runs(tmp_path):
+    report = run_tutorial("classification_rbm_digits.py", "--epochs", "3", "--seeds", "0", "--out", str(tmp_path))
+    for name in ("discriminative_rbm", "hybrid_rbm", "logistic_regression", "mlp"):
+        assert 0.1 < report[name]["mean"] <= 1.0, name
+    assert report["discriminative_rbm"]["mean"] > 0.5  # well above chance (0.1) after 3 epochs
+    assert os.path.exists(tmp_path / "classification_rbm_digits.png")

@@ -8,7 +8,7 @@ from .dbm import DBM, DBMParams
 from .dbm_chains import DBMPersistentChains
 from .dbm_distribution import DBMDistribution
 from .dbn import DBN
-from .discriminative_rbm import ClassificationRBM, ClassificationRBMJoint, JointParams
+from .discriminative_rbm import ClassificationRBM, ClassificationRBMJoint, DiscriminativeRBM, JointParams
 from .distribution import EnergyBasedDistribution
 from .partition import (
     AISResult,
@@ -31,6 +31,7 @@ __all__ = [
     "BernoulliRBM",
     "GaussianBernoulliRBM",
     "ClassificationRBM",
+    "DiscriminativeRBM",
     "ClassificationRBMJoint",
     "JointParams",
     "ConditionalRBM",

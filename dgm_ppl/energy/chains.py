@@ -186,6 +186,11 @@ class ParallelTempering(NegativePhase):
         betas: Tensor | int = 10,
         base: Tensor | None = None,
     ):
+        if not isinstance(model, FreeEnergyModel):
+            raise TypeError(
+                f"ParallelTempering swaps visible states by their tempered free energies, which a "
+                f"{type(model).__name__} does not have (it is not a FreeEnergyModel); use its persistent chains"
+            )
         super().__init__(model, steps)
         if isinstance(betas, int):
             betas = torch.linspace(0.0, 1.0, betas)

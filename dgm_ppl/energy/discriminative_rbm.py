@@ -65,7 +65,7 @@ from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution
 from .protocol import Enumeration
 
-__all__ = ["ClassificationRBM", "ClassificationRBMJoint", "JointParams"]
+__all__ = ["ClassificationRBM", "DiscriminativeRBM", "ClassificationRBMJoint", "JointParams"]
 
 _counter = itertools.count()
 
@@ -659,3 +659,7 @@ class _JointAnnealingPath:
     def transition(self, state: list[Tensor], beta: float, cache: Tensor) -> list[Tensor]:
         h = bernoulli(torch.sigmoid(beta * cache))
         return [self.model._draw_visible(self.params, h, float(beta), self.visible_base)]
+
+
+#: The name of the model in Larochelle & Bengio (2008) and in the deep-learning book: the same class.
+DiscriminativeRBM = ClassificationRBM
