@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_data_tensor"]
+__all__ = ["as_data_tensor", "check_binary", "check_finite"]
 
 
 def as_data_tensor(
@@ -30,3 +30,21 @@ def as_data_tensor(
         kind = f"a NumPy array of {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
         raise TypeError(f"{name} must be a torch.Tensor or a numeric NumPy array, got {kind}")
     return torch.as_tensor(data, dtype=dtype or torch.get_default_dtype(), device=device)
+
+
+def check_binary(v: Tensor) -> bool:
+    r"""Whether every entry of ``v`` is 0 or 1, in one elementwise pass and one reduction:
+    :math:`v - v^2` is 0 exactly at 0 and 1, and NaN or :math:`\pm\infty` at NaN and
+    :math:`\pm\infty`, so that non-binary and non-finite values are caught together. One host sync."""
+    if v.dtype == torch.bool:
+        return True
+    return not bool(torch.addcmul(v, v, v, value=-1).any())
+
+
+def check_finite(v: Tensor) -> bool:
+    """Whether every entry of ``v`` is finite, by one reduction in the common case: a finite sum
+    proves it (NaN and infinities propagate into the sum); an infinite one (overflow, or a
+    non-finite entry) is settled elementwise. One host sync."""
+    if not v.is_floating_point():
+        return True
+    return bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all())

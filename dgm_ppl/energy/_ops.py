@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._data import as_data_tensor
+from .._data import as_data_tensor, check_binary, check_finite  # noqa: F401 (used across energy/)
 
 __all__ = [
     "Beta",
@@ -46,24 +46,6 @@ def closed_form_applies(v: Tensor) -> bool:
     ``ProvenanceTensor`` by which ``TraceGraph_ELBO`` tracks dependencies) do not pass through a
     custom ``autograd.Function``; both keep the plain autograd path."""
     return type(v) is Tensor and not v.requires_grad
-
-
-def check_binary(v: Tensor) -> bool:
-    r"""Whether every entry of ``v`` is 0 or 1, in one elementwise pass and one reduction:
-    :math:`v - v^2` is 0 exactly at 0 and 1, and NaN or :math:`\pm\infty` at NaN and
-    :math:`\pm\infty`, so that non-binary and non-finite values are caught together. One host sync."""
-    if v.dtype == torch.bool:
-        return True
-    return not bool(torch.addcmul(v, v, v, value=-1).any())
-
-
-def check_finite(v: Tensor) -> bool:
-    """Whether every entry of ``v`` is finite, by one reduction in the common case: a finite sum
-    proves it (NaN and infinities propagate into the sum); an infinite one (overflow, or a
-    non-finite entry) is settled elementwise. One host sync."""
-    if not v.is_floating_point():
-        return True
-    return bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all())
 
 
 def binary_states(n: int, start: int, stop: int, like: Tensor) -> Tensor:

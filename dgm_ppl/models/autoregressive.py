@@ -51,8 +51,7 @@ import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 from torch import Size, Tensor, nn
 
-from .._data import as_data_tensor
-from ..energy._ops import check_binary, check_finite
+from .._data import as_data_tensor, check_binary, check_finite
 
 __all__ = ["AutoregressiveModel", "AutoregressiveDistribution", "FVSBN", "NADE", "MADE", "PixelCNN"]
 

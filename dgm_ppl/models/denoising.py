@@ -50,9 +50,9 @@ from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
-from .._data import as_data_tensor
-from ..energy._ops import check_binary, check_finite
-from .vae import _plate, mlp
+from .._data import as_data_tensor, check_binary, check_finite
+from ._common import data_plate
+from .vae import mlp
 
 __all__ = ["DenoisingAutoencoder", "GSN"]
 
@@ -237,7 +237,7 @@ class DenoisingAutoencoder(_Reconstruction):
         """The walkback chain from each datum, reconstructing it from every corruption. ``num_data``: the size of
         the data set the batch ``x`` (B, x_dim) is drawn from."""
         x = self._check_x(x)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             state = x
             for j in range(1, self.walkback + 1):
                 p = self.reconstruction(self._corrupt(f"x_tilde_{j}", state))
@@ -317,7 +317,7 @@ class GSN(_Reconstruction):
         """The chain unrolled ``walkback`` steps from each datum (h starts at 0), reconstructing the datum from
         every latent state."""
         x = self._check_x(x)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             state, h = x, x.new_zeros(x.shape[0], self.h_dim)
             for j in range(1, self.walkback + 1):
                 h = self.step(h, self._corrupt(f"x_tilde_{j}", state))

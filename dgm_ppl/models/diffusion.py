@@ -56,7 +56,8 @@ from torch.distributions import kl_divergence
 
 from .._data import as_data_tensor
 from ..infer.errors import DivergenceError
-from .vae import _check_batch, _plate, mlp
+from ._common import check_batch, data_plate
+from .vae import mlp
 
 __all__ = ["DDPM", "NoisePredictor", "LinearNoisePredictor", "variance_schedule"]
 
@@ -213,7 +214,7 @@ class DDPM(nn.Module):
         return dist.Normal(self.reverse_mean(xt, t, site), self.sigma2[t - 1].sqrt()).to_event(1)
 
     def _check_data(self, x: Tensor) -> None:
-        _check_batch("x", x, self.x_dim)
+        check_batch("x", x, self.x_dim)
         if not torch.jit.is_tracing() and not torch.isfinite(x).all():
             raise ValueError("x contains NaN or inf")
 
@@ -224,7 +225,7 @@ class DDPM(nn.Module):
         self._check_data(x)
         pyro.module(self.name, self)
         T = self.num_steps
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             xt = pyro.sample(f"x_{T}", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
             for t in range(T, 1, -1):
                 xt = pyro.sample(f"x_{t - 1}", self._reverse(xt, t, f"x_{t - 1}"))
@@ -234,7 +235,7 @@ class DDPM(nn.Module):
         """The forward process :math:`q(x_T \\mid x_0) \\prod_{t \\ge 2} q(x_{t-1} \\mid x_t, x_0)` (no parameters)."""
         self._check_data(x)
         T = self.num_steps
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             ab = self.alpha_bars[-1]
             xt = pyro.sample(f"x_{T}", dist.Normal(ab.sqrt() * x, (1 - ab).sqrt()).to_event(1))
             for t in range(T, 1, -1):

@@ -23,7 +23,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from .vae import _check_batch, _plate
+from ._common import check_batch, data_plate
 
 __all__ = ["FactorAnalysis", "PPCA"]
 
@@ -50,9 +50,9 @@ class FactorAnalysis(nn.Module):
         return (2 * self.log_noise).exp().expand(self.x_dim)
 
     def model(self, x: Tensor, num_data: int | None = None) -> Tensor:
-        _check_batch("x", x, self.x_dim)
+        check_batch("x", x, self.x_dim)
         pyro.module(self.name, self)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
             mean = z @ self.weight.T + self.loc
             return pyro.sample("x", dist.Normal(mean, self.log_noise.exp()).to_event(1), obs=x)
@@ -64,12 +64,12 @@ class FactorAnalysis(nn.Module):
 
     def log_marginal(self, x: Tensor) -> Tensor:
         """Exact log p(x_i), shape (B,)."""
-        _check_batch("x", x, self.x_dim)
+        check_batch("x", x, self.x_dim)
         return self.marginal().log_prob(x)
 
     def posterior(self, x: Tensor) -> dist.MultivariateNormal:
         """p(z_i | x_i), batch shape (B,)."""
-        _check_batch("x", x, self.x_dim)
+        check_batch("x", x, self.x_dim)
         w_over_psi = self.weight / self.noise_variance[:, None]  # Ψ⁻¹ W
         precision = torch.eye(self.z_dim, dtype=x.dtype, device=x.device) + self.weight.T @ w_over_psi
         cov = torch.linalg.inv(precision)
@@ -79,7 +79,7 @@ class FactorAnalysis(nn.Module):
 
     def exact_guide(self, x: Tensor, num_data: int | None = None) -> Tensor:
         """A Pyro guide that samples the exact posterior (its ELBO equals log p(x); importance weights are constant)."""
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             return pyro.sample("z", self.posterior(x))
 
     @torch.no_grad()

@@ -46,7 +46,7 @@ from pyro.distributions import constraints
 from torch import Tensor, nn
 
 from .._data import as_data_tensor
-from .vae import _check_batch, _plate
+from ._common import check_batch, data_plate
 
 __all__ = ["ICA", "amari_index", "SparseCoding", "SlowFeatureAnalysis", "ProbabilisticSFA"]
 
@@ -150,10 +150,10 @@ class ICA(nn.Module):
         return _ICADistribution(self.unmixing, self.loc, self.prior, batch_shape)
 
     def model(self, x: Tensor, num_data: int | None = None) -> Tensor:
-        _check_batch("x", x, self.n_sources)
+        check_batch("x", x, self.n_sources)
         _check_finite("x", x)
         pyro.module(self.name, self)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             return pyro.sample("x", self.distribution(x.shape[:1]), obs=x)
 
     def guide(self, x: Tensor, num_data: int | None = None) -> None:
@@ -274,7 +274,7 @@ class SparseCoding(nn.Module):
     def encode(self, x) -> Tensor:
         """The MAP codes (N, n_atoms), by FISTA with the current dictionary."""
         x = as_data_tensor(x, "x")
-        _check_batch("x", x, self.n_features)
+        check_batch("x", x, self.n_features)
         d = self.dictionary.detach()
         step = 1.0 / torch.linalg.matrix_norm(d, ord=2).pow(2).clamp_min(1e-12)
         threshold = step * self.sparsity * self.noise_scale**2
@@ -289,18 +289,18 @@ class SparseCoding(nn.Module):
         return h
 
     def model(self, x: Tensor, num_data: int | None = None) -> Tensor:
-        _check_batch("x", x, self.n_features)
+        check_batch("x", x, self.n_features)
         _check_finite("x", x)
         pyro.module(self.name, self)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             prior = dist.Laplace(x.new_zeros(self.n_atoms), 1.0 / self.sparsity).to_event(1)
             h = pyro.sample("h", prior)
             return pyro.sample("x", dist.Normal(h @ self.dictionary.T, self.noise_scale).to_event(1), obs=x)
 
     def guide(self, x: Tensor, num_data: int | None = None) -> Tensor:
-        _check_batch("x", x, self.n_features)
+        check_batch("x", x, self.n_features)
         _check_finite("x", x)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             return pyro.sample("h", dist.Delta(self.encode(x), event_dim=1))
 
     @torch.no_grad()
@@ -418,7 +418,7 @@ class ProbabilisticSFA(nn.Module):
     def model(self, x: Tensor, num_data: int | None = None) -> Tensor:
         x = self._sequences(x)
         pyro.module(self.name, self)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             return pyro.sample("x", self.distribution(x.shape[1]), obs=x)
 
     def guide(self, x: Tensor, num_data: int | None = None) -> None:

@@ -29,7 +29,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from .vae import _check_batch, _plate
+from ._common import check_batch, data_plate
 
 __all__ = ["SigmoidBeliefNet"]
 
@@ -86,10 +86,10 @@ class SigmoidBeliefNet(nn.Module):
         )
 
     def model(self, x: Tensor, num_data: int | None = None) -> Tensor:
-        _check_batch("x", x, self.x_dim)
+        check_batch("x", x, self.x_dim)
         pyro.module(f"{self.name}.generative", self.generative)
         top, layers = self.generative.top_logits, self.generative.layers
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             h = pyro.sample(
                 f"h{len(self.latent_dims)}", dist.Bernoulli(logits=top).expand([x.shape[0], top.shape[-1]]).to_event(1)
             )
@@ -98,12 +98,12 @@ class SigmoidBeliefNet(nn.Module):
             return pyro.sample("x", dist.Bernoulli(logits=layers[0](h)).to_event(1), obs=x)
 
     def guide(self, x: Tensor, num_data: int | None = None) -> dict[str, Tensor]:
-        _check_batch("x", x, self.x_dim)
+        check_batch("x", x, self.x_dim)
         pyro.module(f"{self.name}.recognition", self.recognition)
         if self.baselines is not None:
             pyro.module(f"{self.name}.baselines", self.baselines)
         values, h = {}, x
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             for layer, net in enumerate(self.recognition):
                 # Pyro reads the baseline's input when it computes the loss, and wants b(x) in the shape of the site's
                 # batch, particles included: the input is set to x broadcast to the sample's shape once it is drawn.
@@ -132,7 +132,7 @@ class SigmoidBeliefNet(nn.Module):
     @torch.no_grad()
     def log_marginal(self, x: Tensor, chunk: int = 1024) -> Tensor:
         """Exact log p(x) per datum, shape (B,), by enumerating every latent configuration (at most 20 units)."""
-        _check_batch("x", x, self.x_dim)
+        check_batch("x", x, self.x_dim)
         if not ((x == 0) | (x == 1)).all():
             raise ValueError("x must be binary (0/1) for a sigmoid belief net")
         total = sum(self.latent_dims)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..guides import FLOWS, AmortizedFlow, AmortizedGuide, AmortizedMultivariateNormal, AmortizedNormal
+from ._common import check_batch, data_plate
 
 __all__ = ["VAE", "CVAE", "mlp", "GUIDES"]
 
@@ -74,37 +75,11 @@ class Decoder(nn.Module):
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
 
-def _check_batch(name: str, value: Tensor, dim: int) -> None:
-    """Refuse anything but a (B, dim) tensor. Skipped while torch traces (JIT): the shapes are compile keys of
-    dgm_ppl's JIT objectives, so the check already ran, untraced, on the first call with these shapes."""
-    if torch.jit.is_tracing():
-        return
-    if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[1] != dim:
-        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"{name} must be a batch of shape (B, {dim}), got {shape}")
-
-
-def _plate(x: Tensor, num_data: int | None):
-    """The data plate of the batch ``x``: of size ``num_data`` with ``x`` as its subsample when given.
-
-    The subsample is the batch itself (indices ``0..B-1``): the programs never index data by it, so drawing a random
-    subsample of ``num_data`` indices at every step (``subsample_size=B``) would cost O(N) and random numbers for
-    nothing, and would make a compiled (JIT) step draw differently from an eager one (the tracer drops the unused
-    draw). Only the scale N/B matters.
-    """
-    batch = x.shape[0]
-    if num_data is None:
-        return pyro.plate("data", batch)
-    if not torch.jit.is_tracing() and num_data < batch:  # under JIT, checked on the untraced first call
-        raise ValueError(f"num_data ({num_data}) is smaller than the batch ({batch})")
-    return pyro.plate("data", num_data, subsample=torch.arange(batch, device=x.device))
-
-
 def _make_guide(model, encoder: nn.Module, kind: str, encoder_args: int, **kwargs) -> AmortizedGuide:
     def create_plates(*args, num_data=None):  # the model's data plate, with this call's subsampling
         if len(args) > encoder_args:
             num_data = args[encoder_args]
-        return _plate(args[0], num_data)
+        return data_plate(args[0], num_data)
 
     kwargs = {"encoder_args": encoder_args, "create_plates": create_plates, **kwargs}
     if kind == "diagonal":
@@ -148,9 +123,9 @@ class VAE(nn.Module):
 
     def model(self, x: Tensor, num_data: int | None = None) -> Tensor:
         """The generative program. ``num_data``: size of the data set the batch ``x`` (B, x_dim) is drawn from."""
-        _check_batch("x", x, self.x_dim)
+        check_batch("x", x, self.x_dim)
         pyro.module(self.name, self.decoder)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
             z = pyro.sample("z", prior)
             return pyro.sample("x", self.decoder(z), obs=x)
@@ -231,12 +206,12 @@ class CVAE(VAE):
         return dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1)
 
     def model(self, x: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
-        _check_batch("x", x, self.x_dim)
-        _check_batch("y", y, self.y_dim)
+        check_batch("x", x, self.x_dim)
+        check_batch("y", y, self.y_dim)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
         pyro.module(self.name, self)  # decoder and prior network (the guides hold their own encoders)
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             z = pyro.sample("z", self.prior(y))
             return pyro.sample("x", self.decoder(torch.cat([z, y.expand(z.shape[:-1] + y.shape[-1:])], -1)), obs=x)
 
@@ -250,7 +225,7 @@ class CVAE(VAE):
     @torch.no_grad()
     def sample(self, y: Tensor, mean: bool = True) -> Tensor:
         """Draws of x given each row of y: z ~ p(z | y), then the decoder's mean (or a sample)."""
-        _check_batch("y", y, self.y_dim)
+        check_batch("y", y, self.y_dim)
         z = self.prior(y).sample()
         px = self.decoder(torch.cat([z, y], -1))
         return px.mean if mean else px.sample()

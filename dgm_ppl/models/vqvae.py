@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
-from .._data import as_data_tensor
-from ..energy._ops import check_binary
-from .vae import _plate, mlp
+from .._data import as_data_tensor, check_binary
+from ._common import data_plate
+from .vae import mlp
 
 __all__ = ["VQVAE"]
 
@@ -228,7 +228,7 @@ class VQVAE(PyroModule):
         ``num_data``: size of the data set the batch ``x`` (B, x_dim) is drawn from."""
         x = self._check_x(x)
         cache, self._straight_through = self._straight_through, None
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             k = pyro.sample("z", self.prior())
             if cache is not None and cache[0] is k:  # replayed from the guide: pass the gradient straight through
                 z_e, e = cache[1], cache[2]
@@ -246,7 +246,7 @@ class VQVAE(PyroModule):
         if self.ema_decay is not None and self.training and torch.is_grad_enabled():
             self._ema_update(z_e.detach(), index)
             e = self.codebook[index]
-        with _plate(z_e, num_data):
+        with data_plate(z_e, num_data):
             probs = F.one_hot(index, self.num_codes).to(z_e.dtype)
             k = pyro.sample("z", _PointCategorical(probs=probs).to_event(1))
             pyro.factor("vq_loss", self.penalty(z_e, e), has_rsample=True)  # a guide factor adds to the loss
