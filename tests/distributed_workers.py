@@ -171,6 +171,18 @@ def train_all(steps: int) -> dict:
     out["rbm_losses"] = train(svi, x, epochs=2, batch_size=5, progress=False)
     out["rbm"] = distributed.param_checksum({"rbm": rbm})
     out["chains"] = distributed.param_checksum({"chains": chains})
+    out["rbm_eval"] = svi.evaluate_loss(x[:5] if distributed.get_rank() == 0 else x[5:10])
+
+    # a PyroModule built differently on each rank, not passed as modules=: its parameters are broadcast from rank 0
+    # when they are first registered
+    pyro.clear_param_store()
+    other = BernoulliRBM(D, H, init_std=0.3, name="other")
+    other_chains = PersistentChains(other, num_chains=4)
+    svi = distributed.DistributedSVI(
+        rbm_model(other, other_chains, len(x)), lambda b: None, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO()
+    )
+    svi.step(x[:5])
+    out["pyro_module"] = distributed.param_checksum({"rbm": other})
 
     pyro.clear_param_store()
     vae = VAE(D, 3, (8,), name="vae")

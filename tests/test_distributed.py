@@ -60,7 +60,7 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_union(ranks, case):
 def test_ranks_hold_bit_identical_parameters_after_training(ranks):
     results, _ = ranks
     first, second = results[0]["train"], results[1]["train"]
-    for key in ("rbm", "vae", "vae_jit", "gan"):
+    for key in ("rbm", "rbm_eval", "pyro_module", "vae", "vae_jit", "gan"):
         assert first[key] == second[key], key
     assert first["rbm_losses"] == second["rbm_losses"]
     assert first["chains"] != second["chains"]  # each rank keeps its own persistent chains
