@@ -371,6 +371,16 @@ class DistributedSVI(SVI):
         self._average([values])
         return type(loss)(values.tolist()) if isinstance(loss, tuple) else values.item()
 
+    def check_same(self, value: float, what: str) -> None:
+        """Raise ``ValueError`` on every rank unless ``value`` is the same on every rank (e.g. the data's size)."""
+        if self.world_size == 1:
+            return
+        both = torch.tensor([value, -value], dtype=torch.float64, device=_comm_device(self.group))
+        dist.all_reduce(both, dist.ReduceOp.MAX, group=self.group)
+        high, low = both[0].item(), -both[1].item()
+        if high != low:
+            raise ValueError(f"{what} differs between the ranks ({low:g} to {high:g}): every rank must pass the same")
+
     def broadcast(self, tensor: Tensor, src: int = 0) -> Tensor:
         """``tensor`` as rank ``src`` has it (e.g. the order of an epoch's data), on every rank."""
         if self.world_size > 1:

@@ -250,13 +250,17 @@ def nan_on_one_shard() -> dict:
     svi = distributed.DistributedSVI(
         rbm_model(rbm, chains, 10), lambda b: None, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO(), modules=[rbm]
     )
+    try:  # different data on each rank: refused on every rank before anything runs
+        train(svi, data(10 + distributed.get_rank()), progress=False)
+    except ValueError as e:
+        size_error = str(e)
     svi.step(data(10))  # a good step first
     before = distributed.param_checksum({"rbm": rbm})
     try:
         svi.step(x)
     except Exception as e:
         after = distributed.param_checksum({"rbm": rbm})
-        return {"error": type(e).__name__, "message": str(e), "unchanged": before == after}
+        return {"error": type(e).__name__, "message": str(e), "unchanged": before == after, "size_error": size_error}
     return {"error": None}
 
 

@@ -94,6 +94,8 @@ def test_a_failing_rank_stops_every_rank(ranks):
     assert other["error"] == "DistributedError"
     assert "rank 1" in other["message"] and "ValueError" in other["message"]
     assert failed["unchanged"] and other["unchanged"]
+    for result in (failed, other):
+        assert "len(data) differs between the ranks (10 to 11)" in result["size_error"]
 
 
 def test_single_process_is_plain_svi(tmp_path):

@@ -77,6 +77,9 @@ def train(
     steps_per_epoch = n // global_batch if drop_last else math.ceil(n / global_batch)
     if steps_per_epoch == 0:
         raise ValueError(f"drop_last with a batch of {global_batch} > {n} data leaves no batch")
+    if world > 1:  # every rank shards the same data: refuse before any collective that would mismatch
+        svi.check_same(n, "len(data)")
+        svi.check_same(data[0].numel(), "the size of a data point")
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     bar = tqdm(total=total_steps, disable=not progress or rank != 0, unit="step", mininterval=0.5)
     steps_run = 0
