@@ -8,6 +8,7 @@ from .dbm import DBM, DBMParams
 from .dbm_chains import DBMPersistentChains
 from .dbm_distribution import DBMDistribution
 from .dbn import DBN
+from .dbn_updown import DBNUpDown, up_down
 from .discriminative_rbm import ClassificationRBM, ClassificationRBMJoint, DiscriminativeRBM, JointParams
 from .distribution import EnergyBasedDistribution
 from .partition import (
@@ -20,6 +21,7 @@ from .partition import (
 )
 from .protocol import AnnealingPath, EnergyModel, Enumeration, FreeEnergyModel
 from .rbm import RBM, BernoulliRBM, GaussianBernoulliRBM, RBMParams
+from .rnn_rbm import RNNRBM, RNNRBMFrameDistribution, RNNRBMParams
 
 __all__ = [
     "BoltzmannMachine",
@@ -37,6 +39,11 @@ __all__ = [
     "ConditionalRBM",
     "ConditionalRBMDistribution",
     "CRBMParams",
+    "RNNRBM",
+    "RNNRBMFrameDistribution",
+    "RNNRBMParams",
+    "DBNUpDown",
+    "up_down",
     "DBM",
     "DBN",
     "DBMParams",
