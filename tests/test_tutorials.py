@@ -282,3 +282,10 @@ def test_classification_rbm_digits_runs(tmp_path):
         assert 0.1 < report[name]["mean"] <= 1.0, name
     assert report["discriminative_rbm"]["mean"] > 0.5  # well above chance (0.1) after 3 epochs
     assert os.path.exists(tmp_path / "classification_rbm_digits.png")
+
+
+def test_ssrbm_digits_runs(tmp_path):
+    report = run_tutorial("ssrbm_digits.py", "--epochs", "2", "--no-progress", "--out", str(tmp_path))
+    for name in ("ssrbm", "gbrbm"):
+        assert math.isfinite(report[name]["test_log_likelihood_exact"]), name
+    assert os.path.exists(tmp_path / "ssrbm_digits.png")

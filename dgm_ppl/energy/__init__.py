@@ -22,6 +22,7 @@ from .partition import (
 from .protocol import AnnealingPath, EnergyModel, Enumeration, FreeEnergyModel
 from .rbm import RBM, BernoulliRBM, GaussianBernoulliRBM, RBMParams
 from .rnn_rbm import RNNRBM, RNNRBMFrameDistribution, RNNRBMParams
+from .spike_slab_rbm import SpikeSlabParams, SpikeSlabRBM
 
 __all__ = [
     "BoltzmannMachine",
@@ -39,6 +40,8 @@ __all__ = [
     "ConditionalRBM",
     "ConditionalRBMDistribution",
     "CRBMParams",
+    "SpikeSlabRBM",
+    "SpikeSlabParams",
     "RNNRBM",
     "RNNRBMFrameDistribution",
     "RNNRBMParams",
