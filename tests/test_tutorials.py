@@ -289,3 +289,12 @@ def test_ssrbm_digits_runs(tmp_path):
     for name in ("ssrbm", "gbrbm"):
         assert math.isfinite(report[name]["test_log_likelihood_exact"]), name
     assert os.path.exists(tmp_path / "ssrbm_digits.png")
+
+
+def test_crbm_filters_runs(tmp_path):
+    report = run_tutorial(
+        "crbm_filters.py", "--epochs", "2", "--ais-betas", "300", "--no-progress", "--out", str(tmp_path)
+    )
+    assert -45 < report["test_log_likelihood_ais"] < -20
+    assert abs(report["test_log_likelihood_reverse_ais"] - report["test_log_likelihood_ais"]) < 0.5
+    assert os.path.exists(tmp_path / "crbm_filters.png")

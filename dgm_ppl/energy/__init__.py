@@ -4,6 +4,7 @@ general Boltzmann machines, their negative-phase samplers and partition function
 from .boltzmann import BMParams, BoltzmannChains, BoltzmannDistribution, BoltzmannMachine
 from .chains import ContrastiveDivergence, NegativePhase, ParallelTempering, PersistentChains
 from .conditional_rbm import ConditionalRBM, ConditionalRBMDistribution, CRBMParams
+from .convolutional_rbm import ConvolutionalRBM, ConvolutionalRBMChains, ConvRBMParams
 from .dbm import DBM, DBMParams
 from .dbm_chains import DBMPersistentChains
 from .dbm_distribution import DBMDistribution
@@ -40,6 +41,9 @@ __all__ = [
     "ConditionalRBM",
     "ConditionalRBMDistribution",
     "CRBMParams",
+    "ConvolutionalRBM",
+    "ConvolutionalRBMChains",
+    "ConvRBMParams",
     "SpikeSlabRBM",
     "SpikeSlabParams",
     "RNNRBM",
