@@ -53,3 +53,21 @@ def binary_states(n: int, start: int, stop: int, like: Tensor) -> Tensor:
     codes = torch.arange(start, stop, device=like.device)
     bits = 2 ** torch.arange(n, device=like.device)
     return ((codes[:, None] & bits) > 0).to(like.dtype)
+
+
+def require_binary(v: Tensor, name: str, what: str) -> None:
+    """Raise ``ValueError`` unless every entry of ``v`` is 0 or 1: "``name``: values contain NaN or inf", or
+    "``name``: ``what`` are binary, need values in {0, 1}, got ..." with the first offending value. One host sync
+    when the values are fine."""
+    if check_binary(v):
+        return
+    if not check_finite(v):
+        raise ValueError(f"{name}: values contain NaN or inf")
+    bad = v[(v != 0) & (v != 1)].flatten()[0].item()
+    raise ValueError(f"{name}: {what} are binary, need values in {{0, 1}}, got {bad!r}")
+
+
+def check_count(label: str, n, least: int = 1) -> None:
+    """Raise ``ValueError`` unless ``n`` is an int (not a bool) of at least ``least``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < least:
+        raise ValueError(f"{label} must be an int >= {least}, got {n!r}")

@@ -50,7 +50,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Size, Tensor, nn
 
-from ._ops import Beta, as_tensor_like, bernoulli, binary_states, check_binary
+from ._ops import Beta, as_tensor_like, bernoulli, binary_states, require_binary
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution, check_negative_phase
 from .protocol import EnergyModel, Enumeration
@@ -157,13 +157,7 @@ class BoltzmannMachine(PyroModule):
     def _check_binary(self, x: Tensor, width: int, what: str, name: str) -> None:
         if x.shape[-1:] != (width,):
             raise ValueError(f"{name}: expected the last dimension to be {what}={width}, got shape {tuple(x.shape)}")
-        if not check_binary(x):
-            if not torch.isfinite(x).all():
-                raise ValueError(f"{name}: values contain NaN or inf")
-            bad = x[(x != 0) & (x != 1)].flatten()[0].item()
-            raise ValueError(
-                f"{name}: the units of a Boltzmann machine are binary, need values in {{0, 1}}, got {bad!r}"
-            )
+        require_binary(x, name, "the units of a Boltzmann machine")
 
     def check_data(self, data, name: str = "data") -> Tensor:
         """``data`` as a tensor, after checking that it holds visible states: width ``n_visible``, values in

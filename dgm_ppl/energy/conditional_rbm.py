@@ -47,11 +47,12 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import constraints
 from pyro.nn import PyroModule
-from torch import Size, Tensor, nn
+from torch import Tensor, nn
 
-from ._ops import as_tensor_like, bernoulli, binary_states, check_binary, check_finite
+from ._ops import as_tensor_like, bernoulli, binary_states, check_binary, check_count, check_finite
+from .frame_distribution import FrameDistribution
 
 __all__ = ["ConditionalRBM", "ConditionalRBMDistribution", "CRBMParams"]
 
@@ -70,11 +71,6 @@ class CRBMParams(NamedTuple):
     hidden_bias: Tensor
     visible_history_weight: Tensor
     hidden_history_weight: Tensor
-
-
-def _check_count(label: str, n: Any, least: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < least:
-        raise ValueError(f"{label} must be an int >= {least}, got {n!r}")
 
 
 class ConditionalRBM(PyroModule):
@@ -105,9 +101,9 @@ class ConditionalRBM(PyroModule):
         init_std: float = 0.01,
         name: str | None = None,
     ):
-        _check_count("n_visible", n_visible, 1)
-        _check_count("n_hidden", n_hidden, 1)
-        _check_count("order", order, 1)
+        check_count("n_visible", n_visible, 1)
+        check_count("n_hidden", n_hidden, 1)
+        check_count("order", order, 1)
         if visible not in _VISIBLE:
             raise ValueError(f"visible must be one of {_VISIBLE}, got {visible!r}")
         super().__init__(name if name is not None else f"ConditionalRBM_{next(_counter)}")
@@ -223,7 +219,8 @@ class ConditionalRBM(PyroModule):
             return (v * vb).sum(-1)
         return -0.5 * ((v - vb) ** 2).sum(-1)
 
-    def _neg_free(self, p: CRBMParams, v: Tensor, vb: Tensor, hb: Tensor) -> Tensor:
+    def frame_neg_free_energy(self, p: CRBMParams, v: Tensor, vb: Tensor, hb: Tensor) -> Tensor:
+        """:math:`-F_t(v)` of the frames' RBMs with dynamic biases ``vb``, ``hb``."""
         return self._visible_term(v, vb) + F.softplus(v @ p.weight + hb).sum(-1)
 
     def energy(self, v: Any, h: Any, history: Any) -> Tensor:
@@ -249,9 +246,9 @@ class ConditionalRBM(PyroModule):
         p = self.params()
         v = self.check_data(v, "v").to(p.weight)
         vb, hb = self.dynamic_biases(history, params=p)
-        return -self._neg_free(p, v, vb, hb)
+        return -self.frame_neg_free_energy(p, v, vb, hb)
 
-    def _log_partition(self, p: CRBMParams, vb: Tensor, hb: Tensor, max_units: int) -> Tensor:
+    def frame_log_partition(self, p: CRBMParams, vb: Tensor, hb: Tensor, max_units: int) -> Tensor:
         nv, nh = self.n_visible, self.n_hidden
         over_visible = self.binary_visible and nv < nh
         n = nv if over_visible else nh
@@ -288,7 +285,7 @@ class ConditionalRBM(PyroModule):
         """
         p = self.params()
         vb, hb = self.dynamic_biases(history, params=p)
-        return self._log_partition(p, vb, hb, max_units)
+        return self.frame_log_partition(p, vb, hb, max_units)
 
     def exact_log_prob(self, v: Any, history: Any, *, max_units: int = 20) -> Tensor:
         r"""The exact :math:`\log p(v_t \mid v_{<t}) = -F(v_t \mid v_{<t}) - \log Z(v_{<t})` (a density for Gaussian
@@ -299,10 +296,14 @@ class ConditionalRBM(PyroModule):
         p = self.params()
         v = self.check_data(v, "v").to(p.weight)
         vb, hb = self.dynamic_biases(history, params=p)
-        return self._neg_free(p, v, vb, hb) - self._log_partition(p, vb, hb, max_units)
+        return self.frame_neg_free_energy(p, v, vb, hb) - self.frame_log_partition(p, vb, hb, max_units)
 
     # ------------------------------------------------------------------ sampling
-    def _gibbs(self, p: CRBMParams, v: Tensor, vb: Tensor, hb: Tensor, steps: int, mean_last: bool = False) -> Tensor:
+    def frame_gibbs(
+        self, p: CRBMParams, v: Tensor, vb: Tensor, hb: Tensor, steps: int, mean_last: bool = False
+    ) -> Tensor:
+        """``steps`` block-Gibbs sweeps of the frames' RBMs (dynamic biases ``vb``, ``hb``) from ``v``; with
+        ``mean_last``, the last visible draw replaced by its mean."""
         w = p.weight
         for step in range(steps):
             h = bernoulli(torch.sigmoid(v @ w + hb))
@@ -322,15 +323,15 @@ class ConditionalRBM(PyroModule):
 
         :raises ValueError: for bad frames or histories.
         """
-        _check_count("steps", steps, 0)
+        check_count("steps", steps, 0)
         p = self.params()
         v = self.check_data(v, "v").to(p.weight)
         vb, hb = self.dynamic_biases(history, params=p)
         shape = torch.broadcast_shapes(v.shape[:-1], vb.shape[:-1])
         v = v.expand(*shape, self.n_visible)
-        return self._gibbs(p, v, vb.expand_as(v), hb.expand(*shape, self.n_hidden), steps)
+        return self.frame_gibbs(p, v, vb.expand_as(v), hb.expand(*shape, self.n_hidden), steps)
 
-    def _initial_frames(self, vb: Tensor) -> Tensor:
+    def initial_frames(self, vb: Tensor) -> Tensor:
         """Draws from the factorial model of the dynamic visible biases, to start a chain."""
         if self.binary_visible:
             return bernoulli(torch.sigmoid(vb))
@@ -350,15 +351,15 @@ class ConditionalRBM(PyroModule):
         :returns: the generated frames, ``batch + (num_steps, n_visible)``.
         :raises ValueError: for a bad history or counts.
         """
-        _check_count("num_steps", num_steps, 0)
-        _check_count("gibbs_steps", gibbs_steps, 1)
+        check_count("num_steps", num_steps, 0)
+        check_count("gibbs_steps", gibbs_steps, 1)
         mean_last = not self.binary_visible if mean_last is None else mean_last
         p = self.params()
         window = self.check_history(history).to(p.weight)
         frames = []
         for _ in range(num_steps):
             vb, hb = self._dynamic_biases(p, window)
-            v = self._gibbs(p, window[..., -1, :], vb, hb, gibbs_steps, mean_last)
+            v = self.frame_gibbs(p, window[..., -1, :], vb, hb, gibbs_steps, mean_last)
             frames.append(v)
             window = torch.cat([window[..., 1:, :], v[..., None, :]], -2)
         if not frames:
@@ -382,7 +383,7 @@ class ConditionalRBM(PyroModule):
         return self(history, **kwargs)
 
 
-class ConditionalRBMDistribution(TorchDistribution):
+class ConditionalRBMDistribution(FrameDistribution):
     r"""The distribution :math:`p(v_t \mid v_{<t})` of a :class:`ConditionalRBM`'s frames, as used by
     ``pyro.sample``; built by :meth:`ConditionalRBM.distribution` from the dynamic biases of the histories.
 
@@ -406,98 +407,3 @@ class ConditionalRBMDistribution(TorchDistribution):
     :param sample_steps: Gibbs sweeps of :meth:`sample`, from the factorial model of the visible biases.
     :param max_units: the most units that ``exact=True`` enumerates.
     """
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(
-        self,
-        model: ConditionalRBM,
-        visible_bias: Tensor,
-        hidden_bias: Tensor,
-        *,
-        params: CRBMParams | None = None,
-        cd_steps: int = 1,
-        exact: bool = False,
-        sample_steps: int = 100,
-        max_units: int = 20,
-        validate_args: bool | None = None,
-    ):
-        _check_count("cd_steps", cd_steps, 1)
-        _check_count("sample_steps", sample_steps, 1)
-        if not isinstance(exact, bool):
-            raise ValueError(f"exact must be a bool, got {exact!r}")
-        batch_shape = visible_bias.shape[:-1]
-        if hidden_bias.shape != batch_shape + (model.n_hidden,):
-            raise ValueError(
-                f"hidden_bias must have shape {tuple(batch_shape + (model.n_hidden,))}, got {tuple(hidden_bias.shape)}"
-            )
-        self.model, self.visible_bias, self.hidden_bias = model, visible_bias, hidden_bias
-        self.params = model.params() if params is None else params
-        self.cd_steps, self.exact, self.sample_steps, self.max_units = cd_steps, exact, sample_steps, max_units
-        super().__init__(batch_shape, Size((model.n_visible,)), validate_args=validate_args)
-
-    @property
-    def support(self):
-        return self.model.support
-
-    def expand(self, batch_shape, _instance=None) -> ConditionalRBMDistribution:
-        batch_shape = Size(batch_shape)
-        return type(self)(
-            self.model,
-            self.visible_bias.expand(batch_shape + (self.model.n_visible,)),
-            self.hidden_bias.expand(batch_shape + (self.model.n_hidden,)),
-            params=self.params,
-            cd_steps=self.cd_steps,
-            exact=self.exact,
-            sample_steps=self.sample_steps,
-            max_units=self.max_units,
-            validate_args=self.__dict__.get("_validate_args"),
-        )
-
-    def _validate_sample(self, value: Tensor) -> None:
-        self.model.check_data(value, "value")
-        shape = value.shape[:-1]
-        n = min(len(shape), len(self.batch_shape))
-        for actual, expected in zip(shape[len(shape) - n :], self.batch_shape[len(self.batch_shape) - n :]):
-            if actual not in (1, expected) and expected != 1:
-                raise ValueError(
-                    f"value shape {tuple(value.shape)} does not match batch shape {tuple(self.batch_shape)}"
-                    f" and event shape {tuple(self.event_shape)}"
-                )
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        r""":math:`-F(v \mid v_{<t})` with the CD-k gradient, or the exact log-likelihood (see the class notes).
-
-        :param value: frames ``batch_shape + (n_visible,)`` (a NumPy array is converted).
-        :returns: the broadcast batch shape of ``value`` and the distribution.
-        :raises ValueError: for bad values, with validation on.
-        """
-        model, p = self.model, self.params
-        if not isinstance(value, Tensor):
-            value = model.to_tensor(value, "value")
-        if self._validate_args:
-            self._validate_sample(value)
-        v = value.to(p.weight)
-        shape = torch.broadcast_shapes(v.shape[:-1], self.batch_shape)
-        v = v.expand(*shape, model.n_visible)
-        vb = self.visible_bias.expand(*shape, model.n_visible)
-        hb = self.hidden_bias.expand(*shape, model.n_hidden)
-        out = model._neg_free(p, v, vb, hb)
-        if self.exact:
-            return out - model._log_partition(p, vb, hb, self.max_units)
-        if not torch.is_grad_enabled():
-            return out
-        with torch.no_grad():
-            negatives = model._gibbs(p, v, vb.detach(), hb.detach(), self.cd_steps)
-        neg = model._neg_free(p, negatives, vb, hb)
-        return out - (neg - neg.detach())
-
-    @torch.no_grad()
-    def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
-        """Draws by ``sample_steps`` block-Gibbs sweeps from the factorial model of the dynamic visible biases."""
-        shape = self._extended_shape(sample_shape)
-        vb = self.visible_bias.detach().expand(shape)
-        hb = self.hidden_bias.detach().expand(*shape[:-1], self.model.n_hidden)
-        v = self.model._initial_frames(vb)
-        return self.model._gibbs(self.params, v, vb, hb, self.sample_steps)

@@ -57,7 +57,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from ._ops import Beta, as_tensor_like, check_binary, check_finite
+from ._ops import Beta, as_tensor_like, check_binary, check_count, require_binary
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution
 from .protocol import Enumeration
@@ -77,11 +77,6 @@ class ConvRBMParams(NamedTuple):
     hidden_bias: Tensor
     visible_bias: Tensor
     dense: Tensor | None = None
-
-
-def _check_count(label: str, n: Any, least: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < least:
-        raise ValueError(f"{label} must be an int >= {least}, got {n!r}")
 
 
 def _is_one(beta: Beta) -> bool:
@@ -175,11 +170,11 @@ class ConvolutionalRBM(PyroModule):
         if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 2:
             raise ValueError(f"image_shape must be a pair (H, W), got {image_shape!r}")
         height, width = image_shape
-        _check_count("image height", height, 1)
-        _check_count("image width", width, 1)
-        _check_count("n_filters", n_filters, 1)
-        _check_count("filter_size", filter_size, 1)
-        _check_count("pool_size", pool_size, 1)
+        check_count("image height", height, 1)
+        check_count("image width", width, 1)
+        check_count("n_filters", n_filters, 1)
+        check_count("filter_size", filter_size, 1)
+        check_count("pool_size", pool_size, 1)
         if filter_size > min(height, width):
             raise ValueError(f"filter_size={filter_size} exceeds the image shape {(height, width)}")
         dh, dw = height - filter_size + 1, width - filter_size + 1
@@ -266,13 +261,7 @@ class ConvolutionalRBM(PyroModule):
                 f"{name}: expected images of shape (..., {self.image_shape[0]}, {self.image_shape[1]}) or states "
                 f"of shape (..., n_visible={self.n_visible}), got shape {tuple(v.shape)}"
             )
-        if not check_binary(v):
-            if not check_finite(v):
-                raise ValueError(f"{name}: values contain NaN or inf")
-            bad = v[(v != 0) & (v != 1)].flatten()[0].item()
-            raise ValueError(
-                f"{name}: the pixels of a ConvolutionalRBM are binary, need values in {{0, 1}}, got {bad!r}"
-            )
+        require_binary(v, name, "the pixels of a ConvolutionalRBM")
         return v
 
     def _hidden(self, h: Any, name: str) -> Tensor:

@@ -60,7 +60,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
-from ._ops import Beta, as_tensor_like, bernoulli, check_binary, check_finite
+from ._ops import Beta, as_tensor_like, bernoulli, check_count, check_finite, require_binary
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution
 from .protocol import Enumeration
@@ -105,11 +105,6 @@ def _one_hot_draw(logits: Tensor) -> Tensor:
     return F.one_hot(index, logits.shape[-1]).to(logits.dtype)
 
 
-def _check_count(label: str, n: Any, least: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < least:
-        raise ValueError(f"{label} must be an int >= {least}, got {n!r}")
-
-
 class ClassificationRBM(PyroModule):
     r"""A discriminative RBM (Larochelle & Bengio 2008) with ``n_visible`` binary inputs, ``n_hidden`` binary
     hidden units and ``n_classes`` labels; see the module's notes for the math.
@@ -136,9 +131,9 @@ class ClassificationRBM(PyroModule):
     def __init__(
         self, n_visible: int, n_hidden: int, n_classes: int, *, init_std: float = 0.01, name: str | None = None
     ):
-        _check_count("n_visible", n_visible, 1)
-        _check_count("n_hidden", n_hidden, 1)
-        _check_count("n_classes", n_classes, 2)
+        check_count("n_visible", n_visible, 1)
+        check_count("n_hidden", n_hidden, 1)
+        check_count("n_classes", n_classes, 2)
         super().__init__(name if name is not None else f"ClassificationRBM_{next(_counter)}")
         self.n_visible, self.n_hidden, self.n_classes = n_visible, n_hidden, n_classes
         self.weight = nn.Parameter(torch.randn(n_visible, n_hidden) * init_std)
@@ -179,13 +174,7 @@ class ClassificationRBM(PyroModule):
             raise ValueError(
                 f"{name}: expected the last dimension to be n_visible={self.n_visible}, got shape {tuple(x.shape)}"
             )
-        if not check_binary(x):
-            if not check_finite(x):
-                raise ValueError(f"{name}: values contain NaN or inf")
-            bad = x[(x != 0) & (x != 1)].flatten()[0].item()
-            raise ValueError(
-                f"{name}: the inputs of a ClassificationRBM are binary, need values in {{0, 1}}, got {bad!r}"
-            )
+        require_binary(x, name, "the inputs of a ClassificationRBM")
         return x
 
     def check_labels(self, y: Any, name: str = "y") -> Tensor:
@@ -310,7 +299,7 @@ class ClassificationRBM(PyroModule):
         labels = z[..., self.n_visible :].argmax(-1)
         size = z.shape[0]
         if num_data is not None:
-            _check_count("num_data", num_data, size)
+            check_count("num_data", num_data, size)
         with pyro.plate("data", num_data or size, subsample=torch.arange(size, device=z.device)):
             pyro.sample("y", self.conditional(z[..., : self.n_visible]), obs=labels)
             if alpha > 0:
@@ -413,11 +402,7 @@ class ClassificationRBMJoint:
                 f"{name}: expected the last dimension to be n_visible + n_classes={self.n_visible}, "
                 f"got shape {tuple(z.shape)}"
             )
-        if not check_binary(z):
-            if not check_finite(z):
-                raise ValueError(f"{name}: values contain NaN or inf")
-            bad = z[(z != 0) & (z != 1)].flatten()[0].item()
-            raise ValueError(f"{name}: joint states are binary, need values in {{0, 1}}, got {bad!r}")
+        require_binary(z, name, "joint states")
         if z.numel() and not bool((z[..., self.n_inputs :].sum(-1) == 1).all()):
             raise ValueError(f"{name}: the label block (the last {self.n_classes} entries) must be one-hot")
         return z

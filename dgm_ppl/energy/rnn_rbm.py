@@ -46,11 +46,12 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import constraints
 from pyro.nn import PyroModule
-from torch import Size, Tensor, nn
+from torch import Tensor, nn
 
-from ._ops import as_tensor_like, bernoulli, binary_states, check_binary, check_finite
+from ._ops import as_tensor_like, bernoulli, binary_states, check_count, check_finite, require_binary
+from .frame_distribution import FrameDistribution
 
 __all__ = ["RNNRBM", "RNNRBMFrameDistribution", "RNNRBMParams"]
 
@@ -75,11 +76,6 @@ class RNNRBMParams(NamedTuple):
     initial_state: Tensor
 
 
-def _check_count(label: str, n: Any, least: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < least:
-        raise ValueError(f"{label} must be an int >= {least}, got {n!r}")
-
-
 class RNNRBM(PyroModule):
     r"""The RNN-RBM (Boulanger-Lewandowski et al. 2012) on binary frames of ``n_visible`` units; see the module's
     notes for the math.
@@ -101,9 +97,9 @@ class RNNRBM(PyroModule):
     def __init__(
         self, n_visible: int, n_hidden: int, n_recurrent: int, *, init_std: float = 0.01, name: str | None = None
     ):
-        _check_count("n_visible", n_visible, 1)
-        _check_count("n_hidden", n_hidden, 1)
-        _check_count("n_recurrent", n_recurrent, 1)
+        check_count("n_visible", n_visible, 1)
+        check_count("n_hidden", n_hidden, 1)
+        check_count("n_recurrent", n_recurrent, 1)
         super().__init__(name if name is not None else f"RNNRBM_{next(_counter)}")
         self.n_visible, self.n_hidden, self.n_recurrent = n_visible, n_hidden, n_recurrent
         nv, nh, nu = n_visible, n_hidden, n_recurrent
@@ -155,11 +151,7 @@ class RNNRBM(PyroModule):
             raise ValueError(
                 f"{name}: expected the last dimension to be n_visible={self.n_visible}, got shape {tuple(v.shape)}"
             )
-        if not check_binary(v):
-            if not check_finite(v):
-                raise ValueError(f"{name}: values contain NaN or inf")
-            bad = v[(v != 0) & (v != 1)].flatten()[0].item()
-            raise ValueError(f"{name}: Bernoulli visible units are binary, need values in {{0, 1}}, got {bad!r}")
+        require_binary(v, name, "Bernoulli visible units")
         return v
 
     def check_sequences(self, sequences: Any, name: str = "sequences") -> Tensor:
@@ -239,7 +231,8 @@ class RNNRBM(PyroModule):
 
     # ------------------------------------------------------------------ energy
     @staticmethod
-    def _neg_free(p: RNNRBMParams, v: Tensor, vb: Tensor, hb: Tensor) -> Tensor:
+    def frame_neg_free_energy(p: RNNRBMParams, v: Tensor, vb: Tensor, hb: Tensor) -> Tensor:
+        """:math:`-F_t(v)` of the frames' RBMs with dynamic biases ``vb``, ``hb``."""
         return (v * vb).sum(-1) + F.softplus(v @ p.weight + hb).sum(-1)
 
     def energy(self, v: Any, h: Any, u_prev: Any) -> Tensor:
@@ -265,9 +258,9 @@ class RNNRBM(PyroModule):
         p = self.params()
         v = self.check_data(v_t, "v_t").to(p.weight)
         vb, hb = self._dynamic_biases(p, self.check_state(u_prev).to(p.weight))
-        return -self._neg_free(p, v, vb, hb)
+        return -self.frame_neg_free_energy(p, v, vb, hb)
 
-    def _log_partition(self, p: RNNRBMParams, vb: Tensor, hb: Tensor, max_units: int) -> Tensor:
+    def frame_log_partition(self, p: RNNRBMParams, vb: Tensor, hb: Tensor, max_units: int) -> Tensor:
         nv, nh = self.n_visible, self.n_hidden
         over_visible = nv < nh
         n = nv if over_visible else nh
@@ -297,7 +290,7 @@ class RNNRBM(PyroModule):
         """
         p = self.params()
         vb, hb = self._dynamic_biases(p, self.check_state(u_prev).to(p.weight))
-        return self._log_partition(p, vb, hb, max_units)
+        return self.frame_log_partition(p, vb, hb, max_units)
 
     def exact_log_prob(self, v_t: Any, u_prev: Any, *, max_units: int = 20) -> Tensor:
         r"""The exact conditional :math:`\log p(v_t \mid u_{t-1}) = -F(v_t \mid u_{t-1}) - \log Z(u_{t-1})`
@@ -308,7 +301,7 @@ class RNNRBM(PyroModule):
         p = self.params()
         v = self.check_data(v_t, "v_t").to(p.weight)
         vb, hb = self._dynamic_biases(p, self.check_state(u_prev).to(p.weight))
-        return self._neg_free(p, v, vb, hb) - self._log_partition(p, vb, hb, max_units)
+        return self.frame_neg_free_energy(p, v, vb, hb) - self.frame_log_partition(p, vb, hb, max_units)
 
     def exact_log_likelihood(self, sequences: Any, *, max_units: int = 20) -> Tensor:
         r"""The exact :math:`\log p(v_{0:T-1}) = \sum_t \log p(v_t \mid u_{t-1})` of each sequence, shape
@@ -320,10 +313,15 @@ class RNNRBM(PyroModule):
         p = self.params()
         seq = self.check_sequences(sequences).to(p.weight)
         vb, hb = self._dynamic_biases(p, self._states(p, seq))
-        return (self._neg_free(p, seq, vb, hb) - self._log_partition(p, vb, hb, max_units)).sum(-1)
+        return (self.frame_neg_free_energy(p, seq, vb, hb) - self.frame_log_partition(p, vb, hb, max_units)).sum(-1)
 
     # ------------------------------------------------------------------ sampling
-    def _gibbs(self, p: RNNRBMParams, v: Tensor, vb: Tensor, hb: Tensor, steps: int) -> Tensor:
+    def initial_frames(self, vb: Tensor) -> Tensor:
+        """Draws from the factorial model of the dynamic visible biases, to start a chain."""
+        return bernoulli(torch.sigmoid(vb))
+
+    def frame_gibbs(self, p: RNNRBMParams, v: Tensor, vb: Tensor, hb: Tensor, steps: int) -> Tensor:
+        """``steps`` block-Gibbs sweeps of the frames' RBMs (dynamic biases ``vb``, ``hb``) from ``v``."""
         for _ in range(steps):
             h = bernoulli(torch.sigmoid(v @ p.weight + hb))
             v = bernoulli(torch.sigmoid(h @ p.weight.T + vb))
@@ -336,13 +334,13 @@ class RNNRBM(PyroModule):
 
         :raises ValueError: for bad frames, states or counts.
         """
-        _check_count("steps", steps, 0)
+        check_count("steps", steps, 0)
         p = self.params()
         v = self.check_data(v_t, "v_t").to(p.weight)
         vb, hb = self._dynamic_biases(p, self.check_state(u_prev).to(p.weight))
         shape = torch.broadcast_shapes(v.shape[:-1], vb.shape[:-1])
         v = v.expand(*shape, self.n_visible)
-        return self._gibbs(p, v, vb.expand_as(v), hb.expand(*shape, self.n_hidden), steps)
+        return self.frame_gibbs(p, v, vb.expand_as(v), hb.expand(*shape, self.n_hidden), steps)
 
     @torch.no_grad()
     def generate(
@@ -360,8 +358,8 @@ class RNNRBM(PyroModule):
         :returns: the generated frames (without ``init``), ``batch + (num_steps, n_visible)``.
         :raises ValueError: for bad counts or a bad ``init``.
         """
-        _check_count("num_steps", num_steps, 0)
-        _check_count("gibbs_steps", gibbs_steps, 1)
+        check_count("num_steps", num_steps, 0)
+        check_count("gibbs_steps", gibbs_steps, 1)
         p = self.params()
         if init is not None:
             if num_sequences is not None:
@@ -370,13 +368,13 @@ class RNNRBM(PyroModule):
             u = self._step(p, self._states(p, seq)[..., -1, :], seq[..., -1, :])
         else:
             if num_sequences is not None:
-                _check_count("num_sequences", num_sequences, 1)
+                check_count("num_sequences", num_sequences, 1)
             batch = () if num_sequences is None else (num_sequences,)
             u = p.initial_state.expand(*batch, self.n_recurrent)
         frames = []
         for _ in range(num_steps):
             vb, hb = self._dynamic_biases(p, u)
-            v = self._gibbs(p, bernoulli(torch.sigmoid(vb)), vb, hb, gibbs_steps)
+            v = self.frame_gibbs(p, bernoulli(torch.sigmoid(vb)), vb, hb, gibbs_steps)
             frames.append(v)
             u = self._step(p, u, v)
         if not frames:
@@ -438,9 +436,9 @@ class RNNRBM(PyroModule):
         if sequences is None:
             if num_steps is None:
                 raise ValueError("model: give sequences, or num_steps to sample")
-            _check_count("num_steps", num_steps, 1)
+            check_count("num_steps", num_steps, 1)
             size = 1 if num_sequences is None else num_sequences
-            _check_count("num_sequences", size, 1)
+            check_count("num_sequences", size, 1)
             seq, length, subsample = None, num_steps, None
         else:
             if num_steps is not None:
@@ -455,7 +453,7 @@ class RNNRBM(PyroModule):
             length = seq.shape[-2]
             rows = 1 if seq.dim() == 2 else seq.shape[0]
             size = rows if num_sequences is None else num_sequences
-            _check_count("num_sequences", size, rows)
+            check_count("num_sequences", size, rows)
             subsample = torch.arange(rows, device=p.weight.device)
         unbatched = seq is None and num_sequences is None or seq is not None and seq.dim() == 2
         batch = () if unbatched else (size if seq is None else seq.shape[0],)
@@ -473,7 +471,7 @@ class RNNRBM(PyroModule):
         return torch.stack(frames, -2)
 
 
-class RNNRBMFrameDistribution(TorchDistribution):
+class RNNRBMFrameDistribution(FrameDistribution):
     r"""The distribution :math:`p(v_t \mid u_{t-1})` of an :class:`RNNRBM`'s frame given the recurrent state before
     it, as used by ``pyro.sample``; built by :meth:`RNNRBM.distribution` (or :meth:`RNNRBM.model`) from the dynamic
     biases of the states.
@@ -500,101 +498,5 @@ class RNNRBMFrameDistribution(TorchDistribution):
     :param max_units: the most units that ``exact=True`` enumerates.
     """
 
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(
-        self,
-        model: RNNRBM,
-        visible_bias: Tensor,
-        hidden_bias: Tensor,
-        *,
-        params: RNNRBMParams | None = None,
-        cd_steps: int = 1,
-        exact: bool = False,
-        sample_steps: int = 30,
-        max_units: int = 20,
-        validate_args: bool | None = None,
-    ):
-        _check_count("cd_steps", cd_steps, 1)
-        _check_count("sample_steps", sample_steps, 1)
-        if not isinstance(exact, bool):
-            raise ValueError(f"exact must be a bool, got {exact!r}")
-        batch_shape = visible_bias.shape[:-1]
-        if visible_bias.shape[-1:] != (model.n_visible,):
-            raise ValueError(
-                f"visible_bias must have last dimension n_visible={model.n_visible}, got {tuple(visible_bias.shape)}"
-            )
-        if hidden_bias.shape != batch_shape + (model.n_hidden,):
-            raise ValueError(
-                f"hidden_bias must have shape {tuple(batch_shape + (model.n_hidden,))}, got {tuple(hidden_bias.shape)}"
-            )
-        self.model, self.visible_bias, self.hidden_bias = model, visible_bias, hidden_bias
-        self.params = model.params() if params is None else params
-        self.cd_steps, self.exact, self.sample_steps, self.max_units = cd_steps, exact, sample_steps, max_units
-        super().__init__(batch_shape, Size((model.n_visible,)), validate_args=validate_args)
-
-    @property
-    def support(self):
-        return self.model.support
-
-    def expand(self, batch_shape, _instance=None) -> RNNRBMFrameDistribution:
-        batch_shape = Size(batch_shape)
-        return type(self)(
-            self.model,
-            self.visible_bias.expand(batch_shape + (self.model.n_visible,)),
-            self.hidden_bias.expand(batch_shape + (self.model.n_hidden,)),
-            params=self.params,
-            cd_steps=self.cd_steps,
-            exact=self.exact,
-            sample_steps=self.sample_steps,
-            max_units=self.max_units,
-            validate_args=self.__dict__.get("_validate_args"),
-        )
-
-    def _validate_sample(self, value: Tensor) -> None:
-        self.model.check_data(value, "value")
-        shape = value.shape[:-1]
-        n = min(len(shape), len(self.batch_shape))
-        for actual, expected in zip(shape[len(shape) - n :], self.batch_shape[len(self.batch_shape) - n :]):
-            if actual not in (1, expected) and expected != 1:
-                raise ValueError(
-                    f"value shape {tuple(value.shape)} does not match batch shape {tuple(self.batch_shape)}"
-                    f" and event shape {tuple(self.event_shape)}"
-                )
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        r""":math:`-F(v \mid u_{t-1})` with the CD-k gradient, or the exact log-likelihood (see the class notes).
-
-        :param value: frames ``batch_shape + (n_visible,)`` (a NumPy array is converted).
-        :returns: the broadcast batch shape of ``value`` and the distribution.
-        :raises ValueError: for bad values, with validation on.
-        """
-        model, p = self.model, self.params
-        if not isinstance(value, Tensor):
-            value = model.to_tensor(value, "value")
-        if self._validate_args:
-            self._validate_sample(value)
-        v = value.to(p.weight)
-        shape = torch.broadcast_shapes(v.shape[:-1], self.batch_shape)
-        v = v.expand(*shape, model.n_visible)
-        vb = self.visible_bias.expand(*shape, model.n_visible)
-        hb = self.hidden_bias.expand(*shape, model.n_hidden)
-        out = model._neg_free(p, v, vb, hb)
-        if self.exact:
-            return out - model._log_partition(p, vb, hb, self.max_units)
-        if not torch.is_grad_enabled():
-            return out
-        with torch.no_grad():
-            negatives = model._gibbs(p, v, vb.detach(), hb.detach(), self.cd_steps)
-        neg = model._neg_free(p, negatives, vb, hb)
-        return out - (neg - neg.detach())
-
-    @torch.no_grad()
-    def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
-        """Draws by ``sample_steps`` block-Gibbs sweeps from the factorial model of the dynamic visible biases."""
-        shape = self._extended_shape(sample_shape)
-        vb = self.visible_bias.detach().expand(shape)
-        hb = self.hidden_bias.detach().expand(*shape[:-1], self.model.n_hidden)
-        v = bernoulli(torch.sigmoid(vb))
-        return self.model._gibbs(self.params, v, vb, hb, self.sample_steps)
+    def __init__(self, model: RNNRBM, visible_bias: Tensor, hidden_bias: Tensor, *, sample_steps: int = 30, **kwargs):
+        super().__init__(model, visible_bias, hidden_bias, sample_steps=sample_steps, **kwargs)

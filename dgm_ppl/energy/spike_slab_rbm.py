@@ -103,7 +103,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from ._ops import Beta, as_tensor_like, bernoulli, check_finite
+from ._ops import Beta, as_tensor_like, bernoulli, check_count, check_finite
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution
 from .protocol import Enumeration
@@ -125,11 +125,6 @@ class SpikeSlabParams(NamedTuple):
     precision: Tensor
     slab_precision: Tensor
     slab_mean: Tensor
-
-
-def _check_count(label: str, n: Any) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{label} must be an int >= 1, got {n!r}")
 
 
 def _is_one(beta: Beta) -> bool:
@@ -185,8 +180,8 @@ class SpikeSlabRBM(PyroModule):
         init_std: float = 0.01,
         name: str | None = None,
     ):
-        _check_count("n_visible", n_visible)
-        _check_count("n_hidden", n_hidden)
+        check_count("n_visible", n_visible)
+        check_count("n_hidden", n_hidden)
         super().__init__(name if name is not None else f"SpikeSlabRBM_{next(_counter)}")
         self.n_visible, self.n_hidden = n_visible, n_hidden
         self.bounded_precision = bool(bounded_precision)
