@@ -52,7 +52,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from ._ops import as_tensor_like, bernoulli, binary_states, check_binary, check_count, check_finite
-from .frame_distribution import FrameDistribution
+from .frame_distribution import FrameDistribution, bernoulli_log_partition
 
 __all__ = ["ConditionalRBM", "ConditionalRBMDistribution", "CRBMParams"]
 
@@ -249,30 +249,23 @@ class ConditionalRBM(PyroModule):
         return -self.frame_neg_free_energy(p, v, vb, hb)
 
     def frame_log_partition(self, p: CRBMParams, vb: Tensor, hb: Tensor, max_units: int) -> Tensor:
+        """:math:`\\log Z_t` of the frames' RBMs with dynamic biases ``vb``, ``hb``, by enumeration (for Gaussian
+        units, of the hidden layer, with the visible units integrated out)."""
+        if self.binary_visible:
+            return bernoulli_log_partition(p.weight, vb, hb, max_units, _CHUNK)
         nv, nh = self.n_visible, self.n_hidden
-        over_visible = self.binary_visible and nv < nh
-        n = nv if over_visible else nh
-        if n > max_units:
-            what = "visible" if over_visible else "hidden"
+        if nh > max_units:
             raise ValueError(
-                f"the exact log partition would enumerate 2^{n} states of the {what} layer; "
+                f"the exact log partition would enumerate 2^{nh} states of the hidden layer; "
                 f"the limit is max_units={max_units}"
             )
         parts = []
-        for start in range(0, 2**n, _CHUNK):
-            s = binary_states(n, start, min(2**n, start + _CHUNK), p.weight)  # (S, n)
-            if over_visible:  # log sum_v exp(b.v + sum_j softplus(c + v W))
-                terms = vb @ s.T + F.softplus((s @ p.weight) + hb[..., None, :]).sum(-1)
-            elif self.binary_visible:  # log sum_h exp(c.h + sum_i softplus(b + W h))
-                terms = hb @ s.T + F.softplus((s @ p.weight.T) + vb[..., None, :]).sum(-1)
-            else:  # log sum_h exp(c.h + b.W h + |W h|^2 / 2) (2 pi)^(nv/2)
-                wh = s @ p.weight.T  # (S, nv)
-                terms = hb @ s.T + vb @ wh.T + 0.5 * (wh * wh).sum(-1)
-            parts.append(torch.logsumexp(terms, -1))
+        for start in range(0, 2**nh, _CHUNK):
+            s = binary_states(nh, start, min(2**nh, start + _CHUNK), p.weight)  # (S, nh)
+            wh = s @ p.weight.T  # log sum_h exp(c.h + b.W h + |W h|^2 / 2) (2 pi)^(nv/2)
+            parts.append(torch.logsumexp(hb @ s.T + vb @ wh.T + 0.5 * (wh * wh).sum(-1), -1))
         log_z = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), 0)
-        if not self.binary_visible:
-            log_z = log_z + 0.5 * nv * math.log(2 * math.pi)
-        return log_z
+        return log_z + 0.5 * nv * math.log(2 * math.pi)
 
     def exact_log_partition(self, history: Any, *, max_units: int = 20) -> Tensor:
         r"""The exact :math:`\log Z(v_{<t}) = \log \sum_{v, h} e^{-E(v, h \mid v_{<t})}` (an integral over

@@ -20,12 +20,42 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from pyro.distributions import TorchDistribution
 from torch import Size, Tensor
 
-from ._ops import check_count
+from ._ops import binary_states, check_count
 
-__all__ = ["FrameDistribution", "SequenceRBM"]
+__all__ = ["FrameDistribution", "SequenceRBM", "bernoulli_log_partition"]
+
+
+def bernoulli_log_partition(weight: Tensor, vb: Tensor, hb: Tensor, max_units: int, chunk: int = 4096) -> Tensor:
+    r""":math:`\log Z` of binary RBMs that share ``weight`` (``n_visible x n_hidden``) but each have their own
+    biases ``vb`` (``batch + (n_visible,)``) and ``hb`` (``batch + (n_hidden,)``), by enumerating the smaller layer
+    with the other summed out in closed form:
+    :math:`\log\sum_v e^{b^\top v + \sum_j \zeta(c_j + v^\top W_j)}` or
+    :math:`\log\sum_h e^{c^\top h + \sum_i \zeta(b_i + W_i h)}`. Differentiable; shape ``batch``.
+
+    :raises ValueError: when more than ``max_units`` units would be enumerated.
+    """
+    nv, nh = weight.shape
+    over_visible = nv < nh
+    n = nv if over_visible else nh
+    if n > max_units:
+        what = "visible" if over_visible else "hidden"
+        raise ValueError(
+            f"the exact log partition would enumerate 2^{n} states of the {what} layer; "
+            f"the limit is max_units={max_units}"
+        )
+    parts = []
+    for start in range(0, 2**n, chunk):
+        s = binary_states(n, start, min(2**n, start + chunk), weight)  # (S, n)
+        if over_visible:
+            terms = vb @ s.T + F.softplus((s @ weight) + hb[..., None, :]).sum(-1)
+        else:
+            terms = hb @ s.T + F.softplus((s @ weight.T) + vb[..., None, :]).sum(-1)
+        parts.append(torch.logsumexp(terms, -1))
+    return parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), 0)
 
 
 class SequenceRBM(Protocol):

@@ -50,8 +50,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from ._ops import as_tensor_like, bernoulli, binary_states, check_count, check_finite, require_binary
-from .frame_distribution import FrameDistribution
+from ._ops import as_tensor_like, bernoulli, check_count, check_finite, require_binary
+from .frame_distribution import FrameDistribution, bernoulli_log_partition
 
 __all__ = ["RNNRBM", "RNNRBMFrameDistribution", "RNNRBMParams"]
 
@@ -261,24 +261,8 @@ class RNNRBM(PyroModule):
         return -self.frame_neg_free_energy(p, v, vb, hb)
 
     def frame_log_partition(self, p: RNNRBMParams, vb: Tensor, hb: Tensor, max_units: int) -> Tensor:
-        nv, nh = self.n_visible, self.n_hidden
-        over_visible = nv < nh
-        n = nv if over_visible else nh
-        if n > max_units:
-            what = "visible" if over_visible else "hidden"
-            raise ValueError(
-                f"the exact log partition would enumerate 2^{n} states of the {what} layer; "
-                f"the limit is max_units={max_units}"
-            )
-        parts = []
-        for start in range(0, 2**n, _CHUNK):
-            s = binary_states(n, start, min(2**n, start + _CHUNK), p.weight)  # (S, n)
-            if over_visible:  # log sum_v exp(b.v + sum_j softplus(c + v W))
-                terms = vb @ s.T + F.softplus((s @ p.weight) + hb[..., None, :]).sum(-1)
-            else:  # log sum_h exp(c.h + sum_i softplus(b + W h))
-                terms = hb @ s.T + F.softplus((s @ p.weight.T) + vb[..., None, :]).sum(-1)
-            parts.append(torch.logsumexp(terms, -1))
-        return parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), 0)
+        """:math:`\\log Z_t` of the frames' RBMs with dynamic biases ``vb``, ``hb``, by enumeration."""
+        return bernoulli_log_partition(p.weight, vb, hb, max_units, _CHUNK)
 
     def exact_log_partition(self, u_prev: Any, *, max_units: int = 20) -> Tensor:
         r"""The exact :math:`\log Z(u_{t-1}) = \log\sum_{v, h} e^{-E(v, h \mid u_{t-1})}` of the RBM after each state,
