@@ -304,3 +304,18 @@ def test_parallel_tempering_refuses_a_model_without_a_free_energy():
     for model in (DBM([4, 3, 2]), BoltzmannMachine(4, 1)):
         with pytest.raises(TypeError, match="not a FreeEnergyModel"):
             ParallelTempering(model, num_chains=4)
+
+
+def test_exact_log_partition_says_where_the_partition_function_is():
+    from dgm_ppl.energy import DBN, RNNRBM, ClassificationRBM, ConditionalRBM, exact_log_partition
+
+    cases = [
+        (ClassificationRBM(3, 2, 2), r"exact_log_partition\(model.joint\)"),
+        (DBN([4, 3, 2]), r"model.rbms\[-1\]"),
+        (ConditionalRBM(4, 3, 1), "one partition function per input"),
+        (RNNRBM(4, 3, 3), "one partition function per input"),
+    ]
+    for model, match in cases:
+        with pytest.raises(TypeError, match=match):
+            exact_log_partition(model)
+    assert torch.isfinite(exact_log_partition(cases[0][0].joint))

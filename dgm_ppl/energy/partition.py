@@ -94,6 +94,17 @@ def ais_schedule(num_betas: int = 14500, dtype: torch.dtype = torch.float64) -> 
     )
 
 
+def _partition_hint(model) -> str:
+    """Where the partition function of a model that is not itself an :class:`EnergyModel` is."""
+    if hasattr(model, "joint"):
+        return "is a classifier whose joint p(x, y) is the energy model: exact_log_partition(model.joint)"
+    if hasattr(model, "rbms"):
+        return "is a stack whose top RBM has the partition function: exact_log_partition(model.rbms[-1])"
+    if callable(getattr(model, "exact_log_partition", None)):
+        return "has one partition function per input (its biases depend on it): model.exact_log_partition(...)"
+    return "has no enumeration()"
+
+
 def exact_log_partition(
     model: EnergyModel, *, max_units: int = 20, chunk_size: int = 2**15, record: bool = True
 ) -> Tensor:
@@ -105,7 +116,11 @@ def exact_log_partition(
     :param max_units: the most units to enumerate (:math:`2^{n}` states).
     :param chunk_size: states per batch.
     :raises ValueError: when more than ``max_units`` units would be enumerated.
+    :raises TypeError: for a model without one partition function to enumerate (a conditional model, a classifier,
+        a DBN), with the call that applies to it.
     """
+    if not callable(getattr(model, "enumeration", None)):
+        raise TypeError(f"exact_log_partition takes an EnergyModel; {type(model).__name__} {_partition_hint(model)}")
     plan = model.enumeration()
     n = plan.num_units
     if n > max_units:
