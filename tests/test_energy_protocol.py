@@ -307,7 +307,7 @@ def test_parallel_tempering_refuses_a_model_without_a_free_energy():
 
 
 def test_exact_log_partition_says_where_the_partition_function_is():
-    from dgm_ppl.energy import DBN, RNNRBM, ClassificationRBM, ConditionalRBM, exact_log_partition
+    from dgm_ppl.energy import DBN, RNNRBM, ClassificationRBM, ConditionalRBM, ais_log_partition, exact_log_partition
 
     cases = [
         (ClassificationRBM(3, 2, 2), r"exact_log_partition\(model.joint\)"),
@@ -318,4 +318,6 @@ def test_exact_log_partition_says_where_the_partition_function_is():
     for model, match in cases:
         with pytest.raises(TypeError, match=match):
             exact_log_partition(model)
+        with pytest.raises(TypeError, match=match):
+            ais_log_partition(model, num_chains=2, num_betas=3)
     assert torch.isfinite(exact_log_partition(cases[0][0].joint))

@@ -209,6 +209,8 @@ def ais_log_partition(
     _check_schedule(betas)
     base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
+    if not callable(getattr(model, "annealing_path", None)):
+        raise TypeError(f"AIS takes an EnergyModel; {type(model).__name__} {_partition_hint(model)}")
     path = model.annealing_path(base)
     log_w = _ais_log_weights(path, path.initial_state(num_chains), betas, progress, "AIS")
     _check_finite(log_w)
@@ -238,6 +240,8 @@ def reverse_ais_log_partition(
     _check_schedule(betas)
     base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
+    if not callable(getattr(model, "annealing_path", None)):
+        raise TypeError(f"AIS takes an EnergyModel; {type(model).__name__} {_partition_hint(model)}")
     path = model.annealing_path(base)
     log_w = _ais_log_weights(path, path.state_from_samples(samples), betas.flip(0), progress, "reverse AIS")
     _check_finite(log_w)
