@@ -94,6 +94,12 @@ def ais_schedule(num_betas: int = 14500, dtype: torch.dtype = torch.float64) -> 
     )
 
 
+def _require(model, member: str, what: str) -> None:
+    """Raise ``TypeError`` unless ``model`` has the protocol's method ``member``, saying where its log Z is."""
+    if not callable(getattr(model, member, None)):
+        raise TypeError(f"{what} takes an EnergyModel; {type(model).__name__} {_partition_hint(model)}")
+
+
 def _partition_hint(model) -> str:
     """Where the partition function of a model that is not itself an :class:`EnergyModel` is."""
     if hasattr(model, "joint"):
@@ -119,8 +125,7 @@ def exact_log_partition(
     :raises TypeError: for a model without one partition function to enumerate (a conditional model, a classifier,
         a DBN), with the call that applies to it.
     """
-    if not callable(getattr(model, "enumeration", None)):
-        raise TypeError(f"exact_log_partition takes an EnergyModel; {type(model).__name__} {_partition_hint(model)}")
+    _require(model, "enumeration", "exact_log_partition")
     plan = model.enumeration()
     n = plan.num_units
     if n > max_units:
@@ -203,14 +208,13 @@ def ais_log_partition(
     For a :class:`~dgm_ppl.energy.DBM`, AIS runs over the odd layers with the even layers summed
     out (Salakhutdinov & Hinton 2009); the base model makes the odd layers uniform.
     """
+    _require(model, "annealing_path", "ais_log_partition")
     _check_runs(num_chains, "num_chains")
     if betas is None:
         betas = ais_schedule(num_betas)
     _check_schedule(betas)
     base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
-    if not callable(getattr(model, "annealing_path", None)):
-        raise TypeError(f"AIS takes an EnergyModel; {type(model).__name__} {_partition_hint(model)}")
     path = model.annealing_path(base)
     log_w = _ais_log_weights(path, path.initial_state(num_chains), betas, progress, "AIS")
     _check_finite(log_w)
@@ -235,13 +239,12 @@ def reverse_ais_log_partition(
 
     For a :class:`~dgm_ppl.energy.DBM`, ``samples`` are joint states ``[v, h1, ..., hL]`` (e.g.
     ``chains.states()``); the odd layers start the reverse chains."""
+    _require(model, "annealing_path", "reverse_ais_log_partition")
     if betas is None:
         betas = ais_schedule(num_betas)
     _check_schedule(betas)
     base = _base(model, data)
     log_z_base = float(model.base_log_partition(base))
-    if not callable(getattr(model, "annealing_path", None)):
-        raise TypeError(f"AIS takes an EnergyModel; {type(model).__name__} {_partition_hint(model)}")
     path = model.annealing_path(base)
     log_w = _ais_log_weights(path, path.state_from_samples(samples), betas.flip(0), progress, "reverse AIS")
     _check_finite(log_w)
