@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from dgm_ppl import distributed, load_checkpoint
 from dgm_ppl.energy import BernoulliRBM, PersistentChains
+from dgm_ppl.infer import train
 
 WORLD = 2
 TIMEOUT = 240  # seconds: a hang fails the test instead of blocking CI
@@ -121,3 +122,18 @@ def test_single_process_is_plain_svi(tmp_path):
     with pytest.raises(ValueError, match="not a checkpoint of dgm_ppl.distributed"):
         torch.save({"x": 1}, tmp_path / "other.pt")
         distributed.load_checkpoint(tmp_path / "other.pt", {"rbm": rbm})
+
+
+def test_train_max_steps_stops_mid_epoch():
+    calls = []
+
+    class Counting:
+        def step(self, batch):
+            calls.append(len(batch))
+            return float(len(batch))
+
+    history = train(Counting(), torch.zeros(20, 3), epochs=5, batch_size=4, max_steps=7)
+    assert calls == [4] * 7  # 5 steps of the first epoch, 2 of the second
+    assert len(history) == 2 and history[1] == pytest.approx(4 / 20)
+    with pytest.raises(ValueError, match="max_steps"):
+        train(Counting(), torch.zeros(20, 3), max_steps=0)
