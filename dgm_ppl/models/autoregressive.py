@@ -55,6 +55,8 @@ from .._data import as_data_tensor, check_binary, check_finite
 
 __all__ = ["AutoregressiveModel", "AutoregressiveDistribution", "FVSBN", "NADE", "MADE", "PixelCNN"]
 
+_BLOCK = 32  # pixels per block of the NADE hidden pre-activations
+
 
 def _broadcast_shapes(a: Size, b: Size) -> Size:
     """NumPy broadcasting of two shapes (``torch.broadcast_shapes`` imports sympy on its first call, ~2 s).
@@ -325,10 +327,20 @@ class NADE(AutoregressiveModel):
 
     def _logits(self, x: Tensor, context: Tensor | None) -> Tensor:
         c, b = self._biases(context)
-        # a_d = c + sum_{j<d} W[:, j] x_j: an exclusive cumulative sum over d, shape (..., D, H)
-        steps = x.unsqueeze(-1) * self.weight.T
-        a = torch.cumsum(steps, -2) - steps + c.unsqueeze(-2)
-        return (torch.sigmoid(a) * self.out_weight).sum(-1) + b
+        # a_d = c + sum_{j<d} W[:, j] x_j, an exclusive cumulative sum over d, in blocks of _BLOCK pixels: within a
+        # block a cumulative sum of shape (..., _BLOCK, H), between blocks a running sum (..., H). The same numbers
+        # as one (..., D, H) cumulative sum, at about half the time (the working set stays in cache).
+        weight_t, out = self.weight.T, self.out_weight
+        running = c.expand(*x.shape[:-1], self.n_hidden)
+        logits = []
+        for start in range(0, self.n_visible, _BLOCK):
+            stop = min(start + _BLOCK, self.n_visible)
+            steps = x[..., start:stop].unsqueeze(-1) * weight_t[start:stop]
+            partial = torch.cumsum(steps, -2)
+            a = running.unsqueeze(-2) + (partial - steps)
+            logits.append(torch.einsum("...kh,kh->...k", torch.sigmoid(a), out[start:stop]))
+            running = running + partial[..., -1, :]
+        return torch.cat(logits, -1) + b
 
     def _sample(self, shape: Size, context: Tensor | None) -> Tensor:
         c, b = self._biases(context)
