@@ -1,3 +1,8 @@
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
 import pyro
 import torch
 
@@ -30,3 +35,27 @@ def grads() -> dict[str, torch.Tensor]:
             out[name] = p.grad.clone()
             p.grad = None
     return out
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` as a module (the scripts import their shared ``benchmarks/_training.py``)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_mnist(path, n_train: int, n_valid: int) -> str:
+    """A binarized-MNIST-shaped ``.npz`` (``train``, ``valid``) of a mixture of three factorial patterns."""
+    rng = np.random.default_rng(0)
+    means = rng.uniform(0.05, 0.95, size=(3, 784))
+    n = n_train + n_valid
+    pick = rng.integers(0, 3, size=n)
+    x = (rng.uniform(size=(n, 784)) < means[pick]).astype(np.uint8)
+    np.savez(path, train=x[:n_train], valid=x[n_train:])
+    return str(path)

@@ -3,46 +3,27 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _script(name):
-    if str(BENCHMARKS) not in sys.path:  # the scripts import their shared module, benchmarks/_training.py
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import benchmark_script, tiny_mnist
 
 
 @pytest.fixture(scope="module")
 def arm():
-    return _script("autoregressive_mnist")
+    return benchmark_script("autoregressive_mnist")
 
 
 @pytest.fixture(scope="module")
 def diffusion():
-    return _script("diffusion_modes")
+    return benchmark_script("diffusion_modes")
 
 
 @pytest.fixture
 def data(tmp_path):
-    rng = np.random.default_rng(0)
-    means = rng.uniform(0.05, 0.95, size=(3, 784))  # a mixture of three factorial patterns
-    pick = rng.integers(0, 3, size=160)
-    x = (rng.uniform(size=(160, 784)) < means[pick]).astype(np.uint8)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, train=x[:120], valid=x[120:])
-    return str(path)
+    return tiny_mnist(tmp_path / "tiny.npz", 120, 40)
 
 
 def _records(capsys):

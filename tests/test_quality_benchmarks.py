@@ -3,46 +3,26 @@ iterate averaging, save/load and the rbms peer, on a tiny random binary data set
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _script(name):
-    if str(BENCHMARKS) not in sys.path:  # the scripts import their shared module, benchmarks/_training.py
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import benchmark_script, tiny_mnist
 
 
 @pytest.fixture(scope="module")
 def rbm_quality():
-    return _script("rbm_quality")
+    return benchmark_script("rbm_quality")
 
 
 @pytest.fixture(scope="module")
 def dbm_quality():
-    return _script("dbm_quality")
+    return benchmark_script("dbm_quality")
 
 
 @pytest.fixture
 def data(tmp_path):
-    rng = np.random.default_rng(0)
-    means = rng.uniform(0.05, 0.95, size=(3, 784))  # a mixture of three factorial patterns
-    pick = rng.integers(0, 3, size=260)
-    x = (rng.uniform(size=(260, 784)) < means[pick]).astype(np.uint8)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, train=x[:200], valid=x[200:])
-    return str(path)
+    return tiny_mnist(tmp_path / "tiny.npz", 200, 60)
 
 
 RBM_ARGS = ["--hidden", "16", "--batch-size", "50", "--chains", "20", "--threads", "1", "--no-score"]
@@ -211,7 +191,7 @@ VAE_ARGS = ["--batch-size", "50", "--threads", "1", "--eval-every", "1", "--moni
 def test_vae_quality_resumes_exactly_and_reloads(data, tmp_path, capsys):
     """3 epochs in one run equal 1 epoch, a kill, and a resumed run to 3 (parameters and Adam state, bit for bit);
     the saved model reloads and scores the same."""
-    vae_quality = _script("vae_quality")
+    vae_quality = benchmark_script("vae_quality")
     whole, part = str(tmp_path / "whole.ckpt"), str(tmp_path / "part.ckpt")
     vae_a, guide_a, state_a = vae_quality.main(["--data", data, "--epochs", "3", "--checkpoint", whole, *VAE_ARGS])
     vae_quality.main(["--data", data, "--epochs", "3", "--checkpoint", part, "--stop-after", "1", *VAE_ARGS])
