@@ -538,11 +538,8 @@ class BoltzmannDistribution(EnergyBasedDistribution):
         :raises DivergenceError: for a non-finite negative phase, with validation on.
         """
         model, p = self.model, self.params
-        if not isinstance(value, Tensor):
-            value = model.to_tensor(value, "value")
+        value = self._checked(value)
         validate = self._validate_args
-        if validate:
-            self._validate_sample(value)
         log_z = model.log_z or 0.0
         out = self._positive(value)
         if torch.is_grad_enabled():

@@ -79,11 +79,8 @@ class DBMDistribution(EnergyBasedDistribution):
         :returns: shape ``value.shape[:-1]``.
         """
         model, p = self.model, self.params
-        if not isinstance(value, Tensor):
-            value = model.to_tensor(value, "value")
+        value = self._checked(value)
         validate = self._validate_args
-        if validate:
-            self._validate_sample(value)
         log_z = model.log_z or 0.0
         flat = value.reshape(-1, value.shape[-1]).to(p.weights[0])
         bound, means = model.positive_phase(flat, params=p, num_iters=self.mean_field_iters, tol=self.mean_field_tol)

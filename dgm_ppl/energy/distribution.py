@@ -41,7 +41,7 @@ from ..infer.errors import DivergenceError
 from .chains import NegativePhase
 from .protocol import FreeEnergyModel
 
-__all__ = ["EnergyBasedDistribution"]
+__all__ = ["EnergyBasedDistribution", "check_value"]
 
 
 def check_negative_phase(s: Tensor, what: str = "energy-based model") -> None:
@@ -55,6 +55,20 @@ def check_negative_phase(s: Tensor, what: str = "energy-based model") -> None:
             f"the negative phase of the {what} is not finite: the parameters have diverged "
             "(lower the learning rate, or add weight decay)"
         )
+
+
+def check_value(model, value: Tensor, batch_shape: Size, event_shape: Size) -> None:
+    """Raise ``ValueError`` for a value that ``model.check_data`` refuses (width, binary or finite values; one fused
+    pass) or whose batch dimensions do not broadcast with ``batch_shape``."""
+    model.check_data(value, "value")
+    shape = value.shape[:-1]
+    n = min(len(shape), len(batch_shape))
+    for actual, expected in zip(shape[len(shape) - n :], batch_shape[len(batch_shape) - n :]):
+        if actual not in (1, expected) and expected != 1:
+            raise ValueError(
+                f"value shape {tuple(value.shape)} does not match batch shape {tuple(batch_shape)}"
+                f" and event shape {tuple(event_shape)}"
+            )
 
 
 class EnergyBasedDistribution(TorchDistribution):
@@ -105,15 +119,15 @@ class EnergyBasedDistribution(TorchDistribution):
 
     def _validate_sample(self, value: Tensor) -> None:
         """The value's width and values (one fused pass), then its batch shape."""
-        self.model.check_data(value, "value")
-        shape = value.shape[:-1]
-        n = min(len(shape), len(self.batch_shape))
-        for actual, expected in zip(shape[len(shape) - n :], self.batch_shape[len(self.batch_shape) - n :]):
-            if actual not in (1, expected) and expected != 1:
-                raise ValueError(
-                    f"value shape {tuple(value.shape)} does not match batch shape {tuple(self.batch_shape)}"
-                    f" and event shape {tuple(self.event_shape)}"
-                )
+        check_value(self.model, value, self.batch_shape, self.event_shape)
+
+    def _checked(self, value) -> Tensor:
+        """``value`` as a tensor (a NumPy array converted), checked when validation is on."""
+        if not isinstance(value, Tensor):
+            value = self.model.to_tensor(value, "value")
+        if self._validate_args:
+            self._validate_sample(value)
+        return value
 
     def log_prob(self, value: Tensor) -> Tensor:
         """:math:`-F(v) - \\log\\hat Z` with the SML gradient (see the module's notes); without
@@ -125,11 +139,8 @@ class EnergyBasedDistribution(TorchDistribution):
         :raises DivergenceError: for a non-finite negative phase, with validation on.
         """
         model, p = self.model, self.params
-        if not isinstance(value, Tensor):
-            value = model.to_tensor(value, "value")
+        value = self._checked(value)
         validate = self._validate_args
-        if validate:
-            self._validate_sample(value)
         log_z = model.log_z or 0.0
         if not torch.is_grad_enabled():
             out = model.unnormalized_log_prob(value, params=p)

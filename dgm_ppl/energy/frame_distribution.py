@@ -25,6 +25,7 @@ from pyro.distributions import TorchDistribution
 from torch import Size, Tensor
 
 from ._ops import binary_states, check_count
+from .distribution import check_value
 
 __all__ = ["FrameDistribution", "SequenceRBM", "bernoulli_log_partition"]
 
@@ -159,15 +160,7 @@ class FrameDistribution(TorchDistribution):
         )
 
     def _validate_sample(self, value: Tensor) -> None:
-        self.model.check_data(value, "value")
-        shape = value.shape[:-1]
-        n = min(len(shape), len(self.batch_shape))
-        for actual, expected in zip(shape[len(shape) - n :], self.batch_shape[len(self.batch_shape) - n :]):
-            if actual not in (1, expected) and expected != 1:
-                raise ValueError(
-                    f"value shape {tuple(value.shape)} does not match batch shape {tuple(self.batch_shape)}"
-                    f" and event shape {tuple(self.event_shape)}"
-                )
+        check_value(self.model, value, self.batch_shape, self.event_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         r""":math:`-F(v \mid \text{past})` with the CD-k gradient, or the exact log-likelihood (see the class notes).
