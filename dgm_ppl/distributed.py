@@ -12,7 +12,9 @@ a full copy of the parameters. For a model that puts its data in ``pyro.plate("d
 the gradient of one process on the union batch of :math:`WB` points. :class:`DistributedSVI` all-reduces the
 gradients of every parameter of the model and the guide after each backward pass and before the optimizer's
 step (any :class:`pyro.optim.PyroOptim`, :mod:`dgm_ppl.optim` included), so every rank takes the same step and
-the parameters stay bit-identical.
+the parameters stay bit-identical. A plate sized by the batch itself (``pyro.plate("data", len(x))``, no global
+:math:`N`) sums each rank's terms unscaled, so the average is :math:`1/W` of the union batch's gradient: the same
+direction, which Adam does not notice, but a :math:`W` times smaller step for SGD.
 
 The parts of dgm_ppl that carry state of their own:
 
