@@ -1,6 +1,6 @@
 """dgm_ppl: deep generative models on top of Pyro."""
 
-from . import datasets, distributed, energy, evaluation, guides, infer, kernels, models, nn, optim
+from . import datasets, distributed, distributions, energy, evaluation, guides, infer, kernels, models, nn, optim
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
@@ -8,6 +8,7 @@ __all__ = [
     "arviz",
     "datasets",
     "distributed",
+    "distributions",
     "energy",
     "evaluation",
     "guides",

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 
+from .._data import check_finite as _all_finite
 from ..handlers import is_deterministic, uncondition_data
 from .errors import DivergenceError
 
@@ -147,7 +148,7 @@ def draw_real_and_fake(
             keep = site_keep if keep is None else keep & site_keep
         elif mask is False:
             keep = torch.zeros(n, dtype=torch.bool, device=value.device)
-        if not torch.isfinite(value).all():
+        if not _all_finite(value):  # one sum, elementwise only when it is not finite
             raise DivergenceError(f"{loss_name}: the model's draws at site {name!r} contain NaN or inf")
         event = event if len(event) else (1,)  # scalar sites become (B, 1) columns
         names.append(name)

@@ -51,6 +51,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
 from .._data import as_data_tensor, check_binary, check_finite
+from ..distributions import Bernoulli
 from ._common import data_plate
 from .vae import mlp
 
@@ -142,7 +143,7 @@ class _Reconstruction(PyroModule):
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network returned {got}, expected last dimension {self.output_dim}")
         if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=out).to_event(1)
+            return Bernoulli(logits=out).to_event(1)
         m, d = self.num_components, self.x_dim
         if m == 1:
             scale = self.log_scale.exp() if self.fixed_scale is None else self.fixed_scale

@@ -25,10 +25,10 @@ import itertools
 from collections.abc import Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from ..distributions import Bernoulli
 from ._common import check_batch, data_plate
 
 __all__ = ["SigmoidBeliefNet"]
@@ -91,11 +91,11 @@ class SigmoidBeliefNet(nn.Module):
         top, layers = self.generative.top_logits, self.generative.layers
         with data_plate(x, num_data):
             h = pyro.sample(
-                f"h{len(self.latent_dims)}", dist.Bernoulli(logits=top).expand([x.shape[0], top.shape[-1]]).to_event(1)
+                f"h{len(self.latent_dims)}", Bernoulli(logits=top).expand([x.shape[0], top.shape[-1]]).to_event(1)
             )
             for layer in range(len(self.latent_dims) - 1, 0, -1):
-                h = pyro.sample(f"h{layer}", dist.Bernoulli(logits=layers[layer](h)).to_event(1))
-            return pyro.sample("x", dist.Bernoulli(logits=layers[0](h)).to_event(1), obs=x)
+                h = pyro.sample(f"h{layer}", Bernoulli(logits=layers[layer](h)).to_event(1))
+            return pyro.sample("x", Bernoulli(logits=layers[0](h)).to_event(1), obs=x)
 
     def guide(self, x: Tensor, num_data: int | None = None) -> dict[str, Tensor]:
         check_batch("x", x, self.x_dim)
@@ -110,9 +110,7 @@ class SigmoidBeliefNet(nn.Module):
                 # (Pyro's decaying-average baseline is a param of one batch's shape; the bias of b(x) does its job.)
                 baseline = {} if self.baselines is None else {"nn_baseline": self.baselines[layer]}
                 name = f"h{layer + 1}"
-                h = values[name] = pyro.sample(
-                    name, dist.Bernoulli(logits=net(h)).to_event(1), infer={"baseline": baseline}
-                )
+                h = values[name] = pyro.sample(name, Bernoulli(logits=net(h)).to_event(1), infer={"baseline": baseline})
                 if baseline:
                     baseline["nn_baseline_input"] = x.expand(h.shape[:-1] + x.shape[-1:])
         return values
@@ -120,9 +118,9 @@ class SigmoidBeliefNet(nn.Module):
     def _log_joint(self, x: Tensor, hs: list[Tensor]) -> Tensor:
         """log p(x, h) for x (B, D) and latent layers hs[l] (C, H_l): shape (C, B)."""
         layers = self.generative.layers
-        top = dist.Bernoulli(logits=self.generative.top_logits).log_prob(hs[-1]).sum(-1)  # (C,)
+        top = Bernoulli(logits=self.generative.top_logits).log_prob(hs[-1]).sum(-1)  # (C,)
         for layer in range(len(hs) - 1, 0, -1):
-            top = top + dist.Bernoulli(logits=layers[layer](hs[layer])).log_prob(hs[layer - 1]).sum(-1)
+            top = top + Bernoulli(logits=layers[layer](hs[layer])).log_prob(hs[layer - 1]).sum(-1)
         logits = layers[0](hs[0])  # (C, D)
         log_px = -nn.functional.binary_cross_entropy_with_logits(
             logits[:, None, :].expand(-1, x.shape[0], -1), x[None].expand(logits.shape[0], -1, -1), reduction="none"
@@ -150,8 +148,8 @@ class SigmoidBeliefNet(nn.Module):
     def sample(self, num_samples: int, mean: bool = True) -> Tensor:
         """Ancestral samples of x (or, with ``mean=True``, the pixel probabilities given the sampled h1)."""
         layers = self.generative.layers
-        h = dist.Bernoulli(logits=self.generative.top_logits).sample((num_samples,))
+        h = Bernoulli(logits=self.generative.top_logits).sample((num_samples,))
         for layer in range(len(self.latent_dims) - 1, 0, -1):
-            h = dist.Bernoulli(logits=layers[layer](h)).sample()
+            h = Bernoulli(logits=layers[layer](h)).sample()
         probs = torch.sigmoid(layers[0](h))
         return probs if mean else torch.bernoulli(probs)

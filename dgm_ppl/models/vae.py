@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributions import Bernoulli
 from ..guides import FLOWS, AmortizedFlow, AmortizedGuide, AmortizedMultivariateNormal, AmortizedNormal
 from ._common import check_batch, data_plate
 
@@ -67,7 +68,7 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> dist.TorchDistribution:
         out = self.net(z)
         if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=out).to_event(1)
+            return Bernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.log_scale.exp()).to_event(1)
 
     def mean(self, z: Tensor) -> Tensor:

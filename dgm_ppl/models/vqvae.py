@@ -46,6 +46,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
 from .._data import as_data_tensor, check_binary
+from ..distributions import Bernoulli
 from ._common import data_plate
 from .vae import mlp
 
@@ -235,7 +236,7 @@ class VQVAE(PyroModule):
                 z_q = e.detach() + (z_e - z_e.detach())  # value e_k exactly, gradient to z_e
             else:
                 z_q = self.codebook[k]
-            return pyro.sample("x", dist.Bernoulli(logits=self._decoder_logits(z_q)).to_event(1), obs=x)
+            return pyro.sample("x", Bernoulli(logits=self._decoder_logits(z_q)).to_event(1), obs=x)
 
     @pyro_method
     def guide(self, x, num_data: int | None = None) -> Tensor:
