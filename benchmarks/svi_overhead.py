@@ -215,7 +215,7 @@ def dbm_pillar(x: torch.Tensor, args, device: torch.device) -> Pillar:
     batches = [x[order[i : i + bs]] for i in range(0, n - bs + 1, bs)]
     impls = {}
 
-    def svi_impl(name: str, validate: bool) -> Impl:
+    def svi_impl(name: str, validate: bool, optim=pyro.optim.Adam) -> Impl:
         impl = Impl(lambda: None, validate)
 
         def setup():
@@ -228,7 +228,7 @@ def dbm_pillar(x: torch.Tensor, args, device: torch.device) -> Pillar:
                 with pyro.plate("data", n, subsample=batch):
                     pyro.sample("x", dbm.distribution(chains, mean_field_iters=iters), obs=batch)
 
-            svi = SVI(model, lambda batch: None, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+            svi = SVI(model, lambda batch: None, optim({"lr": lr}), Trace_ELBO())
             data = cycle(batches)
             impl.step = lambda: svi.step(next(data))
 
@@ -237,6 +237,7 @@ def dbm_pillar(x: torch.Tensor, args, device: torch.device) -> Pillar:
 
     impls["svi"] = svi_impl("dbm", True)
     impls["svi_novalid"] = svi_impl("dbm_nv", False)
+    impls["svi_dgmadam"] = svi_impl("dbm_dgmadam", True, dgm_optim.Adam)
     p = [
         t.detach().clone().requires_grad_()
         for t in (dbm0.weight_0, dbm0.weight_1, dbm0.bias_0, dbm0.bias_1, dbm0.bias_2)
@@ -249,7 +250,7 @@ def dbm_pillar(x: torch.Tensor, args, device: torch.device) -> Pillar:
         state["chains"] = dbm_raw_step(next(data), p, state["chains"], opt, n, iters)
 
     impls["raw"] = Impl(raw)
-    return Pillar("dbm", impls, [("svi", "raw"), ("svi_novalid", "raw")])
+    return Pillar("dbm", impls, [("svi", "raw"), ("svi_novalid", "raw"), ("svi_dgmadam", "raw")])
 
 
 # -- VAE ----------------------------------------------------------------------------------------------------------

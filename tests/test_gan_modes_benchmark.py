@@ -45,3 +45,10 @@ def test_gan_modes_time_budget(monkeypatch, capsys):
     runs = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
     assert len(runs) == 2
     assert all(r["stopped_early"] and r["steps_done"] < 1000 for r in runs)
+
+
+def test_gan_modes_ema_scores_the_average_and_the_raw_generator(monkeypatch, capsys):
+    args = ["--no-progress", "--steps", "5", "--samples", "100", "--train-size", "1000", "--seeds", "1"]
+    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--ema", "0.5")
+    (run,) = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert run["ema"] == 0.5 and {"raw_modes", "raw_high_quality", "raw_reverse_kl"} <= set(run)
