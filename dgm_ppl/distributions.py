@@ -3,7 +3,7 @@ r"""Distributions with cheap validation: Pyro's own, whose checks cost one reduc
 With Pyro's validation on (``pyro.enable_validation()``, Pyro's default), torch checks every distribution's
 parameters when it is built and every value it scores, elementwise: for a Bernoulli decoder on a batch of images that
 is a Boolean tensor of the batch's size for the logits (:math:`\ell = \ell`, "not NaN") and two more for the value
-(:math:`x = 0 \lor x = 1`), about 10% of a VAE's step on a CPU. :class:`Bernoulli` makes the same checks in one
+(:math:`x = 0 \lor x = 1`), each a pass over the batch and a host sync. :class:`Bernoulli` makes the same checks in one
 reduction each:
 
 - logits: :math:`\sum \ell` is NaN iff some :math:`\ell` is NaN or both infinities occur (then torch's elementwise
