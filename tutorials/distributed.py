@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import pyro
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
         "vae_steps_per_second": round(args.steps / vae_seconds, 2),
         "param_checksum": distributed.param_checksum({"rbm": rbm, "vae": vae, "guide": guide}),
     }
-    print(json.dumps(report), flush=True)
+    # one write of the whole line: the ranks share stdout, and a write under PIPE_BUF bytes is not interleaved
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
     return report
 
 
