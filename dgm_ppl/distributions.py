@@ -59,6 +59,8 @@ class Bernoulli(dist.Bernoulli):
         self._validate_args = validate
 
     def expand(self, batch_shape, _instance=None) -> Bernoulli:
+        """This distribution with its batch shape broadcast to ``batch_shape`` (a :class:`Bernoulli`, with the
+        same validation setting)."""
         return super().expand(batch_shape, _instance if _instance is not None else type(self).__new__(type(self)))
 
     def _validate_sample(self, value: Tensor) -> None:
