@@ -51,7 +51,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from ._ops import as_tensor_like, bernoulli, binary_states, check_binary, check_count, check_finite
+from ._ops import as_tensor_like, bernoulli, binary_states, check_count, check_finite, require_binary
 from .frame_distribution import FrameDistribution, bernoulli_log_partition
 
 __all__ = ["ConditionalRBM", "ConditionalRBMDistribution", "CRBMParams"]
@@ -136,13 +136,8 @@ class ConditionalRBM(PyroModule):
 
     def _check_values(self, v: Tensor, name: str) -> None:
         if self.binary_visible:
-            if check_binary(v):
-                return
-            if not check_finite(v):
-                raise ValueError(f"{name}: values contain NaN or inf")
-            bad = v[(v != 0) & (v != 1)].flatten()[0].item()
-            raise ValueError(f"{name}: Bernoulli visible units are binary, need values in {{0, 1}}, got {bad!r}")
-        if not check_finite(v):
+            require_binary(v, name, "Bernoulli visible units")
+        elif not check_finite(v):
             raise ValueError(f"{name}: values contain NaN or inf")
 
     def check_data(self, data: Any, name: str = "data") -> Tensor:
