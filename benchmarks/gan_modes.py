@@ -58,6 +58,9 @@ Options:
 - ``--ema DECAY``: keep an exponential moving average of the generator's parameters and buffers (batch-norm
   statistics; ``torch.optim.swa_utils.AveragedModel``), updated after every generator step, and draw the scored
   samples from it (the raw generator's scores are recorded too, as ``raw_*``); ``0``: none;
+- ``--rejection GAMMA``: also score the raw generator's samples kept by discriminator rejection sampling
+  (:func:`dgm_ppl.infer.discriminator_rejection_sampling`, Azadi et al. 2019) with this γ (0: exact), as
+  ``drs_*`` with ``drs_acceptance``; ``gan`` only (its discriminator's logit estimates the density ratio);
 - ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``, ``--out FILE``.
 
 Prints one JSON line per run (with ``wall_s``, ``steps_done``, ``steps_per_s``, ``stopped_early`` and the
@@ -87,7 +90,7 @@ from tqdm.auto import tqdm
 
 from dgm_ppl.datasets import grid_of_gaussians, ring_of_gaussians
 from dgm_ppl.evaluation.modes import mode_coverage
-from dgm_ppl.infer import GANLoss, MMDLoss
+from dgm_ppl.infer import GANLoss, MMDLoss, discriminator_rejection_sampling
 from dgm_ppl.infer.comparison import discriminator_loss
 from dgm_ppl.kernels import RBFMixture
 
@@ -252,6 +255,19 @@ def scores(G: nn.Module, ema: AveragedModel | None, args: argparse.Namespace, zd
     return record, s.num_modes
 
 
+def rejection_scores(model, G, loss, hp, batch, args, dataset):
+    """The coverage of ``args.samples`` samples of the raw generator (batch norm in evaluation mode) kept by
+    discriminator rejection sampling with γ = ``args.rejection``, as ``drs_*``, with the acceptance rate."""
+    mode = G.training
+    G.eval()
+    out = discriminator_rejection_sampling(model, loss.discriminator, batch, num_samples=args.samples,
+                                           gamma=args.rejection)  # fmt: skip
+    G.train(mode)
+    s = mode_coverage(out.samples["x"], dataset)
+    return dict(drs_modes=s.modes, drs_high_quality=round(s.high_quality, 4), drs_reverse_kl=round(s.reverse_kl, 4),
+                drs_acceptance=round(out.acceptance_rate, 4))  # fmt: skip
+
+
 def run(dataset, name, seed, args, progress):
     hp = hyperparameters(name, args)
     steps, bs = hp["steps"], hp["batch_size"]
@@ -311,6 +327,8 @@ def run(dataset, name, seed, args, progress):
     bar.close()
     train_s = time.perf_counter() - t0
     record, num_modes = scores(G, ema, args, zdim, dataset)
+    if args.rejection is not None:
+        record.update(rejection_scores(model, G, loss, hp, data[: args.samples], args, dataset))
     return dict(
         benchmark="gan_modes",
         dataset=dataset,
@@ -361,11 +379,17 @@ def main():
     ap.add_argument("--two-sided", action="store_true", help="two-sided gradient penalty for wgan_gp (WGAN-GP)")
     ap.add_argument("--bandwidths", type=float, nargs="+", default=list(BANDWIDTHS), help="RBF σ's for mmd")
     ap.add_argument("--ema", type=float, help="score an EMA of the generator with this decay (0: none)")
+    ap.add_argument("--rejection", type=float, metavar="GAMMA",
+                    help="also score discriminator rejection sampling with this γ (gan: drs_* keys)")  # fmt: skip
     ap.add_argument("--eval-every", type=int, default=0, help="also score the samples every this many steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     args = ap.parse_args()
+    if args.rejection is not None and (
+        set(args.losses) != {"gan"} or args.kind not in (None, "minimax", "nonsaturating")
+    ):
+        ap.error("--rejection needs --losses gan with the minimax or nonsaturating kind (a density-ratio critic)")
     torch.set_num_threads(args.threads)
     out = open(args.out, "a") if args.out else None
     config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
@@ -381,6 +405,12 @@ def main():
                 summary = dict(benchmark="gan_modes", event="summary", dataset=dataset, loss=name, runs=len(runs))
                 for key in ("modes", "high_quality", "reverse_kl", "wall_s"):
                     summary[key], summary[key + "_std"] = mean_std([r[key] for r in runs])
+                if "drs_high_quality" in runs[0]:
+                    for key in ("drs_modes", "drs_high_quality", "drs_reverse_kl", "drs_acceptance"):
+                        summary[key], summary[key + "_std"] = mean_std([r[key] for r in runs])
+                    summary["drs_on_target"] = sum(
+                        r["drs_modes"] == r["num_modes"] and r["drs_high_quality"] >= 0.95 for r in runs
+                    )
                 summary["num_modes"] = runs[0]["num_modes"]
                 summary["steps"] = runs[0]["steps"]
                 summary["steps_per_s"] = round(statistics.fmean(r["steps_per_s"] for r in runs), 1)

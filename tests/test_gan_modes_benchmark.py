@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gan_modes.py"
 
 
@@ -52,3 +54,22 @@ def test_gan_modes_ema_scores_the_average_and_the_raw_generator(monkeypatch, cap
     records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--ema", "0.5")
     (run,) = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
     assert run["ema"] == 0.5 and {"raw_modes", "raw_high_quality", "raw_reverse_kl"} <= set(run)
+
+
+def test_gan_modes_rejection_scores_the_kept_samples(monkeypatch, capsys):
+    args = ["--no-progress", "--steps", "5", "--samples", "100", "--train-size", "1000", "--seeds", "2"]
+    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--rejection", "0")
+    runs = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert len(runs) == 2
+    for run in runs:
+        assert 0 < run["drs_acceptance"] <= 1 and 0 <= run["drs_high_quality"] <= 1 and run["drs_modes"] <= 8
+    (summary,) = [r for r in records if r.get("event") == "summary"]
+    assert {"drs_high_quality", "drs_high_quality_std", "drs_on_target"} <= set(summary)
+
+
+def test_gan_modes_rejection_refuses_a_critic_that_is_not_a_ratio(monkeypatch, capsys):
+    args = ["--no-progress", "--steps", "2", "--samples", "50", "--train-size", "500", "--seeds", "1"]
+    for bad in (["--losses", "wgan_gp"], ["--losses", "gan", "--kind", "hinge"]):
+        with pytest.raises(SystemExit):
+            run_main(monkeypatch, capsys, *args, "--datasets", "ring", *bad, "--rejection", "0")
+        assert "--rejection needs --losses gan" in capsys.readouterr().err

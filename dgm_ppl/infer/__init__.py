@@ -19,6 +19,7 @@ from .objectives import (
 )
 from .pseudo_likelihood import PseudoLikelihood
 from .ratio_matching import RatioMatching
+from .rejection import RejectionSamples, discriminator_rejection_sampling
 from .score_matching import ScoreMatching, gaussian_rbm_score_matching
 from .training import train
 
@@ -32,6 +33,8 @@ __all__ = [
     "GANLoss",
     "GAN_KINDS",
     "gradient_penalty",
+    "discriminator_rejection_sampling",
+    "RejectionSamples",
     "BiGANLoss",
     "ALILoss",
     "BIGAN_KINDS",
