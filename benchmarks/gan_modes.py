@@ -58,9 +58,10 @@ Options:
 - ``--ema DECAY``: keep an exponential moving average of the generator's parameters and buffers (batch-norm
   statistics; ``torch.optim.swa_utils.AveragedModel``), updated after every generator step, and draw the scored
   samples from it (the raw generator's scores are recorded too, as ``raw_*``); ``0``: none;
-- ``--rejection GAMMA``: also score the raw generator's samples kept by discriminator rejection sampling
-  (:func:`dgm_ppl.infer.discriminator_rejection_sampling`, Azadi et al. 2019) with this γ (0: exact), as
-  ``drs_*`` with ``drs_acceptance``; ``gan`` only (its discriminator's logit estimates the density ratio);
+- ``--rejection GAMMA [GAMMA ...]``: also score the raw generator's samples kept by discriminator rejection
+  sampling (:func:`dgm_ppl.infer.discriminator_rejection_sampling`, Azadi et al. 2019) with each γ (0: exact), as
+  ``drs: {γ: {modes, high_quality, reverse_kl, acceptance}}``; ``gan`` only (its discriminator's logit estimates
+  the density ratio);
 - ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``, ``--out FILE``.
 
 Prints one JSON line per run (with ``wall_s``, ``steps_done``, ``steps_per_s``, ``stopped_early`` and the
@@ -255,17 +256,20 @@ def scores(G: nn.Module, ema: AveragedModel | None, args: argparse.Namespace, zd
     return record, s.num_modes
 
 
-def rejection_scores(model, G, loss, hp, batch, args, dataset):
-    """The coverage of ``args.samples`` samples of the raw generator (batch norm in evaluation mode) kept by
-    discriminator rejection sampling with γ = ``args.rejection``, as ``drs_*``, with the acceptance rate."""
+def rejection_scores(model, G, loss, batch, args, dataset):
+    """For each γ of ``args.rejection``: the coverage of ``args.samples`` samples of the raw generator (batch norm
+    in evaluation mode) kept by discriminator rejection sampling, with the acceptance rate."""
     mode = G.training
     G.eval()
-    out = discriminator_rejection_sampling(model, loss.discriminator, batch, num_samples=args.samples,
-                                           gamma=args.rejection)  # fmt: skip
+    record = {}
+    for gamma in args.rejection:
+        out = discriminator_rejection_sampling(model, loss.discriminator, batch, num_samples=args.samples,
+                                               gamma=gamma)  # fmt: skip
+        s = mode_coverage(out.samples["x"], dataset)
+        quality = dict(modes=s.modes, high_quality=round(s.high_quality, 4), reverse_kl=round(s.reverse_kl, 4))
+        record[f"{gamma:g}"] = dict(quality, acceptance=round(out.acceptance_rate, 4))
     G.train(mode)
-    s = mode_coverage(out.samples["x"], dataset)
-    return dict(drs_modes=s.modes, drs_high_quality=round(s.high_quality, 4), drs_reverse_kl=round(s.reverse_kl, 4),
-                drs_acceptance=round(out.acceptance_rate, 4))  # fmt: skip
+    return record
 
 
 def run(dataset, name, seed, args, progress):
@@ -328,7 +332,7 @@ def run(dataset, name, seed, args, progress):
     train_s = time.perf_counter() - t0
     record, num_modes = scores(G, ema, args, zdim, dataset)
     if args.rejection is not None:
-        record.update(rejection_scores(model, G, loss, hp, data[: args.samples], args, dataset))
+        record["drs"] = rejection_scores(model, G, loss, data[: args.samples], args, dataset)
     return dict(
         benchmark="gan_modes",
         dataset=dataset,
@@ -379,8 +383,8 @@ def main():
     ap.add_argument("--two-sided", action="store_true", help="two-sided gradient penalty for wgan_gp (WGAN-GP)")
     ap.add_argument("--bandwidths", type=float, nargs="+", default=list(BANDWIDTHS), help="RBF σ's for mmd")
     ap.add_argument("--ema", type=float, help="score an EMA of the generator with this decay (0: none)")
-    ap.add_argument("--rejection", type=float, metavar="GAMMA",
-                    help="also score discriminator rejection sampling with this γ (gan: drs_* keys)")  # fmt: skip
+    ap.add_argument("--rejection", type=float, nargs="+", metavar="GAMMA",
+                    help="also score discriminator rejection sampling with each γ (gan; the drs key)")  # fmt: skip
     ap.add_argument("--eval-every", type=int, default=0, help="also score the samples every this many steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
@@ -405,12 +409,17 @@ def main():
                 summary = dict(benchmark="gan_modes", event="summary", dataset=dataset, loss=name, runs=len(runs))
                 for key in ("modes", "high_quality", "reverse_kl", "wall_s"):
                     summary[key], summary[key + "_std"] = mean_std([r[key] for r in runs])
-                if "drs_high_quality" in runs[0]:
-                    for key in ("drs_modes", "drs_high_quality", "drs_reverse_kl", "drs_acceptance"):
-                        summary[key], summary[key + "_std"] = mean_std([r[key] for r in runs])
-                    summary["drs_on_target"] = sum(
-                        r["drs_modes"] == r["num_modes"] and r["drs_high_quality"] >= 0.95 for r in runs
-                    )
+                if "drs" in runs[0]:
+                    summary["drs"] = {}
+                    for gamma in runs[0]["drs"]:
+                        per = [r["drs"][gamma] for r in runs]
+                        entry = {}
+                        for key in ("modes", "high_quality", "reverse_kl", "acceptance"):
+                            entry[key], entry[key + "_std"] = mean_std([p[key] for p in per])
+                        entry["on_target"] = sum(
+                            p["modes"] == r["num_modes"] and p["high_quality"] >= 0.95 for p, r in zip(per, runs)
+                        )
+                        summary["drs"][gamma] = entry
                 summary["num_modes"] = runs[0]["num_modes"]
                 summary["steps"] = runs[0]["steps"]
                 summary["steps_per_s"] = round(statistics.fmean(r["steps_per_s"] for r in runs), 1)

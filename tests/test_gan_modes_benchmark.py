@@ -58,13 +58,17 @@ def test_gan_modes_ema_scores_the_average_and_the_raw_generator(monkeypatch, cap
 
 def test_gan_modes_rejection_scores_the_kept_samples(monkeypatch, capsys):
     args = ["--no-progress", "--steps", "5", "--samples", "100", "--train-size", "1000", "--seeds", "2"]
-    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--rejection", "0")
+    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--rejection", "0", "2")
     runs = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
     assert len(runs) == 2
     for run in runs:
-        assert 0 < run["drs_acceptance"] <= 1 and 0 <= run["drs_high_quality"] <= 1 and run["drs_modes"] <= 8
+        assert set(run["drs"]) == {"0", "2"}
+        for drs in run["drs"].values():
+            assert 0 < drs["acceptance"] <= 1 and 0 <= drs["high_quality"] <= 1 and drs["modes"] <= 8
+        # a larger γ rejects more
+        assert run["drs"]["2"]["acceptance"] < run["drs"]["0"]["acceptance"]
     (summary,) = [r for r in records if r.get("event") == "summary"]
-    assert {"drs_high_quality", "drs_high_quality_std", "drs_on_target"} <= set(summary)
+    assert {"high_quality", "high_quality_std", "on_target", "acceptance"} <= set(summary["drs"]["2"])
 
 
 def test_gan_modes_rejection_refuses_a_critic_that_is_not_a_ratio(monkeypatch, capsys):
