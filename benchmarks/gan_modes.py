@@ -61,7 +61,8 @@ Options:
 - ``--rejection GAMMA [GAMMA ...]``: also score the raw generator's samples kept by discriminator rejection
   sampling (:func:`dgm_ppl.infer.discriminator_rejection_sampling`, Azadi et al. 2019) with each γ (0: exact), as
   ``drs: {γ: {modes, high_quality, reverse_kl, acceptance}}``; ``gan`` only (its discriminator's logit estimates
-  the density ratio);
+  the density ratio); ``--drs-d-steps N`` (``--drs-d-lr``): then train the discriminator N more steps against the
+  final generator, frozen, and score again as ``drs_refit``;
 - ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``, ``--out FILE``.
 
 Prints one JSON line per run (with ``wall_s``, ``steps_done``, ``steps_per_s``, ``stopped_early`` and the
@@ -256,6 +257,23 @@ def scores(G: nn.Module, ema: AveragedModel | None, args: argparse.Namespace, zd
     return record, s.num_modes
 
 
+def refit_discriminator(D, G, data, args, zdim, bs):
+    """``args.drs_d_steps`` more discriminator steps against the final generator, frozen (batch norm in evaluation
+    mode, as sampled): Adam at ``args.drs_d_lr`` decaying linearly to 0, the standard GAN loss, batches of ``bs``.
+    The trained discriminator has tracked a moving generator with a rate decayed to ~0; this makes its logit the
+    log-ratio estimate of the generator that is sampled."""
+    opt = torch.optim.Adam(D.parameters(), lr=args.drs_d_lr, betas=(0.5, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 - t / args.drs_d_steps)
+    for _ in range(args.drs_d_steps):
+        real = data[torch.randint(len(data), (bs,))]
+        fake = draw(G, bs, zdim)
+        loss = F.softplus(-D(real)).mean() + F.softplus(D(fake)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
 def rejection_scores(model, G, loss, batch, args, dataset):
     """For each γ of ``args.rejection``: the coverage of ``args.samples`` samples of the raw generator (batch norm
     in evaluation mode) kept by discriminator rejection sampling, with the acceptance rate."""
@@ -333,6 +351,9 @@ def run(dataset, name, seed, args, progress):
     record, num_modes = scores(G, ema, args, zdim, dataset)
     if args.rejection is not None:
         record["drs"] = rejection_scores(model, G, loss, data[: args.samples], args, dataset)
+        if args.drs_d_steps:
+            refit_discriminator(loss.discriminator, G, data, args, zdim, bs)
+            record["drs_refit"] = rejection_scores(model, G, loss, data[: args.samples], args, dataset)
     return dict(
         benchmark="gan_modes",
         dataset=dataset,
@@ -385,6 +406,8 @@ def main():
     ap.add_argument("--ema", type=float, help="score an EMA of the generator with this decay (0: none)")
     ap.add_argument("--rejection", type=float, nargs="+", metavar="GAMMA",
                     help="also score discriminator rejection sampling with each γ (gan; the drs key)")  # fmt: skip
+    ap.add_argument("--drs-d-steps", type=int, default=0, help="then refit the discriminator this many steps")
+    ap.add_argument("--drs-d-lr", type=float, default=1e-3, help="its rate, decaying linearly to 0")
     ap.add_argument("--eval-every", type=int, default=0, help="also score the samples every this many steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
@@ -409,17 +432,19 @@ def main():
                 summary = dict(benchmark="gan_modes", event="summary", dataset=dataset, loss=name, runs=len(runs))
                 for key in ("modes", "high_quality", "reverse_kl", "wall_s"):
                     summary[key], summary[key + "_std"] = mean_std([r[key] for r in runs])
-                if "drs" in runs[0]:
-                    summary["drs"] = {}
-                    for gamma in runs[0]["drs"]:
-                        per = [r["drs"][gamma] for r in runs]
+                for drs in ("drs", "drs_refit"):
+                    if drs not in runs[0]:
+                        continue
+                    summary[drs] = {}
+                    for gamma in runs[0][drs]:
+                        per = [r[drs][gamma] for r in runs]
                         entry = {}
                         for key in ("modes", "high_quality", "reverse_kl", "acceptance"):
                             entry[key], entry[key + "_std"] = mean_std([p[key] for p in per])
                         entry["on_target"] = sum(
                             p["modes"] == r["num_modes"] and p["high_quality"] >= 0.95 for p, r in zip(per, runs)
                         )
-                        summary["drs"][gamma] = entry
+                        summary[drs][gamma] = entry
                 summary["num_modes"] = runs[0]["num_modes"]
                 summary["steps"] = runs[0]["steps"]
                 summary["steps_per_s"] = round(statistics.fmean(r["steps_per_s"] for r in runs), 1)

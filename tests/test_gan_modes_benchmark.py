@@ -58,7 +58,8 @@ def test_gan_modes_ema_scores_the_average_and_the_raw_generator(monkeypatch, cap
 
 def test_gan_modes_rejection_scores_the_kept_samples(monkeypatch, capsys):
     args = ["--no-progress", "--steps", "5", "--samples", "100", "--train-size", "1000", "--seeds", "2"]
-    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--rejection", "0", "2")
+    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--rejection", "0", "2",
+                       "--drs-d-steps", "3")  # fmt: skip
     runs = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
     assert len(runs) == 2
     for run in runs:
@@ -69,6 +70,7 @@ def test_gan_modes_rejection_scores_the_kept_samples(monkeypatch, capsys):
         assert run["drs"]["2"]["acceptance"] < run["drs"]["0"]["acceptance"]
     (summary,) = [r for r in records if r.get("event") == "summary"]
     assert {"high_quality", "high_quality_std", "on_target", "acceptance"} <= set(summary["drs"]["2"])
+    assert set(summary["drs_refit"]) == {"0", "2"} and all(set(r["drs_refit"]) == {"0", "2"} for r in runs)
 
 
 def test_gan_modes_rejection_refuses_a_critic_that_is_not_a_ratio(monkeypatch, capsys):
