@@ -269,7 +269,7 @@ def refit_discriminator(D, G, data, args, zdim, bs):
     for _ in range(args.drs_d_steps):
         real = data[torch.randint(len(data), (bs,))]
         fake = draw(G, bs, zdim)
-        loss = F.softplus(-D(real)).mean() + F.softplus(D(fake)).mean()
+        loss = discriminator_loss("nonsaturating", D(real), D(fake))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -170,3 +170,12 @@ def test_numpy_data_batch_is_accepted():
         gaussian_model, GaussianRatio(), np.zeros(1000, dtype=np.float32), num_samples=50
     )
     assert out.samples["x"].shape == (50, 1)
+
+
+def test_an_unsized_plate_is_refused_with_a_hint():
+    def model(x):
+        with pyro.plate("data"):  # no size: under uncondition the model would draw one value
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match=r"plate 'data' has no size.*pyro.plate\('data', len\(x\)\)"):
+        discriminator_rejection_sampling(model, GaussianRatio(), torch.zeros(100), num_samples=5)

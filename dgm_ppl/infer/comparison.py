@@ -115,9 +115,16 @@ def draw_real_and_fake(
         if not isinstance(obs, Tensor):
             obs = torch.as_tensor(obs, dtype=value.dtype, device=value.device)
         if obs.shape != value.shape:
+            unsized = [f.name for f in site["cond_indep_stack"] if f.size in (-1, 1, None) and f.dim is not None]
+            hint = (
+                f" (plate {unsized[0]!r} has no size, so the model draws one value: give it the data's size, "
+                f"pyro.plate({unsized[0]!r}, len(x)))"
+                if unsized and value.dim() < obs.dim()
+                else ""
+            )
             raise ValueError(
                 f"{loss_name}: the data at observed site {name!r} have shape {tuple(obs.shape)} but the model "
-                f"draws {tuple(value.shape)} there"
+                f"draws {tuple(value.shape)} there{hint}"
             )
         if not torch.isfinite(obs).all():
             raise ValueError(f"{loss_name}: the data at observed site {name!r} contain NaN or inf")

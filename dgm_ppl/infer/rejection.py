@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._data import check_finite as _all_finite
 from .comparison import critic_scores, draw_real_and_fake
 
 __all__ = ["discriminator_rejection_sampling", "RejectionSamples"]
@@ -63,7 +64,7 @@ def _draw(model: Callable, discriminator: nn.Module, args: tuple, kwargs: dict, 
     )
     fake = [f.detach() for f in comparison.fake]
     logits = critic_scores(discriminator, fake, comparison.context).detach().double()
-    if not torch.isfinite(logits).all():
+    if not _all_finite(logits):  # one sum
         raise ValueError("discriminator_rejection_sampling: the discriminator returned NaN or inf logits")
     return comparison.names, fake, logits
 
