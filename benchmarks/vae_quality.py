@@ -11,8 +11,11 @@ validation images is printed, and the model with the best one is kept (``--keep-
 ``--time-budget SECONDS`` plans the number of epochs from the second epoch's time (the first one compiles), so that
 the learning-rate decay ends within the budget, and stops early if the budget runs out. ``--checkpoint PATH`` writes
 the decoder, the guide, the optimizer, the RNG states and the counters after every epoch (atomically); ``--resume
-PATH`` continues such a run exactly. ``--save PATH`` writes the final (or best) model; ``--load PATH`` scores a saved
-model without training.
+PATH`` continues such a run exactly. ``--resume PATH --extend N`` continues a run that has finished its plan with a
+new stage of ``N`` epochs (or what fits ``--time-budget``, counted from the stage's start), over which the learning
+rate decays again from ``--lr`` to ``--final-lr``: a warm restart, as in the staged schedule of Burda et al. The
+optimizer's moments carry over. ``--save PATH`` writes the final (or best) model; ``--load PATH`` scores a saved model
+without training.
 
 Score: importance-sampled log p(x) with ``--eval-samples`` samples from the guide (``dgm_ppl.evaluation.
 log_likelihood``) on the first ``--eval-points`` images of ``--split``: NLL in nats with its standard error.
@@ -128,6 +131,7 @@ def main(argv=None):
     ap.add_argument("--eval-samples", type=int, default=5000, help="importance samples per image")
     ap.add_argument("--checkpoint", help="write a resumable checkpoint here after every epoch")
     ap.add_argument("--resume", help="continue the run saved in this checkpoint")
+    ap.add_argument("--extend", type=int, help="with --resume of a finished run: a new stage of this many epochs")
     ap.add_argument("--stop-after", type=int, help="stop after this many epochs (as if killed there)")
     ap.add_argument("--save", help="write the trained (or best) model here")
     ap.add_argument("--load", help="score a model written by --save instead of training")
@@ -162,19 +166,30 @@ def main(argv=None):
     elbo = make_elbo(args, steps_per_epoch)
     svi = SVI(vae.model, guide, optim, elbo)
     state = {"epoch": 0, "planned": args.epochs, "seconds": 0.0, "history": [], "best": None, "best_elbo": None}
+    if args.extend is not None and (not args.resume or args.extend < 2):
+        raise SystemExit("--extend N: give N >= 2 epochs and the checkpoint of a finished run to --resume")
     if args.resume:
         state = load_checkpoint(args.resume, {"decoder": vae, "guide": guide}, optim)
         if isinstance(elbo, AnnealedELBO):
             elbo.step = state["epoch"] * steps_per_epoch  # the β schedule's step count
+        if args.extend is not None:
+            if state["epoch"] < state["planned"]:
+                raise SystemExit(
+                    f"--extend: {args.resume} stopped at epoch {state['epoch']} of {state['planned']}; "
+                    "resume it without --extend to finish its plan first"
+                )
+            state.update(stage_start=state["epoch"], stage_seconds=state["seconds"], stage_epochs=args.extend)
+            state["planned"] = state["epoch"] + args.extend
         emit(**common, event="resumed", path=args.resume, epoch=state["epoch"], planned=state["planned"])
+    start, start_seconds = state.get("stage_start", 0), state.get("stage_seconds", 0.0)
 
     while state["epoch"] < state["planned"]:
-        if args.time_budget is not None and state["seconds"] >= args.time_budget:
+        if args.time_budget is not None and state["seconds"] - start_seconds >= args.time_budget:
             break
         if args.stop_after is not None and state["epoch"] >= args.stop_after:
             return vae, guide, state
         epoch = state["epoch"]
-        frac = epoch / max(1, state["planned"] - 1)
+        frac = (epoch - start) / max(1, state["planned"] - start - 1)
         lr = args.lr * (args.final_lr / args.lr) ** frac
         t0 = time.perf_counter()
         order = torch.randperm(n)
@@ -188,9 +203,9 @@ def main(argv=None):
         epoch_seconds = time.perf_counter() - t0
         state["seconds"] += epoch_seconds
         state["epoch"] = epoch + 1
-        if epoch == 1 and args.time_budget is not None:  # the second epoch: the first one includes JIT compilation
-            fit = 2 + int((args.time_budget - state["seconds"]) / (1.02 * epoch_seconds))
-            state["planned"] = max(2, min(args.epochs, fit))
+        if epoch == start + 1 and args.time_budget is not None:  # the stage's second epoch: the first one compiles
+            fit = 2 + int((args.time_budget - (state["seconds"] - start_seconds)) / (1.02 * epoch_seconds))
+            state["planned"] = start + max(2, min(state.get("stage_epochs", args.epochs), fit))
         record = dict(epoch=epoch + 1, lr=lr, train_loss=round(total / steps_per_epoch / n, 3))
         if (epoch + 1) % args.eval_every == 0 or state["epoch"] == state["planned"]:
             elbo = monitor(vae, guide, valid_x, n)

@@ -213,3 +213,24 @@ def test_vae_quality_resumes_exactly_and_reloads(data, tmp_path, capsys):
     loaded = [r for r in _records(capsys) if r.get("event") == "score"][-1]
     assert all(torch.equal(x, y) for x, y in zip(vae_c.state_dict().values(), vae_b.state_dict().values()))
     assert loaded["points"] == scored[-1]["points"] == 5
+
+
+def test_vae_quality_extends_a_finished_run(data, tmp_path, capsys):
+    """``--extend N`` adds a stage of N epochs whose learning rate decays again from ``--lr``; a run that has not
+    finished its plan, or an ``--extend`` without ``--resume``, is refused."""
+    vae_quality = benchmark_script("vae_quality")
+    ckpt = str(tmp_path / "run.ckpt")
+    vae_quality.main(["--data", data, "--epochs", "2", "--checkpoint", ckpt, *VAE_ARGS])
+    _, _, state = vae_quality.main(
+        ["--data", data, "--resume", ckpt, "--extend", "3", "--lr", "5e-4", "--final-lr", "5e-5", "--checkpoint", ckpt,
+         *VAE_ARGS]
+    )  # fmt: skip
+    assert state["epoch"] == state["planned"] == 5
+    lrs = [r["lr"] for r in state["history"]]
+    assert lrs[:2] == pytest.approx([1e-3, 1e-4]) and lrs[2:] == pytest.approx([5e-4, 5e-4 * 0.1**0.5, 5e-5])
+    part = str(tmp_path / "part.ckpt")
+    vae_quality.main(["--data", data, "--epochs", "3", "--checkpoint", part, "--stop-after", "1", *VAE_ARGS])
+    with pytest.raises(SystemExit, match="stopped at epoch 1 of 3"):
+        vae_quality.main(["--data", data, "--resume", part, "--extend", "2", *VAE_ARGS])
+    with pytest.raises(SystemExit, match="--extend N"):
+        vae_quality.main(["--data", data, "--extend", "2", *VAE_ARGS])
