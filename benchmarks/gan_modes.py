@@ -283,8 +283,12 @@ def rejection_scores(model, G, loss, batch, args, dataset):
     G.eval()
     record = {}
     for gamma in args.rejection:
-        out = discriminator_rejection_sampling(model, loss.discriminator, batch, num_samples=args.samples,
-                                               gamma=gamma)  # fmt: skip
+        try:
+            out = discriminator_rejection_sampling(model, loss.discriminator, batch, num_samples=args.samples,
+                                                   gamma=gamma)  # fmt: skip
+        except ValueError as err:  # e.g. too few acceptances in max_rounds: recorded, the other γ still scored
+            record[f"{gamma:g}"] = {"failed": str(err)}
+            continue
         s = mode_coverage(out.samples["x"], dataset)
         quality = dict(modes=s.modes, high_quality=round(s.high_quality, 4), reverse_kl=round(s.reverse_kl, 4))
         record[f"{gamma:g}"] = dict(quality, acceptance=round(out.acceptance_rate, 4))
@@ -373,6 +377,8 @@ def run(dataset, name, seed, args, progress):
 
 
 def mean_std(values):
+    if not values:
+        return None, None
     return round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
 
 
@@ -439,12 +445,12 @@ def main():
                         continue
                     summary[drs] = {}
                     for gamma in runs[0][drs]:
-                        per = [r[drs][gamma] for r in runs]
-                        entry = {}
+                        pairs = [(r[drs][gamma], r) for r in runs if "failed" not in r[drs][gamma]]
+                        entry = {"failed": len(runs) - len(pairs)}  # failed seeds count as misses
                         for key in ("modes", "high_quality", "reverse_kl", "acceptance"):
-                            entry[key], entry[key + "_std"] = mean_std([p[key] for p in per])
+                            entry[key], entry[key + "_std"] = mean_std([p[key] for p, _ in pairs])
                         entry["on_target"] = sum(
-                            p["modes"] == r["num_modes"] and p["high_quality"] >= 0.95 for p, r in zip(per, runs)
+                            p["modes"] == r["num_modes"] and p["high_quality"] >= 0.95 for p, r in pairs
                         )
                         summary[drs][gamma] = entry
                 summary["num_modes"] = runs[0]["num_modes"]

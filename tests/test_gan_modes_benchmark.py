@@ -73,6 +73,28 @@ def test_gan_modes_rejection_scores_the_kept_samples(monkeypatch, capsys):
     assert set(summary["drs_refit"]) == {"0", "2"} and all(set(r["drs_refit"]) == {"0", "2"} for r in runs)
 
 
+def test_gan_modes_rejection_records_a_failed_gamma_and_goes_on(monkeypatch, capsys):
+    """DRS that gives up at one γ (too few acceptances) is recorded for that γ; the other γ and seeds are scored."""
+    import dgm_ppl.infer
+
+    real = dgm_ppl.infer.discriminator_rejection_sampling
+
+    def flaky(*args, gamma=0.0, **kwargs):
+        if gamma == 2:
+            raise ValueError("1 of 100 samples accepted in 10000 rounds")
+        return real(*args, gamma=gamma, **kwargs)
+
+    monkeypatch.setattr(dgm_ppl.infer, "discriminator_rejection_sampling", flaky)  # imported by the script
+    args = ["--no-progress", "--steps", "3", "--samples", "50", "--train-size", "500", "--seeds", "2"]
+    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--rejection", "0", "2")
+    runs = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert len(runs) == 2 and all("accepted in" in r["drs"]["2"]["failed"] for r in runs)
+    assert all(0 < r["drs"]["0"]["acceptance"] <= 1 for r in runs)
+    (summary,) = [r for r in records if r.get("event") == "summary"]
+    assert summary["drs"]["2"]["failed"] == 2 and summary["drs"]["2"]["on_target"] == 0
+    assert summary["drs"]["2"]["high_quality"] is None and summary["drs"]["0"]["failed"] == 0
+
+
 def test_gan_modes_rejection_refuses_a_critic_that_is_not_a_ratio(monkeypatch, capsys):
     args = ["--no-progress", "--steps", "2", "--samples", "50", "--train-size", "500", "--seeds", "1"]
     for bad in (["--losses", "wgan_gp"], ["--losses", "gan", "--kind", "hinge"]):
