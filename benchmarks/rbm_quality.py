@@ -167,6 +167,14 @@ def make_chains(rbm, args, train_x, config=None):
     return chains
 
 
+def swap_rates(chains) -> dict:
+    """``{"swap_rate": [...]}``: parallel tempering's acceptance rate of swaps between neighbouring temperatures
+    since the run began (cumulative); ``{}`` for persistent chains."""
+    if not isinstance(chains, ParallelTempering):
+        return {}
+    return {"swap_rate": [round(float(r), 3) for r in chains.swap_rate]}
+
+
 def new_average(rbm) -> BernoulliRBM:
     avg = BernoulliRBM(rbm.n_visible, rbm.n_hidden, centered=False, name="rbm_avg").to(rbm.weight)
     with torch.no_grad():
@@ -240,6 +248,7 @@ def train_dgm(args, rbm, chains, train_x, common):
             steps=chains.steps,
             averaged=run["averaged"],
             seconds=round(run["train_seconds"], 1),
+            **swap_rates(chains),
         )
         if args.checkpoint:
             save_checkpoint(args.checkpoint, modules, optim, run=dict(run), config=vars(args))

@@ -82,12 +82,16 @@ def test_rbm_resume_to_more_epochs(rbm_quality, data, tmp_path):
     _assert_same_run(full, part)
 
 
-def test_rbm_parallel_tempering_resume(rbm_quality, data, tmp_path):
+def test_rbm_parallel_tempering_resume(rbm_quality, data, tmp_path, capsys):
     opts = [*RBM_ARGS, "--data", data, "--epochs", "2", "--parallel-tempering", "3", "--pt-spacing", "geometric"]
     full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
     _, chains, _, _ = rbm_quality.main([*opts, "--checkpoint", full])
     assert type(chains).__name__ == "ParallelTempering" and chains.state.shape == (3, 20, 784)
     assert float(chains.betas[0]) == pytest.approx(0.05) and float(chains.betas[-1]) == 1.0
+    epochs = [r for r in _records(capsys) if r["event"] == "epoch"]  # the swap rates of both pairs, every epoch
+    rates = [round(float(r), 3) for r in chains.swap_rate]
+    assert len(epochs) == 2 and epochs[-1]["swap_rate"] == rates and all(0 <= r <= 1 for r in rates)
+    assert float(chains.swaps_proposed.sum()) > 0
     rbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
     rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
     _assert_same_run(full, part)
@@ -96,7 +100,7 @@ def test_rbm_parallel_tempering_resume(rbm_quality, data, tmp_path):
 def test_rbm_time_budget_stops_and_records(rbm_quality, data, capsys):
     rbm_quality.main([*RBM_ARGS, "--data", data, "--time-budget", "1e-6"])
     epochs = [r for r in _records(capsys) if r["event"] == "epoch"]
-    assert len(epochs) == 1 and epochs[0]["planned_epochs"] == 1
+    assert len(epochs) == 1 and epochs[0]["planned_epochs"] == 1 and "swap_rate" not in epochs[0]
 
 
 def test_rbm_time_budget_plans_epochs(rbm_quality, data, capsys):
@@ -122,6 +126,25 @@ def test_rbm_save_load_scores_raw_and_averaged(rbm_quality, data, tmp_path, caps
     rescored = [r for r in _records(capsys) if r["event"] == "score"]
     assert [r["model"] for r in rescored] == ["raw", "averaged"]
     assert rescored[1]["log_likelihood"] == pytest.approx(trained[1]["log_likelihood"], abs=1.0)
+
+
+def test_pt_ladder_reports_swap_rates(rbm_quality, data, tmp_path):
+    """A ladder whose two temperatures nearly coincide swaps almost always (the log ratio is
+    (beta_hi - beta_lo) times a free-energy difference); a wide one swaps less; the averaged model loads too."""
+    saved = str(tmp_path / "rbm.pt")
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "2", "--average-from", "0.5", "--save", saved]
+    rbm_quality.main(opts)
+    pt_ladder = benchmark_script("pt_ladder")
+    common = ["--data", data, "--load", saved, "--chains", "20", "--sweeps", "30"]
+    near, wide = pt_ladder.main([*common, "--ladder", "linear:2:0.9999", "geometric:4:0.01"])
+    assert near["betas"] == [0.9999, 1.0] and near["lowest_swap_rate"] > 0.99
+    assert len(wide["swap_rate"]) == 3 and wide["lowest_swap_rate"] < near["lowest_swap_rate"]
+    assert wide["betas"][0] == pytest.approx(0.01) and wide["betas"][-1] == 1.0
+    (avg,) = pt_ladder.main([*common, "--model", "averaged", "--ladder", "linear:3:0.5"])
+    assert len(avg["swap_rate"]) == 2 and all(0 <= r <= 1 for r in avg["swap_rate"])
+    for bad in ("linear:1:0.5", "cubic:3:0.5", "geometric:3:0", "linear:3"):
+        with pytest.raises(SystemExit):
+            pt_ladder.main([*common, "--ladder", bad])
 
 
 def test_dbm_resume_is_exact(dbm_quality, data, tmp_path):
