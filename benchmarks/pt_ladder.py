@@ -57,6 +57,8 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(args.threads)
     train_x = load_binarized_mnist(args.data, "train")
     saved = torch.load(args.load, map_location="cpu", weights_only=False)
+    if not isinstance(saved, dict) or not {"rbm", "config"} <= saved.keys():
+        raise SystemExit(f"{args.load} is not an RBM saved by rbm_quality.py --save (no 'rbm' and 'config')")
     config = saved["config"]
     if args.model == "averaged":
         if saved.get("avg") is None:

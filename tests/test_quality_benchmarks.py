@@ -145,6 +145,9 @@ def test_pt_ladder_reports_swap_rates(rbm_quality, data, tmp_path):
     for bad in ("linear:1:0.5", "cubic:3:0.5", "geometric:3:0", "linear:3"):
         with pytest.raises(SystemExit):
             pt_ladder.main([*common, "--ladder", bad])
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="not an RBM saved by rbm_quality.py"):
+        pt_ladder.main(["--data", data, "--load", str(tmp_path / "other.pt"), "--ladder", "linear:2:0.5"])
 
 
 def test_dbm_resume_is_exact(dbm_quality, data, tmp_path):
