@@ -84,6 +84,17 @@ def typical_epoch_seconds(seconds: float, hook: StepHook, first_epoch: bool, ste
     return (seconds - hook.first_step_seconds) * steps_per_epoch / (steps_per_epoch - 1)
 
 
+def tempering_betas(k: int, spacing: str, lowest: float) -> torch.Tensor:
+    """K increasing inverse temperatures from ``lowest`` to exactly 1: equally spaced (``linear``) or in ratio
+    (``geometric``, ``lowest > 0``), the ladder of ``ParallelTempering`` in the RBM benchmarks."""
+    if spacing == "geometric":
+        betas = torch.logspace(math.log10(lowest), 0.0, k)
+    else:
+        betas = torch.linspace(lowest, 1.0, k)
+    betas[-1] = 1.0
+    return betas
+
+
 def float32_state(module) -> dict:
     return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in module.state_dict().items()}
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
+from _training import tempering_betas
 
 from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import BernoulliRBM, ParallelTempering
@@ -38,9 +38,7 @@ def ladder(spec: str) -> tuple[str, torch.Tensor]:
         raise argparse.ArgumentTypeError(
             f"{spec!r}: SPACING is linear or geometric, K >= 2, 0 <= LOWEST < 1 (> 0 for geometric)"
         )
-    betas = torch.linspace(lowest, 1.0, k) if spacing == "linear" else torch.logspace(math.log10(lowest), 0.0, k)
-    betas[-1] = 1.0
-    return spec, betas
+    return spec, tempering_betas(k, spacing, lowest)
 
 
 def main(argv=None) -> list[dict]:

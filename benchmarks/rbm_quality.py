@@ -72,6 +72,7 @@ from _training import (
     gibbs_steps,
     learning_rate,
     replan,
+    tempering_betas,
     typical_epoch_seconds,
 )
 from pyro.infer import SVI, Trace_ELBO
@@ -156,10 +157,7 @@ def make_chains(rbm, args, train_x, config=None):
         lo = 0.05 if lo is None else lo
         if lo <= 0:
             raise SystemExit("--pt-spacing geometric needs --pt-min-beta > 0")
-        betas = torch.logspace(math.log10(lo), 0.0, k)
-    else:
-        betas = torch.linspace(0.0 if lo is None else lo, 1.0, k)
-    betas[-1] = 1.0
+    betas = tempering_betas(k, spacing, 0.0 if lo is None else lo)
     base = rbm.base_rate(train_x).detach()
     chains = ParallelTempering(rbm, num_chains=cfg["chains"], steps=cfg.get("steps", 1), betas=betas, base=base)
     with torch.no_grad():  # start every replica at data, as the persistent chains are
