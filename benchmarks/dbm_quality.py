@@ -34,6 +34,12 @@ Options beyond the model and optimizer settings:
   (give the same options; no pretraining): bit for bit the run that was not stopped. ``--resume``
   with a file written by ``--save`` trains further from that DBM and its chains, as before: fresh
   optimizer and schedule, no pretraining. ``--stop-after K`` stops after epoch K of the plan.
+* ``--max-loss-change F`` (default 0.5): stop with an error when an epoch's loss moves by more than F times
+  the magnitude of the previous epoch's (0: never). Late in training the epoch loss moves by well under 1% an
+  epoch; a jump (e.g. -795 to -2,079 in one epoch of a 240-epoch run at a rate of 1.3e-4) means the persistent
+  chains have lost the model and the biases are running away. The error comes before that epoch's
+  ``--checkpoint`` and ``--save`` files are written, so they keep the last good epoch to resume from with other
+  settings (a lower rate, more chains).
 * ``--save PATH`` (rewritten every epoch) holds the float32 state dicts of the DBM, chains and
   averaged DBM and the config; ``--load PATH`` scores it (both models) on ``--split``. ``--no-score``
   skips AIS.
@@ -92,6 +98,10 @@ def parse_args(argv=None):
     ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
     ap.add_argument("--checkpoint", help="write a checkpoint here at the end of every epoch")
+    ap.add_argument(
+        "--max-loss-change", type=float, default=0.5, metavar="F",
+        help="stop when an epoch's loss moves by more than F times the previous one's magnitude (0: never)",
+    )  # fmt: skip
     ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="stop after K epochs of the plan")
     ap.add_argument("--ais-chains", type=int, default=100)
     ap.add_argument("--ais-betas", type=int, default=20000)
@@ -111,6 +121,8 @@ def parse_args(argv=None):
         args.epochs = 60
     if args.average_from is not None and not 0 <= args.average_from < 1:
         ap.error("--average-from must be in [0, 1)")
+    if not args.max_loss_change >= 0:
+        ap.error("--max-loss-change must be >= 0")
     if args.steps_schedule and min(args.steps_schedule) < 1:
         ap.error("--steps-schedule needs positive sweep counts")
     return args
@@ -190,6 +202,23 @@ def main(argv=None):
     return dbm, chains, avg, run
 
 
+def check_loss_change(args, epoch: int, previous: float | None, loss: float, common: dict) -> None:
+    """Raise when the epoch loss moved by more than ``--max-loss-change`` times the previous one's magnitude."""
+    if not args.max_loss_change or previous is None:
+        return
+    if abs(loss - previous) <= args.max_loss_change * max(abs(previous), 1.0):
+        return
+    emit(**common, event="diverged", epoch=epoch, previous_loss=round(previous, 3), loss=round(loss, 3))
+    kept = " and ".join(f"--{k} {getattr(args, k)}" for k in ("checkpoint", "save") if getattr(args, k))
+    raise RuntimeError(
+        f"epoch {epoch}: the loss went from {previous:.6g} to {loss:.6g}, a change of more than "
+        f"--max-loss-change {args.max_loss_change:g} times the previous epoch's: the persistent chains have "
+        "lost the model. "
+        + (f"{kept} still hold the state after epoch {epoch - 1}; resume from it" if kept else "Train again")
+        + " with a lower --lr/--final-lr or more --chains (or raise --max-loss-change)."
+    )
+
+
 def train_dbm(args, dbm, train_x, n, common, run):
     device = train_x.device
     steps_per_epoch = math.ceil(n / args.batch_size)
@@ -238,7 +267,8 @@ def train_dbm(args, dbm, train_x, n, common, run):
         t0 = time.perf_counter()
         (loss,) = train(stepper, train_x, epochs=1, batch_size=args.batch_size, progress=args.progress)
         seconds = time.perf_counter() - t0
-        run.update(epoch=epoch + 1, train_seconds=run["train_seconds"] + seconds)
+        check_loss_change(args, epoch, run.get("loss"), loss, common)
+        run.update(epoch=epoch + 1, train_seconds=run["train_seconds"] + seconds, loss=loss)
         if args.time_budget is not None:
             elapsed = run["pretrain_seconds"] + run["train_seconds"]
             over = elapsed >= args.time_budget

@@ -260,3 +260,33 @@ def test_vae_quality_extends_a_finished_run(data, tmp_path, capsys):
         vae_quality.main(["--data", data, "--resume", part, "--extend", "2", *VAE_ARGS])
     with pytest.raises(SystemExit, match="--extend N"):
         vae_quality.main(["--data", data, "--extend", "2", *VAE_ARGS])
+
+
+def test_dbm_stops_on_a_loss_runaway_and_keeps_the_last_good_epoch(dbm_quality, data, tmp_path, monkeypatch, capsys):
+    """A finite runaway of the epoch loss (the chains losing the model) raises before that epoch's files are
+    written, so the checkpoint and the save hold the last good epoch; the exact resume still works from it."""
+    opts = [*DBM_ARGS, "--data", data, "--epochs", "4", "--no-score"]
+    ckpt, saved = str(tmp_path / "dbm.ckpt"), str(tmp_path / "dbm.pt")
+    real_train, calls = dbm_quality.train, []
+
+    def runaway(*args, **kwargs):  # the real epoch, its loss tripled from the third epoch on
+        (loss,) = real_train(*args, **kwargs)
+        calls.append(loss)
+        return [loss * (3.0 if len(calls) >= 3 else 1.0)]
+
+    monkeypatch.setattr(dbm_quality, "train", runaway)
+    with pytest.raises(RuntimeError, match=r"epoch 2: the loss went .* hold the state after epoch 1; resume"):
+        dbm_quality.main([*opts, "--checkpoint", ckpt, "--save", saved])
+    records = _records(capsys)
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [0, 1]
+    assert records[-1]["event"] == "diverged" and records[-1]["epoch"] == 2
+    assert _checkpoint(ckpt)["extra"]["run"]["epoch"] == 2 and _checkpoint(saved)["run"]["epoch"] == 2
+    assert _checkpoint(ckpt)["extra"]["run"]["loss"] == pytest.approx(calls[1])
+    # the same runaway passes with the check off, and the untouched run resumes from the kept checkpoint
+    calls.clear()
+    dbm_quality.main([*opts, "--max-loss-change", "0", "--stop-after", "3"])
+    monkeypatch.setattr(dbm_quality, "train", real_train)
+    _, _, _, run = dbm_quality.main([*opts, "--checkpoint", ckpt, "--resume", ckpt])
+    assert run["epoch"] == 4
+    with pytest.raises(SystemExit):
+        dbm_quality.parse_args(["--data", data, "--max-loss-change", "-1"])
