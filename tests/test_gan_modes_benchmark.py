@@ -101,3 +101,46 @@ def test_gan_modes_rejection_refuses_a_critic_that_is_not_a_ratio(monkeypatch, c
         with pytest.raises(SystemExit):
             run_main(monkeypatch, capsys, *args, "--datasets", "ring", *bad, "--rejection", "0")
         assert "--rejection needs --losses gan" in capsys.readouterr().err
+
+
+def test_gan_modes_refits_a_fresh_critic_of_the_given_size(monkeypatch, capsys):
+    """--drs-critic HIDDEN LAYERS: the refit trains a new critic of that size (not the training discriminator) and
+    DRS scores with it; its seconds are recorded. Without --drs-d-steps it is refused."""
+    module = load_script()
+    built = []
+
+    class Recorded(module.Critic):
+        def __init__(self, in_features, hidden, layers):
+            super().__init__(in_features, hidden, layers)
+            built.append((in_features, hidden, layers))
+
+    monkeypatch.setattr(module, "Critic", Recorded)
+    args = ["--no-progress", "--steps", "4", "--samples", "50", "--train-size", "500", "--seeds", "1"]
+    args += ["--datasets", "grid", "--losses", "gan", "--rejection", "0"]
+    monkeypatch.setattr(sys, "argv", ["gan_modes.py", *args, "--drs-d-steps", "3", "--drs-critic", "16", "3"])
+    module.main()
+    assert built == [(2, 128, 2), (2, 16, 3)]  # the training discriminator, then the fresh critic
+    (run,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"seed"' in x and '"event"' not in x]
+    assert run["drs_refit_s"] > 0 and 0 < run["drs_refit"]["0"]["acceptance"] <= 1
+    with pytest.raises(SystemExit):
+        run_main(monkeypatch, capsys, *args, "--drs-critic", "16", "3")
+    assert "--drs-critic needs" in capsys.readouterr().err
+
+
+def test_gan_speed_runs_every_implementation_on_the_same_trajectory(monkeypatch, capsys):
+    """benchmarks/gan_speed.py: every implementation times; SVI with Pyro's or dgm_ppl's Adam and the hand-written
+    loop draw the same numbers and do the same arithmetic, so their generators agree exactly."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # gan_speed imports gan_modes
+    spec = importlib.util.spec_from_file_location("gan_speed_benchmark", SCRIPT.parent / "gan_speed.py")
+    gan_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gan_speed)
+    argv = ["gan_speed.py", "--sizes", "small", "--chunks", "2", "--chunk", "2", "--warmup", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    gan_speed.main()
+    records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert {r["impl"] for r in records if "impl" in r} == set(gan_speed.IMPLS)
+    (summary,) = [r for r in records if r.get("event") == "summary"]
+    for name in ("svi", "svi_no_validation", "svi_dgm_optim"):
+        assert summary[f"{name}_over_raw"] > 0
+        assert summary[f"final_sample_diff_{name}_vs_raw"] == 0.0
+    assert summary["final_sample_diff_mmd_svi_vs_mmd_raw"] < 1e-3
