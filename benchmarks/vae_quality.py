@@ -9,7 +9,7 @@ from 0 to 1 (``AnnealedELBO``). Every ``--eval-every`` epochs the single-sample 
 validation images is printed, and the model with the best one is kept (``--keep-best``: scored instead of the last).
 
 ``--time-budget SECONDS`` plans the number of epochs from the second epoch's time (the first one compiles), so that
-the learning-rate decay ends within the budget, and stops early if the budget runs out. ``--checkpoint PATH`` writes
+the learning-rate decay ends within the budget, and stops early if the budget runs out (the plan then ends there: the run counts as finished). ``--checkpoint PATH`` writes
 the decoder, the guide, the optimizer, the RNG states and the counters after every epoch (atomically); ``--resume
 PATH`` continues such a run exactly. ``--resume PATH --extend N`` continues a run that has finished its plan with a
 new stage of ``N`` epochs (or what fits ``--time-budget``, counted from the stage's start), over which the learning
@@ -185,6 +185,9 @@ def main(argv=None):
 
     while state["epoch"] < state["planned"]:
         if args.time_budget is not None and state["seconds"] - start_seconds >= args.time_budget:
+            state["planned"] = state["epoch"]  # the budget ends the plan: a finished run, which --extend may continue
+            if args.checkpoint:
+                save_checkpoint(args.checkpoint, {"decoder": vae, "guide": guide}, optim, **state)
             break
         if args.stop_after is not None and state["epoch"] >= args.stop_after:
             return vae, guide, state

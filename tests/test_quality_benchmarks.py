@@ -260,6 +260,14 @@ def test_vae_quality_extends_a_finished_run(data, tmp_path, capsys):
         vae_quality.main(["--data", data, "--resume", part, "--extend", "2", *VAE_ARGS])
     with pytest.raises(SystemExit, match="--extend N"):
         vae_quality.main(["--data", data, "--extend", "2", *VAE_ARGS])
+    # a run stopped by its time budget has finished its plan: it can be extended
+    budget = str(tmp_path / "budget.ckpt")
+    _, _, state = vae_quality.main(
+        ["--data", data, "--epochs", "5", "--time-budget", "1e-9", "--checkpoint", budget, *VAE_ARGS]
+    )
+    assert state["epoch"] == state["planned"] == _checkpoint(budget)["extra"]["planned"] == 1
+    _, _, state = vae_quality.main(["--data", data, "--resume", budget, "--extend", "2", *VAE_ARGS])
+    assert state["epoch"] == state["planned"] == 3
 
 
 def test_dbm_stops_on_a_loss_runaway_and_keeps_the_last_good_epoch(dbm_quality, data, tmp_path, monkeypatch, capsys):
