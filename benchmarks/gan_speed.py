@@ -14,8 +14,9 @@ same initial networks and with its own copy of the random stream:
 3. ``mmd_svi`` / ``mmd_raw``: ``MMDLoss`` (unbiased MMD² with a Gaussian-mixture kernel) vs the same U-statistic
    by hand.
 
-Two sizes: ``pacgan`` (PacGAN's grid networks: generator 4×400 ReLU with batch norm, discriminator 3×200
-LeakyReLU, batch 500) and ``small`` (the networks of ``gan_modes.py``). Prints one JSON line per
+Three sizes: ``pacgan`` (PacGAN's grid networks: generator 4×400 ReLU with batch norm, discriminator 3×200
+LeakyReLU, batch 500), ``small`` (the default networks of ``gan_modes.py``) and ``sharp`` (the same with the
+3×256 discriminator of ``gan_modes.py --d-hidden 256 --d-layers 3``). Prints one JSON line per
 (size, implementation) with the median milliseconds per step over chunks, and one summary line per size with the
 ratios and the largest difference between the generators' outputs (on fixed latents, batch statistics) of the SVI
 and the hand-written runs after their first step and after all steps. They draw the same random numbers in the
@@ -50,6 +51,7 @@ from dgm_ppl.kernels import RBFMixture
 SIZES = {
     "pacgan": dict(g_hidden=400, g_layers=4, d_hidden=200, d_layers=3, batch=500),
     "small": dict(g_hidden=128, g_layers=3, d_hidden=128, d_layers=2, batch=256),
+    "sharp": dict(g_hidden=128, g_layers=3, d_hidden=256, d_layers=3, batch=256),
 }
 PAIRS = (("svi", "raw"), ("svi_no_validation", "raw"), ("svi_dgm_optim", "raw"), ("mmd_svi", "mmd_raw"))
 IMPLS = ["svi", "raw", "svi_no_validation", "svi_dgm_optim", "mmd_svi", "mmd_raw"]
