@@ -9,10 +9,10 @@ from 0 to 1 (``AnnealedELBO``). Every ``--eval-every`` epochs the single-sample 
 validation images is printed, and the model with the best one is kept (``--keep-best``: scored instead of the last).
 
 ``--time-budget SECONDS`` plans the number of epochs from the second epoch's time (the first one compiles), so that
-the learning-rate decay ends within the budget, and stops early if the budget runs out (the plan then ends there: the run counts as finished). ``--checkpoint PATH`` writes
-the decoder, the guide, the optimizer, the RNG states and the counters after every epoch (atomically); ``--resume
-PATH`` continues such a run exactly. ``--resume PATH --extend N`` continues a run that has finished its plan with a
-new stage of ``N`` epochs (or what fits ``--time-budget``, counted from the stage's start), over which the learning
+the learning-rate decay ends within the budget, and stops early if the budget runs out (the plan then ends there,
+and the run counts as finished). ``--checkpoint PATH`` writes the decoder, the guide, the optimizer, the RNG states
+and the counters after every epoch (atomically); ``--resume PATH`` continues such a run exactly. ``--resume PATH
+--extend N`` continues a run that has finished its plan with a new stage of ``N`` epochs (or what fits ``--time-budget``, counted from the stage's start), over which the learning
 rate decays again from ``--lr`` to ``--final-lr``: a warm restart, as in the staged schedule of Burda et al. The
 optimizer's moments carry over. ``--save PATH`` writes the final (or best) model; ``--load PATH`` scores a saved model
 without training.
