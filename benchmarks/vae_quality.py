@@ -12,10 +12,10 @@ validation images is printed, and the model with the best one is kept (``--keep-
 the learning-rate decay ends within the budget, and stops early if the budget runs out (the plan then ends there,
 and the run counts as finished). ``--checkpoint PATH`` writes the decoder, the guide, the optimizer, the RNG states
 and the counters after every epoch (atomically); ``--resume PATH`` continues such a run exactly. ``--resume PATH
---extend N`` continues a run that has finished its plan with a new stage of ``N`` epochs (or what fits ``--time-budget``, counted from the stage's start), over which the learning
-rate decays again from ``--lr`` to ``--final-lr``: a warm restart, as in the staged schedule of Burda et al. The
-optimizer's moments carry over. ``--save PATH`` writes the final (or best) model; ``--load PATH`` scores a saved model
-without training.
+--extend N`` continues a run that has finished its plan with a new stage of ``N`` epochs (or what fits
+``--time-budget``, counted from the stage's start), over which the learning rate decays again from ``--lr`` to
+``--final-lr``: a warm restart, as in the staged schedule of Burda et al. The optimizer's moments carry over.
+``--save PATH`` writes the final (or best) model; ``--load PATH`` scores a saved model without training.
 
 Score: importance-sampled log p(x) with ``--eval-samples`` samples from the guide (``dgm_ppl.evaluation.
 log_likelihood``) on the first ``--eval-points`` images of ``--split``: NLL in nats with its standard error.
