@@ -55,6 +55,8 @@ Options:
 - ``--kind`` (GAN loss kind), ``--r1 γ`` (R1 penalty γ/2·‖∇D(x)‖² on real data, added by a subclass of
   ``GANLoss`` since it has no such option), ``--packing`` (PacGAN's m for ``pacgan``);
 - ``--latent``, ``--g-hidden``, ``--g-layers``, ``--d-hidden``, ``--d-layers``, ``--no-batch-norm``: the networks;
+  ``--d-widths W [W ...]``: the discriminator's hidden widths layer by layer (e.g. wide, then narrow), instead of
+  ``--d-hidden`` × ``--d-layers``;
 - ``--train-size``: training-set draws; ``--samples``: samples scored; ``--bn-train-mode``: draw them with batch
   statistics instead of the running ones; ``--two-sided``: WGAN-GP's penalty; ``--bandwidths``: MMD's σ's;
 - ``--ema DECAY``: keep an exponential moving average of the generator's parameters and buffers (batch-norm
@@ -64,9 +66,9 @@ Options:
   sampling (:func:`dgm_ppl.infer.discriminator_rejection_sampling`, Azadi et al. 2019) with each γ (0: exact), as
   ``drs: {γ: {modes, high_quality, reverse_kl, acceptance}}``; ``gan`` only (its discriminator's logit estimates
   the density ratio); ``--drs-d-steps N`` (``--drs-d-lr``): then train the discriminator N more steps against the
-  final generator, frozen, and score again as ``drs_refit``; with ``--drs-critic HIDDEN LAYERS`` those N steps
-  train a fresh critic of that size instead (a sharper density-ratio estimate than the training discriminator, at
-  the cost of discriminator-only steps), and the record has its seconds as ``drs_refit_s``;
+  final generator, frozen, and score again as ``drs_refit``; with ``--drs-critic W [W ...]`` those N steps
+  train a fresh critic with these hidden widths instead (a sharper density-ratio estimate than the training
+  discriminator, at the cost of discriminator-only steps), and the record has its seconds as ``drs_refit_s``;
 - ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``, ``--out FILE``.
 
 Prints one JSON line per run (with ``wall_s``, ``steps_done``, ``steps_per_s``, ``stopped_early`` and the
@@ -157,11 +159,11 @@ def mlp(sizes, act, batch_norm=False):
 
 
 class Critic(nn.Module):
-    """An MLP discriminator returning one logit per (packed) sample."""
+    """An MLP discriminator with hidden layers of the given ``widths``, returning one logit per (packed) sample."""
 
-    def __init__(self, in_features, hidden, layers):
+    def __init__(self, in_features: int, widths: list[int]):
         super().__init__()
-        self.net = mlp([in_features] + [hidden] * layers + [1], lambda: nn.LeakyReLU(0.2))
+        self.net = mlp([in_features, *widths, 1], lambda: nn.LeakyReLU(0.2))
 
     def forward(self, x):
         return self.net(x).squeeze(-1)
@@ -199,7 +201,7 @@ def make_loss(name, args, hp):
     if name == "mmd":
         return MMDLoss(RBFMixture(args.bandwidths))
     packing = hp.get("packing", 1)
-    d = Critic(2 * packing, hp["d_hidden"], hp["d_layers"])
+    d = Critic(2 * packing, hp["d_widths"])
     d_optim = torch.optim.Adam(d.parameters(), lr=hp["d_lr"], betas=hp["betas"], foreach=args.foreach or None)
     if name == "wgan_gp":
         return GANLoss(
@@ -248,6 +250,8 @@ def hyperparameters(name, args):
         if value is not None and key in hp and hp[key] is not None:
             hp[key] = tuple(value) if key == "betas" else value
     hp["ema"] = args.ema if args.ema is not None else hp.get("ema", 0.0)  # every loss; 0: none
+    if "d_hidden" in hp:  # the discriminator's widths, layer by layer
+        hp["d_widths"] = list(args.d_widths or [hp["d_hidden"]] * hp["d_layers"])
     return hp
 
 
@@ -368,7 +372,7 @@ def run(dataset, name, seed, args, progress):
         record["drs"] = rejection_scores(model, G, loss.discriminator, data[: args.samples], args, dataset)
         if args.drs_d_steps:
             t1 = time.perf_counter()
-            critic = Critic(2, *args.drs_critic) if args.drs_critic else loss.discriminator
+            critic = Critic(2, args.drs_critic) if args.drs_critic else loss.discriminator
             critic = refit_discriminator(critic, G, data, args, zdim, bs)
             record["drs_refit_s"] = round(time.perf_counter() - t1, 2)
             record["drs_refit"] = rejection_scores(model, G, critic, data[: args.samples], args, dataset)
@@ -417,6 +421,7 @@ def main():
     ap.add_argument("--g-layers", type=int, help="generator hidden layers")
     ap.add_argument("--d-hidden", type=int, help="discriminator width")
     ap.add_argument("--d-layers", type=int, help="discriminator hidden layers")
+    ap.add_argument("--d-widths", type=int, nargs="+", metavar="W", help="discriminator widths, layer by layer")
     ap.add_argument("--train-size", type=int, default=100_000)
     ap.add_argument("--samples", type=int, default=2500, help="samples scored per run")
     ap.add_argument("--no-batch-norm", action="store_true", help="no batch norm in the generator")
@@ -428,8 +433,8 @@ def main():
                     help="also score discriminator rejection sampling with each γ (gan; the drs key)")  # fmt: skip
     ap.add_argument("--drs-d-steps", type=int, default=0, help="then refit the discriminator this many steps")
     ap.add_argument("--drs-d-lr", type=float, default=1e-3, help="its rate, decaying linearly to 0")
-    ap.add_argument("--drs-critic", type=int, nargs=2, metavar=("HIDDEN", "LAYERS"),
-                    help="refit a fresh critic of this size instead of the trained discriminator")  # fmt: skip
+    ap.add_argument("--drs-critic", type=int, nargs="+", metavar="W",
+                    help="refit a fresh critic with these hidden widths, not the trained discriminator")  # fmt: skip
     ap.add_argument("--eval-every", type=int, default=0, help="also score the samples every this many steps")
     ap.add_argument(
         "--foreach", action="store_true",

@@ -131,7 +131,7 @@ def bench_size(size, cfg, args, data):
     zdim, n, bs = 2, len(data), cfg["batch"]
     torch.manual_seed(args.seed)
     G0 = mlp([zdim] + [cfg["g_hidden"]] * cfg["g_layers"] + [2], nn.ReLU, batch_norm=True)
-    D0 = Critic(2, cfg["d_hidden"], cfg["d_layers"])
+    D0 = Critic(2, [cfg["d_hidden"]] * cfg["d_layers"])
     nets, steps = {}, {}
     pyro.clear_param_store()
     for name in args.impls:

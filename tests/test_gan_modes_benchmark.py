@@ -104,26 +104,26 @@ def test_gan_modes_rejection_refuses_a_critic_that_is_not_a_ratio(monkeypatch, c
 
 
 def test_gan_modes_refits_a_fresh_critic_of_the_given_size(monkeypatch, capsys):
-    """--drs-critic HIDDEN LAYERS: the refit trains a new critic of that size (not the training discriminator) and
+    """--drs-critic W [W ...]: the refit trains a new critic of that size (not the training discriminator) and
     DRS scores with it; its seconds are recorded. Without --drs-d-steps it is refused."""
     module = load_script()
     built = []
 
     class Recorded(module.Critic):
-        def __init__(self, in_features, hidden, layers):
-            super().__init__(in_features, hidden, layers)
-            built.append((in_features, hidden, layers))
+        def __init__(self, in_features, widths):
+            super().__init__(in_features, widths)
+            built.append((in_features, widths))
 
     monkeypatch.setattr(module, "Critic", Recorded)
     args = ["--no-progress", "--steps", "4", "--samples", "50", "--train-size", "500", "--seeds", "1"]
     args += ["--datasets", "grid", "--losses", "gan", "--rejection", "0"]
-    monkeypatch.setattr(sys, "argv", ["gan_modes.py", *args, "--drs-d-steps", "3", "--drs-critic", "16", "3"])
+    monkeypatch.setattr(sys, "argv", ["gan_modes.py", *args, "--drs-d-steps", "3", "--drs-critic", "16", "8"])
     module.main()
-    assert built == [(2, 128, 2), (2, 16, 3)]  # the training discriminator, then the fresh critic
+    assert built == [(2, [128, 128]), (2, [16, 8])]  # the training discriminator, then the fresh critic
     (run,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"seed"' in x and '"event"' not in x]
     assert run["drs_refit_s"] > 0 and 0 < run["drs_refit"]["0"]["acceptance"] <= 1
     with pytest.raises(SystemExit):
-        run_main(monkeypatch, capsys, *args, "--drs-critic", "16", "3")
+        run_main(monkeypatch, capsys, *args, "--drs-critic", "16", "8")
     assert "--drs-critic needs" in capsys.readouterr().err
 
 
@@ -144,3 +144,18 @@ def test_gan_speed_runs_every_implementation_on_the_same_trajectory(monkeypatch,
         assert summary[f"{name}_over_raw"] > 0
         assert summary[f"final_sample_diff_{name}_vs_raw"] == 0.0
     assert summary["final_sample_diff_mmd_svi_vs_mmd_raw"] < 1e-3
+
+
+def test_gan_modes_discriminator_widths_layer_by_layer(monkeypatch, capsys):
+    """--d-widths builds the discriminator with those hidden widths (and records them); without it, --d-hidden x
+    --d-layers as before."""
+    args = ["--no-progress", "--steps", "3", "--samples", "50", "--train-size", "500", "--seeds", "1"]
+    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--d-widths", "24", "6")
+    (run,) = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert run["d_widths"] == [24, 6]
+    module = load_script()
+    d = module.Critic(2, [24, 6])
+    assert [m.out_features for m in d.net if hasattr(m, "out_features")] == [24, 6, 1]
+    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--d-hidden", "16")
+    (run,) = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert run["d_widths"] == [16, 16]
