@@ -183,11 +183,14 @@ def main(argv=None):
         emit(**common, event="resumed", path=args.resume, epoch=state["epoch"], planned=state["planned"])
     start, start_seconds = state.get("stage_start", 0), state.get("stage_seconds", 0.0)
 
+    def write_checkpoint():
+        if args.checkpoint:
+            save_checkpoint(args.checkpoint, {"decoder": vae, "guide": guide}, optim, **state)
+
     while state["epoch"] < state["planned"]:
         if args.time_budget is not None and state["seconds"] - start_seconds >= args.time_budget:
             state["planned"] = state["epoch"]  # the budget ends the plan: a finished run, which --extend may continue
-            if args.checkpoint:
-                save_checkpoint(args.checkpoint, {"decoder": vae, "guide": guide}, optim, **state)
+            write_checkpoint()
             break
         if args.stop_after is not None and state["epoch"] >= args.stop_after:
             return vae, guide, state
@@ -219,8 +222,7 @@ def main(argv=None):
                                  "guide": copy.deepcopy(guide.state_dict())}  # fmt: skip
         state["history"].append(record)
         emit(**common, event="epoch", planned=state["planned"], seconds=round(state["seconds"], 1), **record)
-        if args.checkpoint:
-            save_checkpoint(args.checkpoint, {"decoder": vae, "guide": guide}, optim, **state)
+        write_checkpoint()
 
     emit(**common, event="trained", epochs=state["epoch"], planned=state["planned"],
          train_seconds=round(state["seconds"], 1), best_epoch=state["best"] and state["best"]["epoch"])  # fmt: skip
