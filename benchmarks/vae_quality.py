@@ -5,8 +5,12 @@ Model: ``VAE(784, 50, (200, 200))`` (tanh, Bernoulli decoder) with an amortized 
 ``dgm_ppl.infer.JitTrace_ELBO`` (or ``JitTraceMeanField_ELBO``, the analytic KL, with ``--elbo meanfield``; or
 ``IWAE(k, jit=True)`` with ``--elbo iwaeK``) and ``dgm_ppl.optim.Adam``. The learning rate decays exponentially from
 ``--lr`` to ``--final-lr`` over the planned epochs; ``--warmup-epochs`` scales the KL term by a β rising linearly
-from 0 to 1 (``AnnealedELBO``). Every ``--eval-every`` epochs the single-sample ELBO of ``--monitor-points``
-validation images is printed, and the model with the best one is kept (``--keep-best``: scored instead of the last).
+from 0 to 1 (``AnnealedELBO``). Every ``--eval-every`` epochs a bound on log p(x) of ``--monitor-points`` validation
+images is printed, and the model with the best one is kept (``--keep-best``: scored instead of the last). The bound
+is the training objective's: the ELBO (``valid_elbo``) for ``trace`` and ``meanfield``, the k-sample IWAE bound
+(``valid_iwaeK``) for ``iwaeK``, since IWAE training with a large k widens the guide into a proposal and lowers its
+single-sample ELBO while the likelihood improves; ``--monitor-k`` overrides k. A stage resumed with another monitor
+starts its best-model record afresh, as bounds with different k are not comparable.
 
 ``--time-budget SECONDS`` plans the number of epochs from the second epoch's time (the first one compiles), so that
 the learning-rate decay ends within the budget, and stops early if the budget runs out (the plan then ends there,
@@ -80,11 +84,25 @@ def make_elbo(args, steps_per_epoch: int):
     return elbo
 
 
+def monitor_k(args) -> int:
+    """Particles of the validation bound: ``--monitor-k``, else the training objective's k (1 for the ELBO)."""
+    if args.monitor_k is not None:
+        if args.monitor_k < 1:
+            raise SystemExit(f"--monitor-k: give k >= 1, got {args.monitor_k}")
+        return args.monitor_k
+    return int(args.elbo[4:]) if args.elbo.startswith("iwae") and args.elbo[4:].isdigit() else 1
+
+
 @torch.no_grad()
-def monitor(vae, guide, x: torch.Tensor, num_data: int) -> float:
-    """Mean single-sample ELBO per image of ``x`` (nats)."""
-    loss = Trace_ELBO().loss(vae.model, guide, x, num_data=x.shape[0])
-    return -loss / x.shape[0]
+def monitor(vae, guide, x: torch.Tensor, k: int = 1) -> float:
+    """Mean per image of ``x`` of the k-sample importance-weighted bound on log p(x) (k = 1: the ELBO), in nats.
+
+    The images go through in chunks of about 10,000 particles, so a large k does not hold k copies of ``x`` at once.
+    """
+    bound = Trace_ELBO() if k == 1 else IWAE(k, vectorize_particles=True, max_plate_nesting=1)
+    step = max(1, 10_000 // k)
+    total = sum(bound.loss(vae.model, guide, chunk, num_data=chunk.shape[0]) for chunk in x.split(step))
+    return -total / x.shape[0]
 
 
 def score(vae, guide, x: torch.Tensor, args, common: dict, label: str) -> None:
@@ -125,8 +143,9 @@ def main(argv=None):
     ap.add_argument("--final-lr", type=float, default=1e-4)
     ap.add_argument("--warmup-epochs", type=int, default=0, help="KL annealing: β from 0 to 1 over these epochs")
     ap.add_argument("--eval-every", type=int, default=10, help="epochs between validation ELBO checks")
-    ap.add_argument("--monitor-points", type=int, default=2000, help="validation images for the ELBO check")
-    ap.add_argument("--keep-best", action="store_true", help="score the model with the best validation ELBO")
+    ap.add_argument("--monitor-points", type=int, default=2000, help="validation images for the bound check")
+    ap.add_argument("--monitor-k", type=int, help="particles of the validation bound (default: the objective's k)")
+    ap.add_argument("--keep-best", action="store_true", help="score the model with the best validation bound")
     ap.add_argument("--eval-points", type=int, default=10000, help="first images of --split to score")
     ap.add_argument("--eval-samples", type=int, default=5000, help="importance samples per image")
     ap.add_argument("--checkpoint", help="write a resumable checkpoint here after every epoch")
@@ -149,6 +168,8 @@ def main(argv=None):
     n, b = train_x.shape[0], args.batch_size
     steps_per_epoch = math.ceil(n / b)
     common = dict(benchmark="vae_quality", guide=args.guide, elbo=args.elbo, threads=torch.get_num_threads())
+    k_monitor = monitor_k(args)
+    monitor_key = "valid_elbo" if k_monitor == 1 else f"valid_iwae{k_monitor}"
 
     if args.load:
         saved = torch.load(args.load, weights_only=False)
@@ -165,7 +186,8 @@ def main(argv=None):
     optim = Adam({"lr": args.lr})
     elbo = make_elbo(args, steps_per_epoch)
     svi = SVI(vae.model, guide, optim, elbo)
-    state = {"epoch": 0, "planned": args.epochs, "seconds": 0.0, "history": [], "best": None, "best_elbo": None}
+    state = {"epoch": 0, "planned": args.epochs, "seconds": 0.0, "history": [], "best": None, "best_elbo": None,
+             "monitor_k": k_monitor}  # fmt: skip
     if args.extend is not None and (not args.resume or args.extend < 2):
         raise SystemExit("--extend N: give N >= 2 epochs and the checkpoint of a finished run to --resume")
     if args.resume:
@@ -180,6 +202,12 @@ def main(argv=None):
                 )
             state.update(stage_start=state["epoch"], stage_seconds=state["seconds"], stage_epochs=args.extend)
             state["planned"] = state["epoch"] + args.extend
+        if state.get("monitor_k", 1) != k_monitor and state["best"] is not None:
+            # a best model chosen by another bound: not comparable, so this run's record starts afresh
+            emit(**common, event="monitor_changed", previous_k=state.get("monitor_k", 1), k=k_monitor,
+                 dropped_best_epoch=state["best"]["epoch"])  # fmt: skip
+            state.update(best=None, best_elbo=None)
+        state["monitor_k"] = k_monitor
         emit(**common, event="resumed", path=args.resume, epoch=state["epoch"], planned=state["planned"])
     start, start_seconds = state.get("stage_start", 0), state.get("stage_seconds", 0.0)
 
@@ -214,10 +242,10 @@ def main(argv=None):
             state["planned"] = start + max(2, min(state.get("stage_epochs", args.epochs), fit))
         record = dict(epoch=epoch + 1, lr=lr, train_loss=round(total / steps_per_epoch / n, 3))
         if (epoch + 1) % args.eval_every == 0 or state["epoch"] == state["planned"]:
-            elbo = monitor(vae, guide, valid_x, n)
-            record["valid_elbo"] = round(elbo, 3)
-            if state["best_elbo"] is None or elbo > state["best_elbo"]:
-                state["best_elbo"] = elbo
+            bound = monitor(vae, guide, valid_x, k_monitor)
+            record[monitor_key] = round(bound, 3)
+            if state["best_elbo"] is None or bound > state["best_elbo"]:
+                state["best_elbo"] = bound
                 state["best"] = {"epoch": epoch + 1, "decoder": copy.deepcopy(vae.state_dict()),
                                  "guide": copy.deepcopy(guide.state_dict())}  # fmt: skip
         state["history"].append(record)

@@ -4,6 +4,7 @@ iterate averaging, save/load and the rbms peer, on a tiny random binary data set
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -268,6 +269,98 @@ def test_vae_quality_extends_a_finished_run(data, tmp_path, capsys):
     assert state["epoch"] == state["planned"] == _checkpoint(budget)["extra"]["planned"] == 1
     _, _, state = vae_quality.main(["--data", data, "--resume", budget, "--extend", "2", *VAE_ARGS])
     assert state["epoch"] == state["planned"] == 3
+
+
+class _PPCA:
+    """z ~ N(0, I_2), x | z ~ N(W z + mu, σ² I_3): log p(x) and the posterior in closed form."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.W, self.mu, self.sigma = torch.randn(3, 2, generator=g), torch.randn(3, generator=g), 0.7
+        self.exact = True  # the guide is the exact posterior; False: a shifted, too-wide one
+
+    def model(self, x, num_data):
+        import pyro
+        import pyro.distributions as dist
+
+        with pyro.plate("data", num_data, subsample_size=x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.mu, self.sigma).to_event(1), obs=x)
+
+    def posterior(self, x):
+        m = self.W.T @ self.W + self.sigma**2 * torch.eye(2)
+        return (x - self.mu) @ self.W @ torch.linalg.inv(m).T, self.sigma**2 * torch.linalg.inv(m)
+
+    def q(self, x):
+        loc, cov = self.posterior(x)
+        return (loc, cov) if self.exact else (loc + 0.3, 2.0 * cov)
+
+    def elbo(self, x):
+        """E_q log p(x, z) + H(q), in closed form."""
+        loc, cov = self.q(x)
+        resid = x - loc @ self.W.T - self.mu
+        log_lik = -1.5 * math.log(2 * math.pi * self.sigma**2) - (
+            resid.pow(2).sum(-1) + torch.trace(self.W @ cov @ self.W.T)
+        ) / (2 * self.sigma**2)
+        log_prior = -math.log(2 * math.pi) - (loc.pow(2).sum(-1) + torch.trace(cov)) / 2
+        entropy = math.log(2 * math.pi * math.e) + torch.logdet(cov) / 2
+        return log_lik + log_prior + entropy
+
+    def guide(self, x, num_data):
+        import pyro
+        import pyro.distributions as dist
+
+        loc, cov = self.q(x)
+        with pyro.plate("data", num_data, subsample_size=x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(loc, cov))
+
+    def log_p(self, x):
+        cov = self.W @ self.W.T + self.sigma**2 * torch.eye(3)
+        return torch.distributions.MultivariateNormal(self.mu, cov).log_prob(x)
+
+
+def test_vae_monitor_is_the_k_sample_bound_against_ppca():
+    """The validation monitor is the mean per image of the k-sample IWAE bound: with the exact posterior as the
+    guide every log-weight is log p(x), so it equals the closed-form mean log p(x) for any k (also across uneven
+    chunks of images: a missing log k or a per-chunk mean would show); with a wrong guide it rises with k from the
+    ELBO (in closed form) towards log p(x)."""
+    import pyro
+
+    vae_quality = benchmark_script("vae_quality")
+    ppca = _PPCA()
+    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(1)) * 2
+    exact = ppca.log_p(x).mean().item()
+    pyro.set_rng_seed(0)
+    for k in (1, 7, 3000):  # k = 3000: chunks of 3, 3, 3, 3 images; k = 7: one chunk of 12
+        assert vae_quality.monitor(ppca, ppca.guide, x, k) == pytest.approx(exact, abs=1e-4)
+    ppca.exact = False
+    x = torch.randn(1000, 3, generator=torch.Generator().manual_seed(2)) * 2
+    exact, elbo = ppca.log_p(x).mean().item(), ppca.elbo(x).mean().item()
+    bounds = [vae_quality.monitor(ppca, ppca.guide, x, k) for k in (1, 10, 1000)]
+    assert exact - elbo > 1.0 and bounds[0] == pytest.approx(elbo, abs=0.3)  # Monte Carlo sd about 0.1
+    assert bounds[0] < bounds[1] < exact - 0.03 and bounds[2] == pytest.approx(exact, abs=0.02)
+
+
+def test_vae_quality_monitors_the_training_bound(data, tmp_path, capsys):
+    """An IWAE-k run monitors (and ``--keep-best`` keeps) the k-sample bound; resuming with another bound drops
+    the best model chosen by the old one, which is not comparable."""
+    vae_quality = benchmark_script("vae_quality")
+    ckpt = str(tmp_path / "run.ckpt")
+    _, _, state = vae_quality.main(["--data", data, "--epochs", "2", "--keep-best", "--checkpoint", ckpt, *VAE_ARGS])
+    assert state["monitor_k"] == 1 and state["best"]["epoch"] in (1, 2)
+    assert all("valid_elbo" in r for r in state["history"])
+    _, _, state = vae_quality.main(
+        ["--data", data, "--resume", ckpt, "--extend", "2", "--keep-best", *VAE_ARGS, "--elbo", "iwae3"]
+    )
+    records = _records(capsys)
+    changed = [r for r in records if r["event"] == "monitor_changed"]
+    assert len(changed) == 1 and changed[0]["previous_k"] == 1 and changed[0]["k"] == 3
+    assert state["monitor_k"] == 3 and state["best"]["epoch"] in (3, 4)
+    assert [("valid_iwae3" in r, "valid_elbo" in r) for r in state["history"][2:]] == [(True, False)] * 2
+    _, _, state = vae_quality.main(["--data", data, "--epochs", "1", *VAE_ARGS, "--elbo", "iwae3", "--monitor-k", "1"])
+    assert "valid_elbo" in state["history"][0]
+    with pytest.raises(SystemExit, match="--monitor-k"):
+        vae_quality.main(["--data", data, "--epochs", "1", *VAE_ARGS, "--monitor-k", "0"])
 
 
 def test_dbm_stops_on_a_loss_runaway_and_keeps_the_last_good_epoch(dbm_quality, data, tmp_path, monkeypatch, capsys):
