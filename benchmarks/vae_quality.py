@@ -19,7 +19,11 @@ and the counters after every epoch (atomically); ``--resume PATH`` continues suc
 --extend N`` continues a run that has finished its plan with a new stage of ``N`` epochs (or what fits
 ``--time-budget``, counted from the stage's start), over which the learning rate decays again from ``--lr`` to
 ``--final-lr``: a warm restart, as in the staged schedule of Burda et al. The optimizer's moments carry over.
-``--save PATH`` writes the final (or best) model; ``--load PATH`` scores a saved model without training.
+``--average-from F`` keeps the running mean of the decoder's and the guide's parameters over every update from
+fraction F of the stage's planned epochs on (Polyak averaging, as in ``rbm_quality.py``); the averaged model is
+scored after the last one (``model="averaged"``), saved with it, and checkpointed with the run.
+``--save PATH`` writes the final (or best) model; ``--load PATH`` scores a saved model (and its averaged model)
+without training.
 
 Score: importance-sampled log p(x) with ``--eval-samples`` samples from the guide (``dgm_ppl.evaluation.
 log_likelihood``) on the first ``--eval-points`` images of ``--split``: NLL in nats with its standard error.
@@ -105,6 +109,28 @@ def monitor(vae, guide, x: torch.Tensor, k: int = 1) -> float:
     return -total / x.shape[0]
 
 
+def parameters(vae, guide) -> dict[str, torch.Tensor]:
+    """The decoder's and the guide's parameters by name (``decoder.*``, ``guide.*``): the averaged tensors."""
+    return {f"{prefix}.{name}": p for prefix, module in (("decoder", vae), ("guide", guide))
+            for name, p in module.named_parameters()}  # fmt: skip
+
+
+@torch.no_grad()
+def fold(average: dict[str, torch.Tensor], current: dict[str, torch.Tensor], count: int) -> None:
+    """Fold ``current`` into ``average``, the running mean of ``count - 1`` iterates (count 1 overwrites it)."""
+    for name, value in current.items():
+        if count == 1:
+            average[name] = value.detach().clone()
+        else:
+            average[name].add_(value.detach() - average[name], alpha=1.0 / count)
+
+
+@torch.no_grad()
+def load_average(vae, guide, average: dict[str, torch.Tensor]) -> None:
+    for name, p in parameters(vae, guide).items():
+        p.copy_(average[name])
+
+
 def score(vae, guide, x: torch.Tensor, args, common: dict, label: str) -> None:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -144,6 +170,7 @@ def main(argv=None):
     ap.add_argument("--warmup-epochs", type=int, default=0, help="KL annealing: β from 0 to 1 over these epochs")
     ap.add_argument("--eval-every", type=int, default=10, help="epochs between validation ELBO checks")
     ap.add_argument("--monitor-points", type=int, default=2000, help="validation images for the bound check")
+    ap.add_argument("--average-from", type=float, metavar="F", help="Polyak averaging from fraction F of the stage")
     ap.add_argument("--monitor-k", type=int, help="particles of the validation bound (default: the objective's k)")
     ap.add_argument("--keep-best", action="store_true", help="score the model with the best validation bound")
     ap.add_argument("--eval-points", type=int, default=10000, help="first images of --split to score")
@@ -158,6 +185,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.average_from is not None and not 0 <= args.average_from < 1:
+        ap.error("--average-from must be in [0, 1)")
     if args.threads:
         torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
@@ -180,6 +209,9 @@ def main(argv=None):
         guide.load_state_dict(saved["guide"])
         emit(**common, event="loaded", path=args.load, config=saved["config"], epochs=saved["epochs"])
         score(vae, guide, test_x, args, common, "loaded")
+        if saved.get("averaged"):
+            load_average(vae, guide, saved["averaged"]["parameters"])
+            score(vae, guide, test_x, args, common, "averaged")
         return vae, guide, saved
 
     vae, guide = build(args, train_x[:b], n)
@@ -187,7 +219,7 @@ def main(argv=None):
     elbo = make_elbo(args, steps_per_epoch)
     svi = SVI(vae.model, guide, optim, elbo)
     state = {"epoch": 0, "planned": args.epochs, "seconds": 0.0, "history": [], "best": None, "best_elbo": None,
-             "monitor_k": k_monitor}  # fmt: skip
+             "monitor_k": k_monitor, "average": {}, "averaged": 0}  # fmt: skip
     if args.extend is not None and (not args.resume or args.extend < 2):
         raise SystemExit("--extend N: give N >= 2 epochs and the checkpoint of a finished run to --resume")
     if args.resume:
@@ -201,6 +233,7 @@ def main(argv=None):
                     "resume it without --extend to finish its plan first"
                 )
             state.update(stage_start=state["epoch"], stage_seconds=state["seconds"], stage_epochs=args.extend)
+            state.update(average={}, averaged=0)  # each stage averages its own iterates
             state["planned"] = state["epoch"] + args.extend
         if state.get("monitor_k", 1) != k_monitor and state["best"] is not None:
             # a best model chosen by another bound: not comparable, so this run's record starts afresh
@@ -208,8 +241,11 @@ def main(argv=None):
                  dropped_best_epoch=state["best"]["epoch"])  # fmt: skip
             state.update(best=None, best_elbo=None)
         state["monitor_k"] = k_monitor
+        state.setdefault("average", {})
+        state.setdefault("averaged", 0)
         emit(**common, event="resumed", path=args.resume, epoch=state["epoch"], planned=state["planned"])
     start, start_seconds = state.get("stage_start", 0), state.get("stage_seconds", 0.0)
+    current = parameters(vae, guide)
 
     def write_checkpoint():
         if args.checkpoint:
@@ -229,11 +265,17 @@ def main(argv=None):
         order = torch.randperm(n)
         total = 0.0
         optim.set_lr(lr)
+        averaging = args.average_from is not None and epoch - start >= args.average_from * (state["planned"] - start)
+        if not averaging and state["averaged"]:
+            state.update(average={}, averaged=0)  # a longer plan moved the window's start past this epoch
         for i in range(0, n, b):
             loss = svi.step(train_x[order[i : i + b]], num_data=n)
             if not math.isfinite(loss):
                 raise RuntimeError(f"the loss became {loss} at epoch {epoch}, step {i // b}: diverged")
             total += loss
+            if averaging:
+                state["averaged"] += 1
+                fold(state["average"], current, state["averaged"])
         epoch_seconds = time.perf_counter() - t0
         state["seconds"] += epoch_seconds
         state["epoch"] = epoch + 1
@@ -241,6 +283,8 @@ def main(argv=None):
             fit = 2 + int((args.time_budget - (state["seconds"] - start_seconds)) / (1.02 * epoch_seconds))
             state["planned"] = start + max(2, min(state.get("stage_epochs", args.epochs), fit))
         record = dict(epoch=epoch + 1, lr=lr, train_loss=round(total / steps_per_epoch / n, 3))
+        if state["averaged"]:
+            record["averaged"] = state["averaged"]
         if (epoch + 1) % args.eval_every == 0 or state["epoch"] == state["planned"]:
             bound = monitor(vae, guide, valid_x, k_monitor)
             record[monitor_key] = round(bound, 3)
@@ -253,18 +297,25 @@ def main(argv=None):
         write_checkpoint()
 
     emit(**common, event="trained", epochs=state["epoch"], planned=state["planned"],
-         train_seconds=round(state["seconds"], 1), best_epoch=state["best"] and state["best"]["epoch"])  # fmt: skip
+         train_seconds=round(state["seconds"], 1), best_epoch=state["best"] and state["best"]["epoch"],
+         averaged_updates=state["averaged"])  # fmt: skip
     if args.keep_best and state["best"] is not None:
         vae.load_state_dict(state["best"]["decoder"])
         guide.load_state_dict(state["best"]["guide"])
+    averaged = {"parameters": state["average"], "updates": state["averaged"]} if state["averaged"] else None
     if args.save:
         os.makedirs(os.path.dirname(os.path.abspath(args.save)), exist_ok=True)
         torch.save(
             {"config": vars(args), "epochs": state["epoch"], "train_seconds": state["seconds"],
-             "decoder": vae.state_dict(), "guide": guide.state_dict()},
+             "decoder": vae.state_dict(), "guide": guide.state_dict(), "averaged": averaged},
             args.save,
         )  # fmt: skip
     score(vae, guide, test_x, args, common, "best" if args.keep_best else "last")
+    if averaged:
+        scored = {name: p.detach().clone() for name, p in current.items()}
+        load_average(vae, guide, state["average"])
+        score(vae, guide, test_x, args, common, "averaged")
+        load_average(vae, guide, scored)  # the modules are returned as trained (or best)
     return vae, guide, state
 
 

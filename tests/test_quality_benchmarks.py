@@ -271,6 +271,39 @@ def test_vae_quality_extends_a_finished_run(data, tmp_path, capsys):
     assert state["epoch"] == state["planned"] == 3
 
 
+def test_vae_quality_averages_the_iterates_and_resumes_the_average(data, tmp_path, monkeypatch, capsys):
+    """``--average-from 0.5`` of 4 epochs averages every update of epochs 3 and 4: the saved average is the mean of
+    those iterates; a kill inside the window and an exact resume give the same average bit for bit; the returned
+    modules are the last iterate; ``--load`` scores the last and the averaged model."""
+    vae_quality = benchmark_script("vae_quality")
+    seen, real_fold = [], vae_quality.fold
+
+    def recording_fold(average, current, count):
+        seen.append({name: value.detach().clone() for name, value in current.items()})
+        real_fold(average, current, count)
+
+    monkeypatch.setattr(vae_quality, "fold", recording_fold)
+    whole, part, save = (str(tmp_path / name) for name in ("whole.ckpt", "part.ckpt", "vae.pt"))
+    opts = ["--data", data, "--epochs", "4", "--average-from", "0.5", *VAE_ARGS]
+    vae, guide, state = vae_quality.main([*opts, "--checkpoint", whole, "--save", save])
+    assert state["averaged"] == len(seen) == 2 * 4  # 2 epochs of 200 / 50 updates
+    assert [r.get("averaged") for r in state["history"]] == [None, None, 4, 8]
+    for name, value in state["average"].items():
+        assert torch.allclose(value, torch.stack([s[name] for s in seen]).mean(0), atol=1e-6), name
+    last = vae_quality.parameters(vae, guide)
+    assert all(torch.equal(last[name], seen[-1][name]) for name in last)  # not the average
+    assert any(not torch.equal(last[name], state["average"][name]) for name in last)
+    vae_quality.main([*opts, "--checkpoint", part, "--stop-after", "3"])
+    _, _, resumed = vae_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    assert resumed["averaged"] == 8
+    assert all(torch.equal(resumed["average"][name], state["average"][name]) for name in state["average"])
+    capsys.readouterr()
+    vae_quality.main(["--data", data, "--load", save, *VAE_ARGS])
+    assert [r["model"] for r in _records(capsys) if r["event"] == "score"] == ["loaded", "averaged"]
+    with pytest.raises(SystemExit):
+        vae_quality.main(["--data", data, "--epochs", "1", "--average-from", "1", *VAE_ARGS])
+
+
 class _PPCA:
     """z ~ N(0, I_2), x | z ~ N(W z + mu, σ² I_3): log p(x) and the posterior in closed form."""
 
