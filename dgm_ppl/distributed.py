@@ -41,14 +41,23 @@ Checkpoints. :func:`save_checkpoint` gathers every rank's own state (chains, ran
 file written by rank 0, and :func:`load_checkpoint` restores it exactly on the same number of ranks (a clear
 error on another number).
 
+Shutdown. :func:`destroy_process_group` ends the group and then waits briefly with the interpreter's lock released.
+A gloo worker thread frees the tensors of a finished collective after the collective returns, and a tensor that
+Python has already let go of needs the interpreter's lock to be freed; if the interpreter is shutting down by
+then, the thread is killed inside C++ and the process aborts (SIGABRT, "terminate called without an active
+exception") after all its work is done. :func:`init_process_group` registers :func:`destroy_process_group` to run
+at exit, so a script that does not call it ends cleanly too.
+
 :func:`~dgm_ppl.infer.train` shards each global batch across the ranks of a :class:`DistributedSVI`. Without a
 process group (a plain ``python script.py``) everything here runs as a single process.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 
@@ -68,6 +77,7 @@ __all__ = [
     "DistributedError",
     "DistributedSVI",
     "init_process_group",
+    "destroy_process_group",
     "get_rank",
     "get_world_size",
     "set_rng_seed",
@@ -113,7 +123,20 @@ def init_process_group(backend: str | None = None, timeout: float = 600.0) -> tu
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        atexit.register(destroy_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def destroy_process_group(settle: float = 0.1) -> None:
+    """End the default process group, if there is one, and let its worker threads finish before the interpreter
+    exits (see the module's notes on shutdown). Safe to call more than once.
+
+    :param settle: seconds to wait, with the interpreter's lock released, after the group is destroyed.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.destroy_process_group()
+    time.sleep(settle)  # a gloo thread still freeing a collective's tensors takes the lock now, not at exit
 
 
 def set_rng_seed(seed: int, group=None) -> None:

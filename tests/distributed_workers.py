@@ -290,4 +290,4 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
         results["crash"] = traceback.format_exc()
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        tdist.destroy_process_group()
+        distributed.destroy_process_group()

@@ -7,6 +7,7 @@ the tests below check its results against each other and against the same comput
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import distributed_workers as workers
@@ -97,6 +98,27 @@ def test_a_failing_rank_stops_every_rank(ranks):
     assert failed["unchanged"] and other["unchanged"]
     for result in (failed, other):
         assert "len(data) differs between the ranks (10 to 11)" in result["size_error"]
+
+
+def test_init_registers_a_shutdown_at_exit_and_destroy_ends_the_group(monkeypatch):
+    """Launched as torchrun would (one rank here), the group is made, a shutdown is registered for exit, and
+    destroy_process_group ends the group; further calls do nothing."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    registered = []
+    monkeypatch.setattr(distributed.atexit, "register", registered.append)
+    assert distributed.init_process_group("gloo", timeout=30) == (0, 1)
+    try:
+        assert registered == [distributed.destroy_process_group]
+        assert torch.distributed.is_initialized()
+    finally:
+        distributed.destroy_process_group(settle=0.0)
+    assert not torch.distributed.is_initialized()
+    distributed.destroy_process_group()  # nothing to end: no error
 
 
 def test_single_process_is_plain_svi(tmp_path):
