@@ -23,7 +23,10 @@ and the counters after every epoch (atomically); ``--resume PATH`` continues suc
 fraction F of the stage's planned epochs on (Polyak averaging, as in ``rbm_quality.py``); the averaged model is
 scored after the last one (``model="averaged"``), saved with it, and checkpointed with the run.
 ``--save PATH`` writes the final (or best) model; ``--load PATH`` scores a saved model (and its averaged model)
-without training.
+without training; ``--init PATH`` starts a new run from a saved model's parameters (a fresh optimizer), for a
+stage whose options a ``--resume`` cannot change. ``--weight-decay W`` shrinks every parameter by ``lr * W`` per
+update, decoupled from Adam's moments (AdamW, Loshchilov & Hutter 2019): a regularizer against the fixed
+binarization's over-fitting. It is fixed for a run: a ``--resume`` keeps the checkpoint's.
 
 Score: importance-sampled log p(x) with ``--eval-samples`` samples from the guide (``dgm_ppl.evaluation.
 log_likelihood``) on the first ``--eval-points`` images of ``--split``: NLL in nats with its standard error.
@@ -56,7 +59,7 @@ from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.evaluation import log_likelihood
 from dgm_ppl.infer import IWAE, AnnealedELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, linear_warmup
 from dgm_ppl.models import VAE
-from dgm_ppl.optim import Adam
+from dgm_ppl.optim import Adam, AdamW
 
 X_DIM, Z_DIM, HIDDEN = 784, 50, (200, 200)
 
@@ -131,6 +134,16 @@ def load_average(vae, guide, average: dict[str, torch.Tensor]) -> None:
         p.copy_(average[name])
 
 
+def load_model(args, path: str) -> dict:
+    """A model written by ``--save``; its guide's kind and flow count replace ``args``' (they shape the guide)."""
+    if not os.path.exists(path):
+        raise SystemExit(f"{path}: no such model file (write one with --save)")
+    saved = torch.load(path, weights_only=False)
+    for key in ("guide", "num_flows"):
+        setattr(args, key, saved["config"][key])
+    return saved
+
+
 def score(vae, guide, x: torch.Tensor, args, common: dict, label: str) -> None:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -181,12 +194,18 @@ def main(argv=None):
     ap.add_argument("--stop-after", type=int, help="stop after this many epochs (as if killed there)")
     ap.add_argument("--save", help="write the trained (or best) model here")
     ap.add_argument("--load", help="score a model written by --save instead of training")
+    ap.add_argument("--init", help="start a new run from the parameters of a model written by --save")
+    ap.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW); default 0")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     if args.average_from is not None and not 0 <= args.average_from < 1:
         ap.error("--average-from must be in [0, 1)")
+    if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        ap.error("--weight-decay must be a finite number >= 0")
+    if args.init and (args.resume or args.load):
+        ap.error("--init starts a new run: not with --resume or --load")
     if args.threads:
         torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
@@ -201,9 +220,7 @@ def main(argv=None):
     monitor_key = "valid_elbo" if k_monitor == 1 else f"valid_iwae{k_monitor}"
 
     if args.load:
-        saved = torch.load(args.load, weights_only=False)
-        for key in ("guide", "num_flows"):
-            setattr(args, key.replace("-", "_"), saved["config"][key])
+        saved = load_model(args, args.load)
         vae, guide = build(args, train_x[:b], n)
         vae.load_state_dict(saved["decoder"])
         guide.load_state_dict(saved["guide"])
@@ -214,12 +231,26 @@ def main(argv=None):
             score(vae, guide, test_x, args, common, "averaged")
         return vae, guide, saved
 
+    init = load_model(args, args.init) if args.init else None
     vae, guide = build(args, train_x[:b], n)
-    optim = Adam({"lr": args.lr})
+    if init is not None:
+        vae.load_state_dict(init["decoder"])
+        guide.load_state_dict(init["guide"])
+        emit(**common, event="initialized", path=args.init, epochs=init["epochs"])
+    weight_decay = args.weight_decay or 0.0
+    if args.resume:
+        saved_decay = torch.load(args.resume, weights_only=False)["extra"].get("weight_decay", 0.0)
+        if args.weight_decay is not None and args.weight_decay != saved_decay:
+            raise SystemExit(
+                f"--weight-decay {args.weight_decay}: {args.resume} was trained with {saved_decay}, and a run keeps "
+                "its weight decay; start a new run from its saved model with --init to change it"
+            )
+        weight_decay = saved_decay
+    optim = AdamW({"lr": args.lr, "weight_decay": weight_decay}) if weight_decay else Adam({"lr": args.lr})
     elbo = make_elbo(args, steps_per_epoch)
     svi = SVI(vae.model, guide, optim, elbo)
     state = {"epoch": 0, "planned": args.epochs, "seconds": 0.0, "history": [], "best": None, "best_elbo": None,
-             "monitor_k": k_monitor, "average": {}, "averaged": 0}  # fmt: skip
+             "monitor_k": k_monitor, "average": {}, "averaged": 0, "weight_decay": weight_decay}  # fmt: skip
     if args.extend is not None and (not args.resume or args.extend < 2):
         raise SystemExit("--extend N: give N >= 2 epochs and the checkpoint of a finished run to --resume")
     if args.resume:
@@ -241,6 +272,7 @@ def main(argv=None):
                  dropped_best_epoch=state["best"]["epoch"])  # fmt: skip
             state.update(best=None, best_elbo=None)
         state["monitor_k"] = k_monitor
+        state["weight_decay"] = weight_decay
         state.setdefault("average", {})
         state.setdefault("averaged", 0)
         emit(**common, event="resumed", path=args.resume, epoch=state["epoch"], planned=state["planned"])

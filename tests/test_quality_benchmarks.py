@@ -424,3 +424,32 @@ def test_dbm_stops_on_a_loss_runaway_and_keeps_the_last_good_epoch(dbm_quality, 
     assert run["epoch"] == 4
     with pytest.raises(SystemExit):
         dbm_quality.parse_args(["--data", data, "--max-loss-change", "-1"])
+
+
+def test_vae_quality_starts_from_a_saved_model_with_decoupled_weight_decay(data, tmp_path):
+    """``--init`` starts from a saved model's parameters; one update with ``--weight-decay W`` differs from the same
+    update without it by exactly ``-lr * W * p`` (AdamW's decoupled decay); a resume keeps the run's decay and
+    refuses another."""
+    vae_quality = benchmark_script("vae_quality")
+    save, ckpt = str(tmp_path / "vae.pt"), str(tmp_path / "wd.ckpt")
+    vae, guide, _ = vae_quality.main(["--data", data, "--epochs", "1", "--save", save, *VAE_ARGS])
+    start = {n: p.detach().clone() for n, p in vae_quality.parameters(vae, guide).items()}
+    opts = ["--data", data, "--init", save, "--epochs", "1", "--batch-size", "200", "--lr", "0.01"]
+    tail = [a for a in VAE_ARGS if a not in ("--batch-size", "50")]
+    plain = vae_quality.parameters(*vae_quality.main([*opts, *tail])[:2])
+    decayed = vae_quality.parameters(
+        *vae_quality.main([*opts, "--weight-decay", "0.5", "--checkpoint", ckpt, *tail])[:2]
+    )
+    assert plain.keys() == start.keys()
+    for name, p0 in start.items():  # one update of 200 / 200 images: the same Adam step, and the decay on top
+        assert not torch.equal(plain[name], p0), name
+        assert torch.allclose(decayed[name] - plain[name], -0.01 * 0.5 * p0, atol=1e-6), name
+    assert _checkpoint(ckpt)["extra"]["weight_decay"] == 0.5
+    with pytest.raises(SystemExit, match="keeps its weight decay"):
+        vae_quality.main(["--data", data, "--resume", ckpt, "--extend", "2", "--weight-decay", "0.1", *tail])
+    _, _, state = vae_quality.main(["--data", data, "--resume", ckpt, "--extend", "2", *tail])
+    assert state["weight_decay"] == 0.5 and state["epoch"] == 3
+    with pytest.raises(SystemExit):
+        vae_quality.main(["--data", data, "--init", str(tmp_path / "missing.pt"), *tail])
+    with pytest.raises(SystemExit):
+        vae_quality.main(["--data", data, "--weight-decay", "-1", *tail])
