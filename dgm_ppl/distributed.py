@@ -45,8 +45,8 @@ Shutdown. :func:`destroy_process_group` ends the group and then waits briefly wi
 A gloo worker thread frees the tensors of a finished collective after the collective returns, and a tensor that
 Python has already let go of needs the interpreter's lock to be freed; if the interpreter is shutting down by
 then, the thread is killed inside C++ and the process aborts (SIGABRT, "terminate called without an active
-exception") after all its work is done. :func:`init_process_group` registers :func:`destroy_process_group` to run
-at exit, so a script that does not call it ends cleanly too.
+exception") after all its work is done. :func:`init_process_group` and :class:`DistributedSVI` register
+:func:`destroy_process_group` to run at exit, so a script that does not call it ends cleanly too.
 
 :func:`~dgm_ppl.infer.train` shards each global batch across the ranks of a :class:`DistributedSVI`. Without a
 process group (a plain ``python script.py``) everything here runs as a single process.
@@ -123,8 +123,18 @@ def init_process_group(backend: str | None = None, timeout: float = 600.0) -> tu
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
-        atexit.register(destroy_process_group)
+        _shutdown_at_exit()
     return dist.get_rank(), dist.get_world_size()
+
+
+_SHUTDOWN_REGISTERED = False
+
+
+def _shutdown_at_exit() -> None:
+    global _SHUTDOWN_REGISTERED
+    if not _SHUTDOWN_REGISTERED:
+        atexit.register(destroy_process_group)
+        _SHUTDOWN_REGISTERED = True
 
 
 def destroy_process_group(settle: float = 0.1) -> None:
@@ -252,6 +262,7 @@ class DistributedSVI(SVI):
         self._synced = self.modules + ([adversary] if isinstance(adversary, nn.Module) else [])
         self._known: set[str] = set()  # names of the parameters known to be equal on every rank
         if self.world_size > 1:
+            _shutdown_at_exit()  # also for a group made by torch.distributed.init_process_group
             wrap = _BroadcastNewParams(group, self._known)
             model, guide = wrap(model), wrap(guide)
             for module in self._synced:

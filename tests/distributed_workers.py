@@ -281,6 +281,7 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
         for name, case in CASES.items():
             pyro.clear_param_store()
             results[name] = case(shard, world)
+        results["shutdown_at_exit"] = distributed._SHUTDOWN_REGISTERED  # by DistributedSVI, for torch's group
         pyro.clear_param_store()
         results["train"] = train_all(steps=8)
         results["checkpoint"] = checkpoint_roundtrip(os.path.join(out_dir, "ckpt.pt"), steps=4)

@@ -59,6 +59,11 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_union(ranks, case):
         assert results[0][case]["loss"] == results[1][case]["loss"]
 
 
+def test_distributed_svi_registers_the_shutdown_for_a_group_made_by_torch(ranks):
+    results, _ = ranks
+    assert all(result["shutdown_at_exit"] for result in results)
+
+
 def test_ranks_hold_bit_identical_parameters_after_training(ranks):
     results, _ = ranks
     first, second = results[0]["train"], results[1]["train"]
@@ -111,6 +116,7 @@ def test_init_registers_a_shutdown_at_exit_and_destroy_ends_the_group(monkeypatc
         monkeypatch.setenv(k, v)
     registered = []
     monkeypatch.setattr(distributed.atexit, "register", registered.append)
+    monkeypatch.setattr(distributed, "_SHUTDOWN_REGISTERED", False)
     assert distributed.init_process_group("gloo", timeout=30) == (0, 1)
     try:
         assert registered == [distributed.destroy_process_group]
