@@ -121,7 +121,8 @@ def test_gan_modes_refits_a_fresh_critic_of_the_given_size(monkeypatch, capsys):
     module.main()
     assert built == [(2, [128, 128]), (2, [16, 8])]  # the training discriminator, then the fresh critic
     (run,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"seed"' in x and '"event"' not in x]
-    assert run["drs_refit_s"] > 0 and 0 < run["drs_refit"]["0"]["acceptance"] <= 1
+    assert isinstance(run["drs_refit_s"], float) and run["drs_refit_s"] >= 0  # a few ms: may round to 0.0
+    assert 0 < run["drs_refit"]["0"]["acceptance"] <= 1
     with pytest.raises(SystemExit):
         run_main(monkeypatch, capsys, *args, "--drs-critic", "16", "8")
     assert "--drs-critic needs" in capsys.readouterr().err
