@@ -40,6 +40,12 @@ Options beyond the model and optimizer settings:
   chains have lost the model and the biases are running away. The error comes before that epoch's
   ``--checkpoint`` and ``--save`` files are written, so they keep the last good epoch to resume from with other
   settings (a lower rate, more chains).
+* ``--max-norm C``: after every update, project each hidden unit's incoming weight vector (the columns of
+  ``weight_l``) into the ball of radius C (``dgm_ppl.energy.max_norm_``), before the iterate is averaged.
+* ``--sparsity-targets P [P ...]``, ``--sparsity-costs C [C ...]`` (default 1e-3), ``--sparsity-damping D``
+  (default 0.9): a ``dgm_ppl.energy.SparsityTarget`` on the hidden layers (one value for all, or one per layer),
+  checkpointed with the run.
+* ``--pretrain-weight-decay W``: Adam's L2 term (per datum) in the RBM pretraining (default 0).
 * ``--save PATH`` (rewritten every epoch) holds the float32 state dicts of the DBM, chains and
   averaged DBM and the config; ``--load PATH`` scores it (both models) on ``--split``. ``--no-score``
   skips AIS.
@@ -70,7 +76,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
-from dgm_ppl.energy import DBM, PersistentChains
+from dgm_ppl.energy import DBM, PersistentChains, SparsityTarget, max_norm_
 from dgm_ppl.infer import train
 from dgm_ppl.optim import Adam
 
@@ -82,6 +88,9 @@ def parse_args(argv=None):
     ap.add_argument("--layers", type=int, nargs="+", default=[500, 1000], help="hidden layer sizes")
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--pretrain-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--pretrain-weight-decay", type=float, default=0.0, help="per datum: Adam's L2 term in the RBM pretraining"
+    )
     ap.add_argument("--epochs", type=int, default=None, help="epochs (default 60); with --time-budget a cap")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--chains", type=int, default=100)
@@ -95,6 +104,18 @@ def parse_args(argv=None):
     ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
     ap.add_argument("--weight-decay", type=float, default=1e-5, help="per datum (L2 on all parameters)")
     ap.add_argument("--no-center", action="store_true")
+    ap.add_argument(
+        "--max-norm", type=float, default=None, metavar="C",
+        help="after every update, bound each hidden unit's incoming weight vector to norm C (max_norm_)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--sparsity-targets", type=float, nargs="+", default=None, metavar="P",
+        help="target mean activation of each hidden layer (one value for all): SparsityTarget",
+    )  # fmt: skip
+    ap.add_argument(
+        "--sparsity-costs", type=float, nargs="+", default=[1e-3], metavar="C", help="per datum, one value for all"
+    )
+    ap.add_argument("--sparsity-damping", type=float, default=0.9)
     ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
     ap.add_argument("--checkpoint", help="write a checkpoint here at the end of every epoch")
@@ -123,6 +144,8 @@ def parse_args(argv=None):
         ap.error("--average-from must be in [0, 1)")
     if not args.max_loss_change >= 0:
         ap.error("--max-loss-change must be >= 0")
+    if args.max_norm is not None and not args.max_norm > 0:
+        ap.error("--max-norm must be positive")
     if args.steps_schedule and min(args.steps_schedule) < 1:
         ap.error("--steps-schedule needs positive sweep counts")
     return args
@@ -144,6 +167,11 @@ def accumulate(avg: DBM, dbm: DBM, count: int) -> None:
         getattr(avg, f"weight_{l}").add_(w.detach() - getattr(avg, f"weight_{l}"), alpha=1.0 / count)
     for l, b in enumerate(p.biases):
         getattr(avg, f"bias_{l}").add_(b.detach() - getattr(avg, f"bias_{l}"), alpha=1.0 / count)
+
+
+def optional_modules(**modules) -> dict:
+    """The checkpoint's modules, without those this run does not have."""
+    return {k: m for k, m in modules.items() if m is not None}
 
 
 BOUND = "log_likelihood_bound"  # a DBM is scored by its variational bound
@@ -222,13 +250,18 @@ def check_loss_change(args, epoch: int, previous: float | None, loss: float, com
 def train_dbm(args, dbm, train_x, n, common, run):
     device = train_x.device
     steps_per_epoch = math.ceil(n / args.batch_size)
+    sparsity = None
+    if args.sparsity_targets:
+        hidden = list(dbm.layer_sizes[1:])
+        per_layer = [(v if len(v) > 1 else v * len(hidden)) for v in (args.sparsity_targets, args.sparsity_costs)]
+        sparsity = SparsityTarget(hidden, *per_layer, damping=args.sparsity_damping).to(device)
     # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
     optim = Adam({"lr": args.lr, "weight_decay": args.weight_decay * n})
     avg = new_average(dbm) if args.average_from is not None else None
     saved = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
     if saved is not None and is_checkpoint(saved):  # exact continuation
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
-        modules = {"dbm": dbm, "chains": chains} | ({"avg": avg} if avg is not None else {})
+        modules = optional_modules(dbm=dbm, chains=chains, avg=avg, sparsity=sparsity)
         run.update(load_checkpoint(args.resume, modules, optim, map_location=device)["run"])
         if args.time_budget is None:
             run["planned"] = args.epochs
@@ -242,22 +275,36 @@ def train_dbm(args, dbm, train_x, n, common, run):
     else:
         t0 = time.perf_counter()
         dbm.pretrain(
-            train_x, args.pretrain_epochs, lr=args.pretrain_lr, batch_size=args.batch_size, progress=args.progress
+            train_x,
+            args.pretrain_epochs,
+            lr=args.pretrain_lr,
+            weight_decay=args.pretrain_weight_decay,
+            batch_size=args.batch_size,
+            progress=args.progress,
         )
         run["pretrain_seconds"] = time.perf_counter() - t0
         emit(**common, event="pretrained", seconds=round(run["pretrain_seconds"], 1))
         init = train_x[torch.randperm(n, device=device)[: args.chains]]
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
-    modules = {"dbm": dbm, "chains": chains} | ({"avg": avg} if avg is not None else {})
+    modules = optional_modules(dbm=dbm, chains=chains, avg=avg, sparsity=sparsity)
 
     def model(batch):
         with pyro.plate("data", n, subsample=batch):
-            pyro.sample("x", dbm.distribution(chains, mean_field_iters=args.mean_field_iters), obs=batch)
+            d = dbm.distribution(chains, mean_field_iters=args.mean_field_iters, sparsity=sparsity)
+            pyro.sample("x", d, obs=batch)
 
     svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
 
     fold = None if avg is None else (lambda count: accumulate(avg, dbm, count))
-    stepper = StepHook(svi, averaging_step(run, args.average_from, steps_per_epoch, fold))
+    count_and_fold = averaging_step(run, args.average_from, steps_per_epoch, fold)
+
+    def after_step():
+        if args.max_norm is not None:  # the projection first, so that the average is of projected iterates
+            for l in range(dbm.num_layers):
+                max_norm_(getattr(dbm, f"weight_{l}"), args.max_norm)
+        count_and_fold()
+
+    stepper = StepHook(svi, after_step)
     first_epoch = True
     while run["epoch"] < run["planned"] and (args.stop_after is None or run["epoch"] < args.stop_after):
         epoch, planned = run["epoch"], run["planned"]

@@ -65,6 +65,20 @@ def test_persistent_chains_are_the_class_the_model_declares():
     assert type(rbm.persistent_chains(5)) is PersistentChains
 
 
+@pytest.mark.parametrize("model", [BernoulliRBM(5, 3), DBM([5, 4, 3])], ids=["rbm", "dbm"])
+def test_persistent_chains_copy_and_pickle_as_their_own_class(model, tmp_path):
+    import copy
+
+    chains = PersistentChains(model, num_chains=4)
+    twin = copy.deepcopy(chains)
+    assert type(twin) is type(chains)
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), chains.state_dict().values()))
+    torch.save(chains, tmp_path / "chains.pt")
+    loaded = torch.load(tmp_path / "chains.pt", weights_only=False)
+    assert type(loaded) is type(chains)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), chains.state_dict().values()))
+
+
 def test_same_verbs_across_models():
     torch.manual_seed(0)
     x = (torch.rand(30, 4) < 0.5).float()

@@ -161,6 +161,23 @@ def test_dbm_resume_is_exact(dbm_quality, data, tmp_path):
     _assert_same_run(full, part)
 
 
+def test_dbm_max_norm_and_sparsity_target_hold_and_resume_exactly(dbm_quality, data, tmp_path):
+    regular = ["--max-norm", "0.2", "--sparsity-targets", "0.2", "0.1", "--sparsity-costs", "0.01"]
+    opts = [*DBM_ARGS, "--data", data, "--epochs", "3", "--average-from", "0.3", "--no-score", *regular]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    dbm, _, avg, _ = dbm_quality.main([*opts, "--checkpoint", full])
+    for model in (dbm, avg):  # the average of projected iterates is inside the ball too
+        for l in range(2):
+            norms = getattr(model, f"weight_{l}").detach().norm(dim=0)
+            assert float(norms.max()) <= 0.2 + 1e-5
+        assert float(model.weight_0.detach().norm(dim=0).min()) > 0.19  # it binds there
+    sparsity = _checkpoint(full)["modules"]["sparsity"]
+    assert {"activation_0", "activation_1"} <= set(sparsity) and not torch.isnan(sparsity["activation_0"]).any()
+    dbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    dbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+
+
 def test_dbm_resume_from_saved_file_trains_further(dbm_quality, data, tmp_path, capsys):
     """--resume with a --save file keeps its former meaning: that DBM and chains, a fresh optimizer."""
     saved = str(tmp_path / "dbm.pt")

@@ -22,6 +22,7 @@ from .partition import (
 )
 from .protocol import AnnealingPath, EnergyModel, Enumeration, FreeEnergyModel
 from .rbm import RBM, BernoulliRBM, GaussianBernoulliRBM, RBMParams
+from .regularization import SparsityTarget, max_norm_
 from .rnn_rbm import RNNRBM, RNNRBMFrameDistribution, RNNRBMParams
 from .spike_slab_rbm import SpikeSlabParams, SpikeSlabRBM
 
@@ -56,6 +57,8 @@ __all__ = [
     "DBMParams",
     "DBMPersistentChains",
     "DBMDistribution",
+    "SparsityTarget",
+    "max_norm_",
     "NegativePhase",
     "PersistentChains",
     "ContrastiveDivergence",

@@ -90,9 +90,10 @@ class PersistentChains(NegativePhase):
     same.
     """
 
-    def __new__(cls, model: EnergyModel, *args, **kwargs):
-        # The one dispatch: the class a model declares for its chains (EnergyModel.chain_class).
-        if cls is PersistentChains:
+    def __new__(cls, model: EnergyModel | None = None, *args, **kwargs):
+        # The one dispatch: the class a model declares for its chains (EnergyModel.chain_class). No model: a copy
+        # or an unpickling (copy.deepcopy, torch.save of the object), which rebuilds an instance of its own class.
+        if cls is PersistentChains and model is not None:
             cls = getattr(model, "chain_class", PersistentChains)
         return super().__new__(cls)
 

@@ -290,6 +290,19 @@ class DBM(PyroModule):
             u = u + states[l + 1] @ p.weights[l].T
         return u
 
+    def total_input(self, l: int, states: Sequence[Tensor | None], *, params: DBMParams | None = None) -> Tensor:
+        r"""The total input of hidden layer ``l`` (1 to L) from its neighbours' values in ``states = [v, h1, ...,
+        hL]`` (layer ``l``'s own entry is unused), :math:`b_l + W_{l-1}^\top s_{l-1} + W_l s_{l+1}`, differentiable in
+        the parameters. Since it is linear in the states, the total input of batch means is the batch mean of the
+        total inputs (what :class:`~dgm_ppl.energy.SparsityTarget` needs).
+
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        """
+        if not 1 <= l <= self.num_layers:
+            raise ValueError(f"l must be a hidden layer, 1 to {self.num_layers}, got {l}")
+        p = self.params() if params is None else params
+        return p.biases[l] + self._input(p, l, states)
+
     def energy(self, states: Sequence[Tensor]) -> Tensor:
         r"""The energy :math:`E(v, h_1, \dots, h_L)` of ``states = [v, h1, ..., hL]``, shape ``batch``."""
         states = self._check_states(states)

@@ -2,7 +2,8 @@ r"""The distribution of a :class:`~dgm_ppl.energy.DBM`'s visible units inside a 
 SML (Salakhutdinov & Hinton 2009; Goodfellow et al. Algorithm 20.1).
 
 Uses the DBM through public members only: ``positive_phase`` (the mean-field bound and its gradient),
-``chain_statistic`` (the Rao-Blackwellized negative phase), ``gibbs`` and ``update_offsets``.
+``chain_statistic`` (the Rao-Blackwellized negative phase), ``gibbs``, ``update_offsets`` and, with a
+sparsity target, ``total_input``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import Size, Tensor
 from .dbm_chains import DBMPersistentChains
 from .distribution import EnergyBasedDistribution, check_negative_phase
 from .protocol import EnergyModel
+from .regularization import SparsityTarget
 
 __all__ = ["DBMDistribution"]
 
@@ -34,6 +36,10 @@ class DBMDistribution(EnergyBasedDistribution):
     it by :math:`N/B`, so ``SVI`` + ``Trace_ELBO`` performs variational SML.
 
     :param mean_field_iters: fixed-point sweeps for the positive phase (``mean_field_tol`` stops early).
+    :param sparsity: a :class:`~dgm_ppl.energy.SparsityTarget` over the hidden layers ``1..L``: each call with
+        gradients enabled folds the batch means of the mean-field means into its running activations :math:`q`
+        and adds its surrogate (value 0) once per datum, so the gradient also holds
+        :math:`-\lambda_l (q_l - p_l)` through each hidden layer's total input at the mean-field point.
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class DBMDistribution(EnergyBasedDistribution):
         sample_steps: int = 100,
         mean_field_iters: int = 10,
         mean_field_tol: float | None = None,
+        sparsity: SparsityTarget | None = None,
         batch_shape: Size | tuple = (),
         validate_args: bool | None = None,
     ):
@@ -52,7 +59,13 @@ class DBMDistribution(EnergyBasedDistribution):
             raise TypeError(
                 f"a DBM needs PersistentChains(dbm, ...) for its negative phase, got {type(chains).__name__}"
             )
+        if sparsity is not None and sparsity.layer_sizes != list(model.layer_sizes[1:]):
+            raise ValueError(
+                f"the sparsity target covers layers of sizes {sparsity.layer_sizes}, the DBM's hidden layers are "
+                f"{list(model.layer_sizes[1:])}"
+            )
         self.mean_field_iters, self.mean_field_tol = mean_field_iters, mean_field_tol
+        self.sparsity = sparsity
         super().__init__(
             model,
             chains,
@@ -64,7 +77,9 @@ class DBMDistribution(EnergyBasedDistribution):
 
     def _options(self) -> dict:
         options = super()._options()
-        options.update(mean_field_iters=self.mean_field_iters, mean_field_tol=self.mean_field_tol)
+        options.update(
+            mean_field_iters=self.mean_field_iters, mean_field_tol=self.mean_field_tol, sparsity=self.sparsity
+        )
         return options
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -92,8 +107,18 @@ class DBMDistribution(EnergyBasedDistribution):
             check_negative_phase(s, "DBM")
         if model.centered:  # deferred: applied by the model's next forward()
             model.update_offsets([m.mean(0) for m in means], defer=True)
-        out = (bound - (s - s.detach())).reshape(value.shape[:-1])
+        out = bound - (s - s.detach())
+        if self.sparsity is not None:
+            out = out - self._sparsity_surrogate(flat, means)
+        out = out.reshape(value.shape[:-1])
         return out - log_z if log_z else out
+
+    def _sparsity_surrogate(self, flat: Tensor, means: list[Tensor]) -> Tensor:
+        """The sparsity target's surrogate at the batch means of the data and of its mean-field means."""
+        batch_means = [flat.mean(0), *(m.mean(0) for m in means)]
+        self.sparsity.update(batch_means[1:])
+        inputs = [self.model.total_input(l, batch_means, params=self.params) for l in range(1, len(batch_means))]
+        return self.sparsity.surrogate(inputs)
 
     @torch.no_grad()
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
