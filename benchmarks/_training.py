@@ -11,7 +11,62 @@ from collections.abc import Callable
 
 import torch
 
-from dgm_ppl.energy import ais_log_partition, average_log_likelihood, reverse_ais_log_partition
+from dgm_ppl.energy import (
+    SparsityTarget,
+    ais_log_partition,
+    average_log_likelihood,
+    max_norm_,
+    reverse_ais_log_partition,
+)
+
+
+def add_regularizer_args(ap) -> None:
+    """``--max-norm``, ``--sparsity-targets``, ``--sparsity-costs`` and ``--sparsity-damping``, shared by the RBM and
+    DBM benchmarks."""
+    ap.add_argument(
+        "--max-norm", type=float, default=None, metavar="C",
+        help="after every update, bound each hidden unit's incoming weight vector to norm C (max_norm_)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--sparsity-targets", type=float, nargs="+", default=None, metavar="P",
+        help="target mean activation of each hidden layer (one value for all): SparsityTarget",
+    )  # fmt: skip
+    ap.add_argument(
+        "--sparsity-costs", type=float, nargs="+", default=[1e-3], metavar="C", help="per datum, one value for all"
+    )
+    ap.add_argument("--sparsity-damping", type=float, default=0.9)
+
+
+def check_regularizer_args(ap, args) -> None:
+    if args.max_norm is not None and not args.max_norm > 0:
+        ap.error("--max-norm must be positive")
+
+
+def sparsity_target(args, hidden_sizes: list[int], device) -> SparsityTarget | None:
+    """The ``SparsityTarget`` of ``--sparsity-*`` over the hidden layers (None without ``--sparsity-targets``)."""
+    if not args.sparsity_targets:
+        return None
+    per_layer = [v if len(v) > 1 else v * len(hidden_sizes) for v in (args.sparsity_targets, args.sparsity_costs)]
+    return SparsityTarget(hidden_sizes, *per_layer, damping=args.sparsity_damping).to(device)
+
+
+def with_max_norm(after_step: Callable[[], None], weights: list[torch.Tensor], max_norm: float | None):
+    """``after_step`` preceded by the max-norm projection of ``weights`` (columns: one per hidden unit), so that
+    an averaged iterate is an average of projected ones; ``after_step`` itself without ``max_norm``."""
+    if max_norm is None:
+        return after_step
+
+    def project_then(*args) -> None:
+        for w in weights:
+            max_norm_(w, max_norm)
+        after_step(*args)
+
+    return project_then
+
+
+def optional_modules(**modules) -> dict:
+    """A checkpoint's modules, without those this run does not have (None)."""
+    return {k: m for k, m in modules.items() if m is not None}
 
 
 def emit(**record):

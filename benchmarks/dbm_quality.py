@@ -63,20 +63,25 @@ import pyro
 import torch
 from _training import (
     StepHook,
+    add_regularizer_args,
     ais_score,
     averaging_step,
+    check_regularizer_args,
     emit,
     float32_state,
     gibbs_steps,
     learning_rate,
+    optional_modules,
     replan,
+    sparsity_target,
     typical_epoch_seconds,
+    with_max_norm,
 )
 from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
-from dgm_ppl.energy import DBM, PersistentChains, SparsityTarget, max_norm_
+from dgm_ppl.energy import DBM, PersistentChains
 from dgm_ppl.infer import train
 from dgm_ppl.optim import Adam
 
@@ -104,18 +109,7 @@ def parse_args(argv=None):
     ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
     ap.add_argument("--weight-decay", type=float, default=1e-5, help="per datum (L2 on all parameters)")
     ap.add_argument("--no-center", action="store_true")
-    ap.add_argument(
-        "--max-norm", type=float, default=None, metavar="C",
-        help="after every update, bound each hidden unit's incoming weight vector to norm C (max_norm_)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--sparsity-targets", type=float, nargs="+", default=None, metavar="P",
-        help="target mean activation of each hidden layer (one value for all): SparsityTarget",
-    )  # fmt: skip
-    ap.add_argument(
-        "--sparsity-costs", type=float, nargs="+", default=[1e-3], metavar="C", help="per datum, one value for all"
-    )
-    ap.add_argument("--sparsity-damping", type=float, default=0.9)
+    add_regularizer_args(ap)
     ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
     ap.add_argument("--checkpoint", help="write a checkpoint here at the end of every epoch")
@@ -144,8 +138,7 @@ def parse_args(argv=None):
         ap.error("--average-from must be in [0, 1)")
     if not args.max_loss_change >= 0:
         ap.error("--max-loss-change must be >= 0")
-    if args.max_norm is not None and not args.max_norm > 0:
-        ap.error("--max-norm must be positive")
+    check_regularizer_args(ap, args)
     if args.steps_schedule and min(args.steps_schedule) < 1:
         ap.error("--steps-schedule needs positive sweep counts")
     return args
@@ -167,11 +160,6 @@ def accumulate(avg: DBM, dbm: DBM, count: int) -> None:
         getattr(avg, f"weight_{l}").add_(w.detach() - getattr(avg, f"weight_{l}"), alpha=1.0 / count)
     for l, b in enumerate(p.biases):
         getattr(avg, f"bias_{l}").add_(b.detach() - getattr(avg, f"bias_{l}"), alpha=1.0 / count)
-
-
-def optional_modules(**modules) -> dict:
-    """The checkpoint's modules, without those this run does not have."""
-    return {k: m for k, m in modules.items() if m is not None}
 
 
 BOUND = "log_likelihood_bound"  # a DBM is scored by its variational bound
@@ -250,11 +238,7 @@ def check_loss_change(args, epoch: int, previous: float | None, loss: float, com
 def train_dbm(args, dbm, train_x, n, common, run):
     device = train_x.device
     steps_per_epoch = math.ceil(n / args.batch_size)
-    sparsity = None
-    if args.sparsity_targets:
-        hidden = list(dbm.layer_sizes[1:])
-        per_layer = [(v if len(v) > 1 else v * len(hidden)) for v in (args.sparsity_targets, args.sparsity_costs)]
-        sparsity = SparsityTarget(hidden, *per_layer, damping=args.sparsity_damping).to(device)
+    sparsity = sparsity_target(args, list(dbm.layer_sizes[1:]), device)
     # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
     optim = Adam({"lr": args.lr, "weight_decay": args.weight_decay * n})
     avg = new_average(dbm) if args.average_from is not None else None
@@ -296,15 +280,9 @@ def train_dbm(args, dbm, train_x, n, common, run):
     svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
 
     fold = None if avg is None else (lambda count: accumulate(avg, dbm, count))
-    count_and_fold = averaging_step(run, args.average_from, steps_per_epoch, fold)
-
-    def after_step():
-        if args.max_norm is not None:  # the projection first, so that the average is of projected iterates
-            for l in range(dbm.num_layers):
-                max_norm_(getattr(dbm, f"weight_{l}"), args.max_norm)
-        count_and_fold()
-
-    stepper = StepHook(svi, after_step)
+    weights = [getattr(dbm, f"weight_{l}") for l in range(dbm.num_layers)]
+    after_step = averaging_step(run, args.average_from, steps_per_epoch, fold)
+    stepper = StepHook(svi, with_max_norm(after_step, weights, args.max_norm))
     first_epoch = True
     while run["epoch"] < run["planned"] and (args.stop_after is None or run["epoch"] < args.stop_after):
         epoch, planned = run["epoch"], run["planned"]

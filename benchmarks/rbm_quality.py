@@ -42,6 +42,10 @@ Options beyond the model and optimizer settings:
   epochs then a resumed run to E, end with the same parameters and chains, bit for bit. The learning
   rate schedule is a closed form of (epoch, planned epochs), so there is no scheduler state to keep.
   ``--stop-after K`` stops after epoch K of the plan (as if killed there).
+* ``--max-norm C``: after every update, project each hidden unit's incoming weight vector (the columns of
+  ``weight``) into the ball of radius C (``dgm_ppl.energy.max_norm_``), before the iterate is averaged.
+* ``--sparsity-targets P``, ``--sparsity-costs C`` (default 1e-3), ``--sparsity-damping D`` (default 0.9): a
+  ``dgm_ppl.energy.SparsityTarget`` on the hidden units, checkpointed with the run.
 * ``--save PATH`` writes the state dicts (float32) of the RBM, chains and averaged RBM and the config;
   ``--load PATH`` scores such a file (both models), on ``--split``. ``--no-score`` skips AIS.
 * ``--peer rbms``: train the ``rbms`` package's Bernoulli-Bernoulli RBM (centered PCD, SGD on the
@@ -65,15 +69,20 @@ import pyro
 import torch
 from _training import (
     StepHook,
+    add_regularizer_args,
     ais_score,
     averaging_step,
+    check_regularizer_args,
     emit,
     float32_state,
     gibbs_steps,
     learning_rate,
+    optional_modules,
     replan,
+    sparsity_target,
     tempering_betas,
     typical_epoch_seconds,
+    with_max_norm,
 )
 from pyro.infer import SVI, Trace_ELBO
 
@@ -112,6 +121,7 @@ def parse_args(argv=None):
     ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
     ap.add_argument("--weight-decay", type=float, default=1e-5, help="per datum (L2 on all parameters)")
     ap.add_argument("--no-center", action="store_true")
+    add_regularizer_args(ap)
     ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
     ap.add_argument("--checkpoint", help="write a checkpoint here at the end of every epoch")
@@ -137,6 +147,7 @@ def parse_args(argv=None):
         ap.error("--average-from must be in [0, 1)")
     if args.steps_schedule and min(args.steps_schedule) < 1:
         ap.error("--steps-schedule needs positive sweep counts")
+    check_regularizer_args(ap, args)
     return args
 
 
@@ -204,7 +215,8 @@ def train_dgm(args, rbm, chains, train_x, common):
     avg = new_average(rbm) if args.average_from is not None else None
     # Under a time budget without --epochs the plan is made at the end of the first epoch.
     run = dict(epoch=0, planned=args.epochs or 10**9, updates=0, averaged=0, train_seconds=0.0, last_epoch_seconds=None)
-    modules = {"rbm": rbm, "chains": chains} | ({"avg": avg} if avg is not None else {})
+    sparsity = sparsity_target(args, [rbm.n_hidden], train_x.device)
+    modules = optional_modules(rbm=rbm, chains=chains, avg=avg, sparsity=sparsity)
     if args.resume:
         saved = load_checkpoint(args.resume, modules, optim, map_location=train_x.device)
         run.update(saved["run"])
@@ -214,12 +226,13 @@ def train_dgm(args, rbm, chains, train_x, common):
 
     def model(batch):
         with pyro.plate("data", n, subsample=batch):
-            pyro.sample("x", rbm.distribution(chains), obs=batch)
+            pyro.sample("x", rbm.distribution(chains, sparsity=sparsity), obs=batch)
 
     svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
 
     fold = None if avg is None else (lambda count: accumulate(avg, rbm, count))
-    stepper = StepHook(svi, averaging_step(run, args.average_from, steps_per_epoch, fold))
+    after_step = averaging_step(run, args.average_from, steps_per_epoch, fold)
+    stepper = StepHook(svi, with_max_norm(after_step, [rbm.weight], args.max_norm))
     first_epoch = True
     while run["epoch"] < run["planned"] and (args.stop_after is None or run["epoch"] < args.stop_after):
         epoch, planned = run["epoch"], run["planned"]

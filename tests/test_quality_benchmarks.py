@@ -73,6 +73,20 @@ def test_rbm_resume_is_exact(rbm_quality, data, tmp_path):
     assert not torch.equal(avg.weight, torch.zeros_like(avg.weight))
 
 
+def test_rbm_max_norm_and_sparsity_target_hold_and_resume_exactly(rbm_quality, data, tmp_path):
+    regular = ["--max-norm", "0.2", "--sparsity-targets", "0.1", "--sparsity-costs", "0.01"]
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "3", "--average-from", "0.3", *regular]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    rbm, _, avg, _ = rbm_quality.main([*opts, "--checkpoint", full])
+    for model in (rbm, avg):
+        norms = model.weight.detach().norm(dim=0)
+        assert float(norms.max()) <= 0.2 + 1e-5 and float(norms.min()) > 0.19  # it binds at every unit
+    assert not torch.isnan(_checkpoint(full)["modules"]["sparsity"]["activation_0"]).any()
+    rbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+
+
 def test_rbm_resume_to_more_epochs(rbm_quality, data, tmp_path):
     """A 1-epoch run resumed with --epochs 3 equals a 3-epoch run (rate re-planned from the epoch counter)."""
     opts = [*RBM_ARGS, "--data", data, "--optimizer", "sgd", "--lr", "0.05"]

@@ -6,7 +6,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl import load_checkpoint, save_checkpoint
-from dgm_ppl.energy import DBM, PersistentChains, SparsityTarget, max_norm_
+from dgm_ppl.energy import DBM, BernoulliRBM, PersistentChains, SparsityTarget, max_norm_
 from dgm_ppl.infer import train
 
 
@@ -86,7 +86,7 @@ def _grads(dbm, chains, data, **kwargs):
     loss = Trace_ELBO().loss_and_grads(_model(dbm, chains, len(data), **kwargs), lambda batch: None, data)
     grads = {k: p.grad.clone() for k, p in dbm.named_parameters()}
     dbm.zero_grad()
-    dbm.pending_hidden_means = None  # a centered DBM's offset move would change the next call's parameters
+    dbm.pending_hidden_means = None  # a centered model's offset move would change the next call's parameters
     return loss, grads
 
 
@@ -154,3 +154,39 @@ def test_dbm_refuses_a_sparsity_target_of_other_layers_and_checkpoints_it(tmp_pa
     fresh = SparsityTarget([4, 3], targets=0.1, costs=1.0)
     load_checkpoint(path, {"dbm": DBM([6, 4, 3]), "sparsity": fresh})
     assert all(torch.equal(a, b) for a, b in zip(fresh.activations(), sparsity.activations()))
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_rbm_sparsity_gradient_is_the_closed_form(centered):
+    torch.manual_seed(3)
+    rbm = BernoulliRBM(6, 4, centered=centered)
+    with torch.no_grad():
+        for p in rbm.parameters():
+            p.normal_(0, 0.7)
+    data = (torch.rand(10, 6) < 0.6).float()
+    chains = PersistentChains(rbm, num_chains=7, steps=1)
+    twin = PersistentChains(rbm, num_chains=7, steps=1)
+    twin.load_state_dict(chains.state_dict())
+    sparsity = SparsityTarget([4], targets=0.1, costs=0.2)
+    torch.manual_seed(4)
+    loss_plain, plain = _grads(rbm, chains, data)
+    torch.manual_seed(4)
+    loss_sparse, sparse = _grads(rbm, twin, data, sparsity=sparsity)
+    assert loss_sparse == pytest.approx(loss_plain, rel=1e-6)
+    with torch.no_grad():
+        probs = torch.sigmoid(rbm.hidden_preactivation(data))
+    (q,) = sparsity.activations()
+    assert torch.allclose(q, probs.mean(0), atol=1e-6)
+    d = 0.2 * (q - 0.1)
+    assert torch.allclose(sparse["hidden_bias"] - plain["hidden_bias"], len(data) * d, atol=1e-5)
+    if not centered:
+        expected = len(data) * torch.outer(data.mean(0), d)
+        assert torch.allclose(sparse["weight"] - plain["weight"], expected, atol=1e-5)
+        assert torch.allclose(sparse["visible_bias"], plain["visible_bias"])
+
+
+def test_rbm_sparsity_target_checks_its_layer():
+    rbm = BernoulliRBM(6, 4)
+    chains = PersistentChains(rbm, num_chains=5)
+    with pytest.raises(ValueError, match="hidden layers are \\[4\\]"):
+        rbm.distribution(chains, sparsity=SparsityTarget([3], targets=0.1, costs=1.0))

@@ -20,7 +20,7 @@ from .partition import (
     exact_log_partition,
     reverse_ais_log_partition,
 )
-from .protocol import AnnealingPath, EnergyModel, Enumeration, FreeEnergyModel
+from .protocol import AnnealingPath, EnergyModel, Enumeration, FreeEnergyModel, HiddenInputModel
 from .rbm import RBM, BernoulliRBM, GaussianBernoulliRBM, RBMParams
 from .regularization import SparsityTarget, max_norm_
 from .rnn_rbm import RNNRBM, RNNRBMFrameDistribution, RNNRBMParams
@@ -72,6 +72,7 @@ __all__ = [
     "average_log_likelihood",
     "EnergyModel",
     "FreeEnergyModel",
+    "HiddenInputModel",
     "AnnealingPath",
     "Enumeration",
 ]

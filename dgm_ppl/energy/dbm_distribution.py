@@ -59,28 +59,24 @@ class DBMDistribution(EnergyBasedDistribution):
             raise TypeError(
                 f"a DBM needs PersistentChains(dbm, ...) for its negative phase, got {type(chains).__name__}"
             )
-        if sparsity is not None and sparsity.layer_sizes != list(model.layer_sizes[1:]):
-            raise ValueError(
-                f"the sparsity target covers layers of sizes {sparsity.layer_sizes}, the DBM's hidden layers are "
-                f"{list(model.layer_sizes[1:])}"
-            )
         self.mean_field_iters, self.mean_field_tol = mean_field_iters, mean_field_tol
-        self.sparsity = sparsity
         super().__init__(
             model,
             chains,
             params=params,
             sample_steps=sample_steps,
+            sparsity=sparsity,
             batch_shape=batch_shape,
             validate_args=validate_args,
         )
 
     def _options(self) -> dict:
         options = super()._options()
-        options.update(
-            mean_field_iters=self.mean_field_iters, mean_field_tol=self.mean_field_tol, sparsity=self.sparsity
-        )
+        options.update(mean_field_iters=self.mean_field_iters, mean_field_tol=self.mean_field_tol)
         return options
+
+    def _hidden_sizes(self) -> list[int]:
+        return list(self.model.layer_sizes[1:])
 
     def log_prob(self, value: Tensor) -> Tensor:
         """The bound minus ``log_z``, with the gradient of Algorithm 20.1 (see the class notes).

@@ -40,6 +40,7 @@ from torch import Size, Tensor
 from ..infer.errors import DivergenceError
 from .chains import NegativePhase
 from .protocol import FreeEnergyModel
+from .regularization import SparsityTarget
 
 __all__ = ["EnergyBasedDistribution", "check_value"]
 
@@ -72,11 +73,16 @@ def check_value(model, value: Tensor, batch_shape: Size, event_shape: Size) -> N
 
 
 class EnergyBasedDistribution(TorchDistribution):
-    """Distribution of the visible units of an RBM, as used by ``pyro.sample``.
+    r"""Distribution of the visible units of an energy-based model, as used by ``pyro.sample``.
 
     :param model: the energy-based model (e.g. :class:`~dgm_ppl.energy.BernoulliRBM`).
     :param chains: its negative phase (:class:`~dgm_ppl.energy.PersistentChains`, ...).
     :param sample_steps: Gibbs sweeps for :meth:`sample`, started from the chains' states.
+    :param sparsity: a :class:`~dgm_ppl.energy.SparsityTarget` over the hidden layer (models with
+        ``hidden_preactivation``, e.g. the RBMs): each call with gradients enabled folds the batch mean of the
+        data's hidden probabilities into its running activation :math:`q` and subtracts its surrogate (value 0)
+        once per datum, so the gradient also holds :math:`-\lambda (q - p)` through the hidden pre-activations
+        :math:`c + s(v)^\top W`.
     """
 
     arg_constraints: dict = {}
@@ -89,6 +95,7 @@ class EnergyBasedDistribution(TorchDistribution):
         *,
         params=None,
         sample_steps: int = 100,
+        sparsity: SparsityTarget | None = None,
         batch_shape: Size | tuple = (),
         validate_args: bool | None = None,
     ):
@@ -98,7 +105,23 @@ class EnergyBasedDistribution(TorchDistribution):
             raise ValueError("these chains belong to a different model")
         self.model, self.chains, self.sample_steps = model, chains, sample_steps
         self.params = model.params() if params is None else params
+        if sparsity is not None:
+            sizes = self._hidden_sizes()
+            if sparsity.layer_sizes != sizes:
+                raise ValueError(
+                    f"the sparsity target covers layers of sizes {sparsity.layer_sizes}, the model's hidden layers "
+                    f"are {sizes}"
+                )
+        self.sparsity = sparsity
         super().__init__(Size(batch_shape), Size((model.n_visible,)), validate_args=validate_args)
+
+    def _hidden_sizes(self) -> list[int]:
+        """The sizes of the hidden layers a sparsity target covers (subclasses with other layers override)."""
+        if not hasattr(self.model, "hidden_preactivation"):
+            raise TypeError(
+                f"a sparsity target needs a model with hidden_preactivation, not {type(self.model).__name__}"
+            )
+        return [self.model.n_hidden]
 
     @property
     def support(self):
@@ -106,7 +129,7 @@ class EnergyBasedDistribution(TorchDistribution):
 
     def _options(self) -> dict:
         """Constructor keywords that :meth:`expand` carries over (subclasses add theirs)."""
-        return {"params": self.params, "sample_steps": self.sample_steps}
+        return {"params": self.params, "sample_steps": self.sample_steps, "sparsity": self.sparsity}
 
     def expand(self, batch_shape, _instance=None) -> EnergyBasedDistribution:
         return type(self)(
@@ -155,6 +178,9 @@ class EnergyBasedDistribution(TorchDistribution):
         if validate:
             check_negative_phase(s)
         self.chains.after_negative_phase(probs=probs[n:])
+        if self.sparsity is not None:
+            self.sparsity.update([probs[:n].mean(0)])
+            out = out - self.sparsity.surrogate([model.hidden_preactivation(flat.mean(0), params=p)])
         if model.centered:
             # deferred: applied by the model's next forward(), before the parameters enter a new graph
             model.update_offsets(probs[:n].mean(0), defer=True)

@@ -38,7 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["EnergyModel", "FreeEnergyModel", "AnnealingPath", "Enumeration"]
+__all__ = ["EnergyModel", "FreeEnergyModel", "HiddenInputModel", "AnnealingPath", "Enumeration"]
 
 
 @dataclass(frozen=True)
@@ -219,4 +219,16 @@ class FreeEnergyModel(EnergyModel, Protocol):
         r"""The SML surrogate of the rows of 2-D ``v`` (``num_data`` data rows, then chain states): the data
         rows' :math:`-F` with the SML gradient, the chains' mean :math:`-F` and the hidden probabilities
         of all rows (both without gradient)."""
+        ...
+
+
+@runtime_checkable
+class HiddenInputModel(FreeEnergyModel, Protocol):
+    r"""A :class:`~dgm_ppl.energy.protocol.FreeEnergyModel` whose hidden units' total input given the visible ones is
+    available (the RBMs): what a :class:`~dgm_ppl.energy.SparsityTarget` needs."""
+
+    n_hidden: int
+
+    def hidden_preactivation(self, v: Tensor, *, params: Any = None) -> Tensor:
+        r"""The hidden units' total input :math:`c + s(v)^\top W` (the logits of :math:`p(h|v)`), differentiable."""
         ...
