@@ -175,6 +175,10 @@ def averaging_step(
     return after_step
 
 
+#: nats of log Z between forward and reverse AIS above which a score line carries a ``warning``
+AIS_DISAGREEMENT = 1.0
+
+
 def ais_score(
     model,
     label: str,
@@ -215,4 +219,13 @@ def ais_score(
             reverse_ais_log_z=round(rev.log_z, 3),
             **{f"reverse_ais_{key}": round(average_log_likelihood(model, test_x, rev.log_z), 3)},
         )
+        gap = rev.log_z - ais.log_z
+        if abs(gap) > AIS_DISAGREEMENT:
+            # forward AIS is a stochastic lower bound on log Z, reverse AIS from the chains an upper one: far apart,
+            # either AIS did not anneal, or (forward above reverse) the chains have missed a mode that AIS found
+            record["warning"] = (
+                f"forward and reverse AIS disagree on log Z by {gap:+.2f} nats (reverse - forward): the score is not "
+                + ("reliable; rescore with more --ais-chains and --ais-betas" if gap > 0 else "reliable; the chains "
+                   "may have missed a mode of the model that forward AIS found")
+            )  # fmt: skip
     emit(**record, **extra, ais_seconds=round(ais_seconds, 1), ais_betas=args.ais_betas, ais_chains=args.ais_chains)

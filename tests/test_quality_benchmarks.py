@@ -3,6 +3,7 @@ iterate averaging, save/load and the rbms peer, on a tiny random binary data set
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -141,6 +142,30 @@ def test_rbm_save_load_scores_raw_and_averaged(rbm_quality, data, tmp_path, caps
     rescored = [r for r in _records(capsys) if r["event"] == "score"]
     assert [r["model"] for r in rescored] == ["raw", "averaged"]
     assert rescored[1]["log_likelihood"] == pytest.approx(trained[1]["log_likelihood"], abs=1.0)
+
+
+@pytest.mark.parametrize("shift, warned", [(0.0, False), (3.0, True), (-3.0, True)])
+def test_score_warns_when_forward_and_reverse_ais_disagree(rbm_quality, data, monkeypatch, capsys, shift, warned):
+    """A reverse AIS log Z more than AIS_DISAGREEMENT nats from the forward one puts a warning in the score line."""
+    import _training
+
+    real_forward, forward = _training.ais_log_partition, {}
+
+    def recording_forward(*args, **kwargs):
+        forward["result"] = real_forward(*args, **kwargs)
+        return forward["result"]
+
+    def fake_reverse(*args, **kwargs):  # the forward estimate moved by `shift`
+        return dataclasses.replace(forward["result"], log_z=forward["result"].log_z + shift, reverse=True)
+
+    monkeypatch.setattr(_training, "ais_log_partition", recording_forward)
+    monkeypatch.setattr(_training, "reverse_ais_log_partition", fake_reverse)
+    opts = ["--hidden", "8", "--batch-size", "50", "--chains", "10", "--threads", "1", "--data", data]
+    rbm_quality.main([*opts, "--epochs", "1", "--ais-betas", "20", "--ais-chains", "4"])
+    (score,) = [r for r in _records(capsys) if r["event"] == "score"]
+    assert ("warning" in score) == warned
+    if warned:
+        assert ("missed a mode" in score["warning"]) == (shift < 0)
 
 
 def test_pt_ladder_reports_swap_rates(rbm_quality, data, tmp_path):
