@@ -81,6 +81,18 @@ def _model(dbm, chains, n, **kwargs):
     return model
 
 
+def _random_model_and_twin_chains(model):
+    """``model`` with N(0, 0.7) parameters, 10 random binary rows of 6 units, and two chains in the same state."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.7)
+    data = (torch.rand(10, 6) < 0.6).float()
+    chains = PersistentChains(model, num_chains=7, steps=1)
+    twin = PersistentChains(model, num_chains=7, steps=1)
+    twin.load_state_dict(chains.state_dict())
+    return model, data, chains, twin
+
+
 def _grads(dbm, chains, data, **kwargs):
     pyro.clear_param_store()
     loss = Trace_ELBO().loss_and_grads(_model(dbm, chains, len(data), **kwargs), lambda batch: None, data)
@@ -93,14 +105,7 @@ def _grads(dbm, chains, data, **kwargs):
 @pytest.mark.parametrize("centered", [False, True])
 def test_dbm_sparsity_gradient_is_the_closed_form(centered):
     torch.manual_seed(1)
-    dbm = DBM([6, 4, 3], centered=centered)
-    with torch.no_grad():
-        for p in dbm.parameters():
-            p.normal_(0, 0.7)
-    data = (torch.rand(10, 6) < 0.6).float()
-    chains = PersistentChains(dbm, num_chains=7, steps=1)
-    chains_copy = PersistentChains(dbm, num_chains=7, steps=1)
-    chains_copy.load_state_dict(chains.state_dict())
+    dbm, data, chains, chains_copy = _random_model_and_twin_chains(DBM([6, 4, 3], centered=centered))
     targets, costs = [0.2, 0.1], [0.3, 0.05]
     sparsity = SparsityTarget([4, 3], targets=targets, costs=costs)
     torch.manual_seed(2)
@@ -159,14 +164,7 @@ def test_dbm_refuses_a_sparsity_target_of_other_layers_and_checkpoints_it(tmp_pa
 @pytest.mark.parametrize("centered", [False, True])
 def test_rbm_sparsity_gradient_is_the_closed_form(centered):
     torch.manual_seed(3)
-    rbm = BernoulliRBM(6, 4, centered=centered)
-    with torch.no_grad():
-        for p in rbm.parameters():
-            p.normal_(0, 0.7)
-    data = (torch.rand(10, 6) < 0.6).float()
-    chains = PersistentChains(rbm, num_chains=7, steps=1)
-    twin = PersistentChains(rbm, num_chains=7, steps=1)
-    twin.load_state_dict(chains.state_dict())
+    rbm, data, chains, twin = _random_model_and_twin_chains(BernoulliRBM(6, 4, centered=centered))
     sparsity = SparsityTarget([4], targets=0.1, costs=0.2)
     torch.manual_seed(4)
     loss_plain, plain = _grads(rbm, chains, data)
