@@ -188,3 +188,12 @@ def test_rbm_sparsity_target_checks_its_layer():
     chains = PersistentChains(rbm, num_chains=5)
     with pytest.raises(ValueError, match="hidden layers are \\[4\\]"):
         rbm.distribution(chains, sparsity=SparsityTarget([3], targets=0.1, costs=1.0))
+
+
+def test_expand_keeps_the_sparsity_target():
+    rbm, dbm = BernoulliRBM(6, 4), DBM([6, 4, 3])
+    s_rbm, s_dbm = SparsityTarget([4], targets=0.1, costs=1.0), SparsityTarget([4, 3], targets=0.1, costs=1.0)
+    d_rbm = rbm.distribution(PersistentChains(rbm, num_chains=5), sparsity=s_rbm)
+    d_dbm = dbm.distribution(PersistentChains(dbm, num_chains=5), sparsity=s_dbm)
+    assert d_rbm.expand((3,)).sparsity is s_rbm and d_dbm.expand((3,)).sparsity is s_dbm
+    assert rbm.distribution(PersistentChains(rbm, num_chains=5)).expand((3,)).sparsity is None

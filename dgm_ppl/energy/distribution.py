@@ -129,7 +129,10 @@ class EnergyBasedDistribution(TorchDistribution):
 
     def _options(self) -> dict:
         """Constructor keywords that :meth:`expand` carries over (subclasses add theirs)."""
-        return {"params": self.params, "sample_steps": self.sample_steps, "sparsity": self.sparsity}
+        options = {"params": self.params, "sample_steps": self.sample_steps}
+        if self.sparsity is not None:  # only the subclasses that take a sparsity target can have one
+            options["sparsity"] = self.sparsity
+        return options
 
     def expand(self, batch_shape, _instance=None) -> EnergyBasedDistribution:
         return type(self)(
