@@ -197,3 +197,12 @@ def test_expand_keeps_the_sparsity_target():
     d_dbm = dbm.distribution(PersistentChains(dbm, num_chains=5), sparsity=s_dbm)
     assert d_rbm.expand((3,)).sparsity is s_rbm and d_dbm.expand((3,)).sparsity is s_dbm
     assert rbm.distribution(PersistentChains(rbm, num_chains=5)).expand((3,)).sparsity is None
+
+
+def test_a_sparsity_target_needs_a_model_with_hidden_inputs():
+    from dgm_ppl.energy import BoltzmannMachine, EnergyBasedDistribution
+
+    bm = BoltzmannMachine(4, 3)
+    chains = PersistentChains(bm, num_chains=5)
+    with pytest.raises(TypeError, match="HiddenInputModel"):
+        EnergyBasedDistribution(bm, chains, sparsity=SparsityTarget([3], targets=0.1, costs=1.0))

@@ -39,7 +39,7 @@ from torch import Size, Tensor
 
 from ..infer.errors import DivergenceError
 from .chains import NegativePhase
-from .protocol import FreeEnergyModel
+from .protocol import FreeEnergyModel, HiddenInputModel
 from .regularization import SparsityTarget
 
 __all__ = ["EnergyBasedDistribution", "check_value"]
@@ -78,11 +78,11 @@ class EnergyBasedDistribution(TorchDistribution):
     :param model: the energy-based model (e.g. :class:`~dgm_ppl.energy.BernoulliRBM`).
     :param chains: its negative phase (:class:`~dgm_ppl.energy.PersistentChains`, ...).
     :param sample_steps: Gibbs sweeps for :meth:`sample`, started from the chains' states.
-    :param sparsity: a :class:`~dgm_ppl.energy.SparsityTarget` over the hidden layer (models with
-        ``hidden_preactivation``, e.g. the RBMs): each call with gradients enabled folds the batch mean of the
-        data's hidden probabilities into its running activation :math:`q` and subtracts its surrogate (value 0)
-        once per datum, so the gradient also holds :math:`-\lambda (q - p)` through the hidden pre-activations
-        :math:`c + s(v)^\top W`.
+    :param sparsity: a :class:`~dgm_ppl.energy.SparsityTarget` over the hidden layer (a
+        :class:`~dgm_ppl.energy.protocol.HiddenInputModel`, e.g. the RBMs): each call with gradients enabled folds
+        the batch mean of the data's hidden probabilities into its running activation :math:`q` and subtracts its
+        surrogate (value 0) once per datum, so the gradient also holds :math:`-\lambda (q - p)` through the hidden
+        pre-activations :math:`c + s(v)^\top W`.
     """
 
     arg_constraints: dict = {}
@@ -117,10 +117,8 @@ class EnergyBasedDistribution(TorchDistribution):
 
     def _hidden_sizes(self) -> list[int]:
         """The sizes of the hidden layers a sparsity target covers (subclasses with other layers override)."""
-        if not hasattr(self.model, "hidden_preactivation"):
-            raise TypeError(
-                f"a sparsity target needs a model with hidden_preactivation, not {type(self.model).__name__}"
-            )
+        if not isinstance(self.model, HiddenInputModel):
+            raise TypeError(f"a sparsity target needs a HiddenInputModel (an RBM), not {type(self.model).__name__}")
         return [self.model.n_hidden]
 
     @property
