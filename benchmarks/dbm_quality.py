@@ -50,6 +50,11 @@ Options beyond the model and optimizer settings:
   averaged DBM and the config; ``--load PATH`` scores it (both models) on ``--split``. ``--no-score``
   skips AIS.
 
+Every epoch line also carries ``dead_units``: per hidden layer, the fraction of units whose mean-field mean on the
+first 1,000 training images is below 0.01, and ``dead_units_chain_activation``: the chains' mean activation of those
+units (``null`` when none is dead). A unit the data never turns on but the chains do is pushed further down by the SML
+gradient.
+
 Prints one JSON line per epoch and one per score (``model`` = ``raw`` or ``averaged``).
 """
 
@@ -84,6 +89,22 @@ from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import DBM, PersistentChains
 from dgm_ppl.infer import train
 from dgm_ppl.optim import Adam
+
+DEAD_UNIT = 0.01  # a hidden unit whose mean activation on the data is below this is counted as dead
+PROBE_IMAGES = 1000
+
+
+@torch.no_grad()
+def dead_units(dbm, chains, probe, mean_field_iters: int) -> dict:
+    """Per hidden layer, the fraction of dead units (mean-field mean on ``probe`` below ``DEAD_UNIT``) and the
+    chains' mean activation of those units. Deterministic: draws no random numbers, so a resumed run is unchanged."""
+    means = dbm.mean_field(probe, num_iters=mean_field_iters, tol=None)
+    fractions, chain_activation = [], []
+    for mean, states in zip(means, chains.states()[1:]):
+        dead = mean.mean(0) < DEAD_UNIT
+        fractions.append(round(float(dead.float().mean()), 3))
+        chain_activation.append(round(float(states.mean(0)[dead].mean()), 4) if bool(dead.any()) else None)
+    return {"dead_units": fractions, "dead_units_chain_activation": chain_activation}
 
 
 def parse_args(argv=None):
@@ -267,9 +288,10 @@ def train_dbm(args, dbm, train_x, n, common, run):
             progress=args.progress,
         )
         run["pretrain_seconds"] = time.perf_counter() - t0
-        emit(**common, event="pretrained", seconds=round(run["pretrain_seconds"], 1))
         init = train_x[torch.randperm(n, device=device)[: args.chains]]
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
+        activity = dead_units(dbm, chains, train_x[:PROBE_IMAGES], args.mean_field_iters)
+        emit(**common, event="pretrained", seconds=round(run["pretrain_seconds"], 1), **activity)
     modules = optional_modules(dbm=dbm, chains=chains, avg=avg, sparsity=sparsity)
 
     def model(batch):
@@ -310,6 +332,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
             loss=round(loss, 3),
             averaged=run["averaged"],
             seconds=round(run["train_seconds"], 1),
+            **dead_units(dbm, chains, train_x[:PROBE_IMAGES], args.mean_field_iters),
         )
         if args.checkpoint:
             save_checkpoint(args.checkpoint, modules, optim, run=dict(run), config=vars(args))

@@ -217,6 +217,28 @@ def test_dbm_max_norm_and_sparsity_target_hold_and_resume_exactly(dbm_quality, d
     _assert_same_run(full, part)
 
 
+def test_dbm_dead_units_counts_units_the_data_never_turns_on(dbm_quality, data, tmp_path, capsys):
+    from dgm_ppl.energy import DBM, PersistentChains
+
+    torch.manual_seed(0)
+    dbm = DBM([784, 12, 8])
+    with torch.no_grad():
+        dbm.bias_2[:4] = -30.0  # four of the eight top units can never turn on
+    chains = PersistentChains(dbm, num_chains=20)
+    with torch.no_grad():  # the chains turn two of the four on, the rest off
+        h2 = torch.zeros(20, 8)
+        h2[:, :2] = 1.0
+        chains.state[:, -8:] = h2
+    probe = (torch.rand(30, 784) < 0.3).float()
+    report = dbm_quality.dead_units(dbm, chains, probe, mean_field_iters=5)
+    assert report["dead_units"] == [0.0, 0.5]
+    assert report["dead_units_chain_activation"] == [None, 0.5]
+    # and each epoch line carries it
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "1", "--no-score"])
+    (epoch,) = [r for r in _records(capsys) if r.get("event") == "epoch"]
+    assert len(epoch["dead_units"]) == 2 and all(0 <= f <= 1 for f in epoch["dead_units"])
+
+
 def test_dbm_resume_from_saved_file_trains_further(dbm_quality, data, tmp_path, capsys):
     """--resume with a --save file keeps its former meaning: that DBM and chains, a fresh optimizer."""
     saved = str(tmp_path / "dbm.pt")
