@@ -259,6 +259,7 @@ def check_loss_change(args, epoch: int, previous: float | None, loss: float, com
 def train_dbm(args, dbm, train_x, n, common, run):
     device = train_x.device
     steps_per_epoch = math.ceil(n / args.batch_size)
+    probe = train_x[:PROBE_IMAGES]  # the fixed images on which dead units are counted
     sparsity = sparsity_target(args, list(dbm.layer_sizes[1:]), device)
     # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
     optim = Adam({"lr": args.lr, "weight_decay": args.weight_decay * n})
@@ -290,7 +291,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
         run["pretrain_seconds"] = time.perf_counter() - t0
         init = train_x[torch.randperm(n, device=device)[: args.chains]]
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
-        activity = dead_units(dbm, chains, train_x[:PROBE_IMAGES], args.mean_field_iters)
+        activity = dead_units(dbm, chains, probe, args.mean_field_iters)
         emit(**common, event="pretrained", seconds=round(run["pretrain_seconds"], 1), **activity)
     modules = optional_modules(dbm=dbm, chains=chains, avg=avg, sparsity=sparsity)
 
@@ -332,7 +333,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
             loss=round(loss, 3),
             averaged=run["averaged"],
             seconds=round(run["train_seconds"], 1),
-            **dead_units(dbm, chains, train_x[:PROBE_IMAGES], args.mean_field_iters),
+            **dead_units(dbm, chains, probe, args.mean_field_iters),
         )
         if args.checkpoint:
             save_checkpoint(args.checkpoint, modules, optim, run=dict(run), config=vars(args))
