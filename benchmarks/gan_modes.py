@@ -69,7 +69,11 @@ Options:
   final generator, frozen, and score again as ``drs_refit``; with ``--drs-critic W [W ...]`` those N steps
   train a fresh critic with these hidden widths instead (a sharper density-ratio estimate than the training
   discriminator, at the cost of discriminator-only steps), and the record has its seconds as ``drs_refit_s``;
-- ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``, ``--out FILE``.
+- ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``, ``--out FILE``;
+- ``--resume`` (with ``--out``): a stopped sweep continues. The runs that ``--out`` already holds under the same
+  settings (every option but ``--datasets``, ``--losses``, ``--seeds`` and ``--first-seed``) are not run again but
+  reused in the summaries (each is announced by a ``reused`` line); the others run and are appended. Each run is a
+  few minutes, so a sweep, not a run, is what resumes.
 
 Prints one JSON line per run (with ``wall_s``, ``steps_done``, ``steps_per_s``, ``stopped_early`` and the
 hyperparameters) and one summary line per (data set, loss) with mean and standard deviation over the seeds and
@@ -398,6 +402,50 @@ def mean_std(values):
     return round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
 
 
+# The options that only choose which runs a sweep makes: a run of another sweep with the same settings is reusable.
+SWEEP_OPTIONS = ("datasets", "losses", "seeds", "first_seed")
+
+
+def drop_cut_off_line(path) -> None:
+    """Truncate ``path`` after its last newline: a sweep killed while writing leaves a partial line there."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
+def finished_runs(path, config) -> dict:
+    """The run records in the JSON-lines file ``path`` written under ``config``, by (data set, loss, seed).
+
+    A record counts when the last ``config`` line before it equals ``config`` in every option but the sweep's grid
+    (``SWEEP_OPTIONS``): every run is seeded on its own, so a reused record is the one the run would write again (its
+    ``wall_s`` aside). A missing file holds none.
+    """
+    try:
+        lines = open(path).read().splitlines()
+    except FileNotFoundError:
+        return {}
+    settings = {k: v for k, v in config.items() if k not in SWEEP_OPTIONS}
+    runs, matching = {}, False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: not a JSON line ({err}); cannot resume from it") from None
+        if record.get("event") == "config":
+            # JSON turns tuples into lists: compare through the same round trip
+            written = {k: v for k, v in record.items() if k not in ("benchmark", "event", *SWEEP_OPTIONS)}
+            matching = written == json.loads(json.dumps(settings))
+        elif matching and "event" not in record and record.get("benchmark") == "gan_modes":
+            runs[(record["dataset"], record["loss"], record["seed"])] = record
+    return runs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
@@ -443,7 +491,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     ap.add_argument("--out", help="also append the JSON lines to this file")
+    ap.add_argument(
+        "--resume", action="store_true",
+        help="with --out: reuse the runs that --out already holds under the same settings (a stopped sweep continues)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.resume and not args.out:
+        ap.error("--resume needs --out, the file of the sweep to continue")
     if args.rejection is not None and (
         set(args.losses) != {"gan"} or args.kind not in (None, "minimax", "nonsaturating")
     ):
@@ -451,16 +505,24 @@ def main():
     if args.drs_critic and not (args.rejection is not None and args.drs_d_steps > 0):
         ap.error("--drs-critic needs --rejection and --drs-d-steps N > 0 (the refit trains it)")
     torch.set_num_threads(args.threads)
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress", "resume")}
+    done = {}
+    if args.resume:
+        drop_cut_off_line(args.out)
+        done = finished_runs(args.out, config)
     out = open(args.out, "a") if args.out else None
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
     emit(dict(benchmark="gan_modes", event="config", **config), out)
     try:
         for dataset in args.datasets:
             for name in args.losses:
                 runs = []
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
-                    record = run(dataset, name, seed, args, not args.no_progress)
-                    emit(record, out)
+                    record = done.get((dataset, name, seed))
+                    if record is None:
+                        record = run(dataset, name, seed, args, not args.no_progress)
+                        emit(record, out)
+                    else:
+                        emit(dict(benchmark="gan_modes", event="reused", dataset=dataset, loss=name, seed=seed))
                     runs.append(record)
                 summary = dict(benchmark="gan_modes", event="summary", dataset=dataset, loss=name, runs=len(runs))
                 for key in ("modes", "high_quality", "reverse_kl", "wall_s"):

@@ -160,3 +160,42 @@ def test_gan_modes_discriminator_widths_layer_by_layer(monkeypatch, capsys):
     records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--d-hidden", "16")
     (run,) = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
     assert run["d_widths"] == [16, 16]
+
+
+def test_gan_modes_resume_reuses_the_finished_runs_of_a_stopped_sweep(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    args = ["--no-progress", "--steps", "5", "--samples", "100", "--train-size", "1000", "--seeds", "2",
+            "--datasets", "ring", "--losses", "gan", "--out", str(out)]  # fmt: skip
+    full = run_main(monkeypatch, capsys, *args)
+    first, second = [r for r in full if r.get("benchmark") == "gan_modes" and "event" not in r]
+    # the sweep stopped during its second run: the file holds the config line, the first run and a cut-off line
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    resumed = run_main(monkeypatch, capsys, *args, "--resume")
+    assert [r["seed"] for r in resumed if r.get("event") == "reused"] == [0]
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # the cut-off line was dropped
+    assert [r["seed"] for r in records if r.get("benchmark") == "gan_modes" and "event" not in r] == [0, 1]
+    (rerun,) = [r for r in resumed if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert rerun["seed"] == 1
+    for key in ("modes", "high_quality", "reverse_kl", "steps_done"):
+        assert rerun[key] == second[key]
+    (summary,) = [r for r in resumed if r.get("event") == "summary"]
+    (summary_full,) = [r for r in full if r.get("event") == "summary"]
+    for key in ("modes", "high_quality", "reverse_kl", "on_target", "runs"):
+        assert summary[key] == summary_full[key]
+    # other settings: nothing is reused
+    other = run_main(monkeypatch, capsys, *args, "--resume", "--steps", "4")
+    assert not any(r.get("event") == "reused" for r in other)
+    assert sum(r.get("benchmark") == "gan_modes" and "event" not in r for r in other) == 2
+
+
+def test_gan_modes_resume_needs_out_and_refuses_a_corrupt_file(monkeypatch, capsys, tmp_path):
+    args = ["--no-progress", "--steps", "2", "--samples", "100", "--train-size", "1000", "--seeds", "1",
+            "--datasets", "ring", "--losses", "gan"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        run_main(monkeypatch, capsys, *args, "--resume")
+    assert "--resume needs --out" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"event": "config"\n{"benchmark": "gan_modes"}\n')
+    with pytest.raises(ValueError, match="line 1: not a JSON line"):
+        run_main(monkeypatch, capsys, *args, "--out", str(bad), "--resume")
