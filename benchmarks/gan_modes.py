@@ -425,7 +425,8 @@ def finished_runs(path, config) -> dict:
     ``wall_s`` aside). A missing file holds none.
     """
     try:
-        lines = open(path).read().splitlines()
+        with open(path) as f:
+            lines = f.read().splitlines()
     except FileNotFoundError:
         return {}
     settings = {k: v for k, v in config.items() if k not in SWEEP_OPTIONS}
