@@ -69,7 +69,8 @@ Options:
   final generator, frozen, and score again as ``drs_refit``; with ``--drs-critic W [W ...]`` those N steps
   train a fresh critic with these hidden widths instead (a sharper density-ratio estimate than the training
   discriminator, at the cost of discriminator-only steps), and the record has its seconds as ``drs_refit_s``;
-- ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``, ``--out FILE``;
+- ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``; ``--out FILE`` (a line
+  that a killed sweep left cut off at its end is dropped before appending);
 - ``--resume`` (with ``--out``): a stopped sweep continues. The runs that ``--out`` already holds under the same
   settings (every option but ``--datasets``, ``--losses``, ``--seeds`` and ``--first-seed``) are not run again but
   reused in the summaries (each is announced by a ``reused`` line); the others run and are appended. Each run is a
@@ -429,7 +430,8 @@ def finished_runs(path, config) -> dict:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return {}
-    settings = {k: v for k, v in config.items() if k not in SWEEP_OPTIONS}
+    # JSON turns tuples into lists: compare through the same round trip
+    settings = json.loads(json.dumps({k: v for k, v in config.items() if k not in SWEEP_OPTIONS}))
     runs, matching = {}, False
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -439,9 +441,8 @@ def finished_runs(path, config) -> dict:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}, line {number}: not a JSON line ({err}); cannot resume from it") from None
         if record.get("event") == "config":
-            # JSON turns tuples into lists: compare through the same round trip
             written = {k: v for k, v in record.items() if k not in ("benchmark", "event", *SWEEP_OPTIONS)}
-            matching = written == json.loads(json.dumps(settings))
+            matching = written == settings
         elif matching and "event" not in record and record.get("benchmark") == "gan_modes":
             runs[(record["dataset"], record["loss"], record["seed"])] = record
     return runs
@@ -507,10 +508,9 @@ def main():
         ap.error("--drs-critic needs --rejection and --drs-d-steps N > 0 (the refit trains it)")
     torch.set_num_threads(args.threads)
     config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress", "resume")}
-    done = {}
-    if args.resume:
-        drop_cut_off_line(args.out)
-        done = finished_runs(args.out, config)
+    if args.out:
+        drop_cut_off_line(args.out)  # before appending, resumed or not: a new line must not join a partial one
+    done = finished_runs(args.out, config) if args.resume else {}
     out = open(args.out, "a") if args.out else None
     emit(dict(benchmark="gan_modes", event="config", **config), out)
     try:
