@@ -30,6 +30,12 @@ Options beyond the model and optimizer settings:
   ``lr + (final - lr) e/(P-1)`` with P the planned epochs.
 * ``--steps-schedule START END``: Gibbs sweeps per update rising linearly (rounded) from START in the
   first epoch to END in the last planned one (replaces ``--steps``).
+* ``--matmul-dtype bfloat16``: the matrix products of the chains' sweeps and of the SML gradient in bfloat16
+  (``BernoulliRBM(..., matmul_dtype=torch.bfloat16)``); the parameters, the optimizer and the AIS scoring stay
+  in float32.
+* ``--fast-weights LR``: fast-weights PCD (``dgm_ppl.energy.FastPersistentChains``, Tieleman & Hinton 2009):
+  the chains sample under the parameters plus fast weights that follow the SML gradient at the constant SGD
+  rate LR and decay by ``--fast-decay`` (default 0.95) every update.
 * ``--parallel-tempering K``: K replicas (betas ``--pt-spacing`` linear from 0 or geometric from
   ``--pt-min-beta``, on the path from the data's base-rate model) instead of persistent chains.
 * ``--average-from F``: average the iterates from fraction F of the planned updates on (0.5: the last
@@ -90,6 +96,7 @@ from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import (
     BernoulliRBM,
+    FastPersistentChains,
     ParallelTempering,
     PersistentChains,
 )
@@ -111,6 +118,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--steps-schedule", type=int, nargs=2, metavar=("START", "END"), help="sweeps rising linearly over training"
     )
+    ap.add_argument("--fast-weights", type=float, default=0.0, metavar="LR", help="FPCD with fast rate LR (0: off)")
+    ap.add_argument("--fast-decay", type=float, default=0.95, help="the fast weights' decay per update (FPCD)")
     ap.add_argument("--parallel-tempering", type=int, default=0, metavar="K", help="K tempered replicas (K >= 2)")
     ap.add_argument("--pt-spacing", choices=["linear", "geometric"], default="linear")
     ap.add_argument("--pt-min-beta", type=float, default=None, help="lowest beta (default 0; geometric: 0.05)")
@@ -121,6 +130,9 @@ def parse_args(argv=None):
     ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
     ap.add_argument("--weight-decay", type=float, default=1e-5, help="per datum (L2 on all parameters)")
     ap.add_argument("--no-center", action="store_true")
+    ap.add_argument(
+        "--matmul-dtype", choices=["bfloat16", "float16"], help="precision of the training path's matrix products"
+    )
     add_regularizer_args(ap)
     ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
@@ -147,6 +159,10 @@ def parse_args(argv=None):
         ap.error("--average-from must be in [0, 1)")
     if args.steps_schedule and min(args.steps_schedule) < 1:
         ap.error("--steps-schedule needs positive sweep counts")
+    if args.fast_weights < 0 or not 0 <= args.fast_decay < 1:
+        ap.error("--fast-weights needs a rate >= 0 and --fast-decay one in [0, 1)")
+    if args.fast_weights and args.parallel_tempering:
+        ap.error("--fast-weights and --parallel-tempering are two different negative phases: choose one")
     check_regularizer_args(ap, args)
     return args
 
@@ -156,11 +172,21 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------------------------ models
 def make_chains(rbm, args, train_x, config=None):
-    """PersistentChains, or ParallelTempering with ``--parallel-tempering`` (settings from ``config`` if given)."""
+    """PersistentChains, FastPersistentChains with ``--fast-weights``, or ParallelTempering with
+    ``--parallel-tempering`` (settings from ``config`` if given)."""
     cfg = config or vars(args)
     n = train_x.shape[0]
     init = train_x[torch.randperm(n, device=train_x.device)[: cfg["chains"]]]
     k = cfg.get("parallel_tempering") or 0
+    if cfg.get("fast_weights"):
+        return FastPersistentChains(
+            rbm,
+            num_chains=cfg["chains"],
+            steps=cfg.get("steps", 1),
+            init=init,
+            fast_lr=cfg["fast_weights"],
+            fast_decay=cfg.get("fast_decay", 0.95),
+        )
     if not k:
         return PersistentChains(rbm, num_chains=cfg["chains"], steps=cfg.get("steps", 1), init=init)
     spacing, lo = cfg.get("pt_spacing", "linear"), cfg.get("pt_min_beta")
@@ -284,7 +310,10 @@ def main(argv=None):
         saved = torch.load(args.load, map_location=device, weights_only=False)
         config = {**config, **saved["config"]}
         common["hidden"] = config["hidden"]
-    rbm = BernoulliRBM(784, config["hidden"], centered=not config["no_center"], name="rbm").to(device)
+    low = config.get("matmul_dtype")
+    rbm = BernoulliRBM(
+        784, config["hidden"], centered=not config["no_center"], name="rbm", matmul_dtype=low and getattr(torch, low)
+    ).to(device)
     rbm.init_from_data(train_x)
     chains = make_chains(rbm, args, train_x, config)
     avg = None

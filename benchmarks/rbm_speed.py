@@ -7,7 +7,10 @@
 2. ``raw`` / ``raw_sgd``: a hand-written PyTorch loop doing the same arithmetic (same matrix products,
    same Gibbs sweep, same random draws in the same order, the closed-form SML gradient) with one
    ``torch.optim.Adam`` / ``torch.optim.SGD``.
-3. ``sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, plain SGD) with the same batch size, timed
+3. ``svi_bf16`` / ``raw_bf16``: the same two with the matrix products of the sweep and of the gradient in bfloat16
+   (``BernoulliRBM(..., matmul_dtype=torch.bfloat16)``; by hand, the operands cast to bfloat16 and the products
+   back to float32), everything else in float32.
+4. ``sklearn``: scikit-learn's ``BernoulliRBM`` (PCD-1, plain SGD) with the same batch size, timed
    after the interleaved epochs.
 
 Each epoch is timed twice: wall clock, and the CPU time of this process (``cpu``), which is less
@@ -47,7 +50,12 @@ def svi_epoch(x, order, svi, batch_size, validate=True):
         yield svi.step(x[order[i : i + batch_size]])
 
 
-def raw_epoch(x, order, params, hidden, opt, batch_size):
+def _mm(a, b, low):
+    """``a @ b``, or the product of the operands cast to ``low``, back in ``a``'s dtype."""
+    return a @ b if low is None else (a.to(low) @ b.to(low)).to(a.dtype)
+
+
+def raw_epoch(x, order, params, hidden, opt, batch_size, low=None):
     """PCD-1 by hand, the same arithmetic as the SVI path: one sweep of the persistent chains
     (visible from the stored hidden sample), positive and negative phase in one matrix product,
     the loss value that ``svi.step`` returns, the closed-form SML gradient of that loss, and the
@@ -57,10 +65,10 @@ def raw_epoch(x, order, params, hidden, opt, batch_size):
     for i in range(0, n, batch_size):
         v = x[order[i : i + batch_size]]
         with torch.no_grad():
-            pv = torch.sigmoid(torch.addmm(b, hidden, w.T))
+            pv = torch.sigmoid(torch.addmm(b, hidden, w.T) if low is None else _mm(hidden, w.T, low).add_(b))
             negatives = torch.rand_like(pv).lt_(pv)
             both = torch.cat([v, negatives])
-            x_all = torch.addmm(c, both, w)
+            x_all = torch.addmm(c, both, w) if low is None else _mm(both, w, low).add_(c)
             neg_free = torch.addmv(torch.nn.functional.softplus(x_all).sum(-1), both, b)
             # loss = -(N/B) sum_batch [-F(v)]  (its SML gradient adds N * mean_chains grad(-F))
             weight = torch.cat(
@@ -72,7 +80,7 @@ def raw_epoch(x, order, params, hidden, opt, batch_size):
             loss = float((weight[: v.shape[0]] * neg_free[: v.shape[0]]).sum())
             ph = torch.sigmoid(x_all)
             g = ph * weight[:, None]
-            w.grad = both.T @ g
+            w.grad = _mm(both.T, g, low)
             b.grad = both.T @ weight
             c.grad = g.sum(0)
             ph_neg = ph[v.shape[0] :]
@@ -84,7 +92,8 @@ def raw_epoch(x, order, params, hidden, opt, batch_size):
 def make_svi(name, init, x, args, device, optim):
     """An RBM (initialized from ``init``), its chains and an SVI over a subsampled plate."""
     n = x.shape[0]
-    rbm = BernoulliRBM(784, args.hidden, name=name).to(device)
+    low = torch.bfloat16 if name.endswith("_bf16") else None
+    rbm = BernoulliRBM(784, args.hidden, name=name, matmul_dtype=low).to(device)
     chains = PersistentChains(rbm, num_chains=args.batch_size, steps=1)
     with torch.no_grad():
         for t, t0 in zip((rbm.weight, rbm.visible_bias, rbm.hidden_bias, chains.hidden), init):
@@ -147,6 +156,7 @@ def main():
     ap.add_argument("--skip-sgd", action="store_true", help="skip the SGD runs (svi_sgd, raw_sgd)")
     ap.add_argument("--skip-no-validation", action="store_true", help="skip the SVI run with validation off")
     ap.add_argument("--skip-dgm-optim", action="store_true", help="skip the SVI run with dgm_ppl.optim.Adam")
+    ap.add_argument("--skip-bf16", action="store_true", help="skip the bfloat16 runs (svi_bf16, raw_bf16)")
     ap.add_argument("--chunk", type=int, default=25, help="steps per timed chunk when interleaving")
     ap.add_argument("--profile", type=int, default=0, help="cProfile this many SVI steps first")
     args = ap.parse_args()
@@ -172,6 +182,7 @@ def main():
     impls = ["svi", "raw"]
     impls += [] if args.skip_no_validation else ["svi_no_validation"]
     impls += [] if args.skip_sgd else ["svi_sgd", "raw_sgd"]
+    impls += [] if args.skip_bf16 else ["svi_bf16", "raw_bf16"]
     try:
         from dgm_ppl.optim import Adam as MultiTensorAdam
     except ImportError:  # an older dgm_ppl
@@ -198,7 +209,9 @@ def main():
             if name.startswith("raw"):
                 w, b, c, hidden = (t.clone().requires_grad_(i < 3) for i, t in enumerate(init))
                 opt = torch.optim.SGD([w, b, c], lr=sgd_lr) if sgd else torch.optim.Adam([w, b, c], lr=args.lr)
-                loops[name], weights[name] = raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size), w
+                low = torch.bfloat16 if name.endswith("_bf16") else None
+                loops[name] = raw_epoch(x, order, (w, b, c), hidden, opt, args.batch_size, low)
+                weights[name] = w
             else:
                 if name == "svi_dgm_optim":
                     optim = MultiTensorAdam({"lr": args.lr})
@@ -274,6 +287,9 @@ def main():
             out["validation_share_of_step"] = round(med["svi"] / med["svi_no_validation"] - 1, 3)
         if "svi_sgd" in med:
             out["svi_sgd_over_raw_sgd"] = round(med["svi_sgd"] / med["raw_sgd"], 3)
+        if "svi_bf16" in med:
+            out["svi_bf16_over_raw_bf16"] = round(med["svi_bf16"] / med["raw_bf16"], 3)
+            out["svi_bf16_over_svi"] = round(med["svi_bf16"] / med["svi"], 3)
         if "svi_dgm_optim" in med:
             out["svi_dgm_optim_over_raw"] = round(med["svi_dgm_optim"] / med["raw"], 3)
         if "sklearn" in med:
@@ -286,6 +302,9 @@ def main():
 
     summary = dict(**common, impl="summary", wall=ratios(wall), cpu=ratios(cpu))
     summary["max_abs_weight_diff_svi_vs_raw"] = float((final["svi"] - final["raw"]).abs().max())
+    if "svi_bf16" in final:
+        summary["max_abs_weight_diff_svi_bf16_vs_raw_bf16"] = float((final["svi_bf16"] - final["raw_bf16"]).abs().max())
+        summary["max_abs_weight_diff_svi_bf16_vs_svi"] = float((final["svi_bf16"] - final["svi"]).abs().max())
     if "svi_sgd" in final:
         summary["max_abs_weight_diff_svi_sgd_vs_raw_sgd"] = float((final["svi_sgd"] - final["raw_sgd"]).abs().max())
     emit(**summary)

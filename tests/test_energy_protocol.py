@@ -232,7 +232,12 @@ def test_generic_modules_call_no_private_member_of_another_object(name):
 def _protocol_members() -> set[str]:
     members = set()
     for node in ast.walk(_tree("protocol.py")):
-        if isinstance(node, ast.ClassDef) and node.name in ("EnergyModel", "FreeEnergyModel", "HiddenInputModel"):
+        if isinstance(node, ast.ClassDef) and node.name in (
+            "EnergyModel",
+            "FreeEnergyModel",
+            "HiddenInputModel",
+            "FastWeightModel",
+        ):
             for item in node.body:
                 if isinstance(item, ast.FunctionDef):
                     members.add(item.name)

@@ -88,6 +88,21 @@ def test_rbm_max_norm_and_sparsity_target_hold_and_resume_exactly(rbm_quality, d
     _assert_same_run(full, part)
 
 
+def test_rbm_fast_weights_train_and_resume_exactly(rbm_quality, data, tmp_path):
+    """--fast-weights: FPCD chains whose fast weights are checkpointed and resumed bit for bit."""
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "3", "--fast-weights", "0.05", "--fast-decay", "0.9"]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    _, chains, _, _ = rbm_quality.main([*opts, "--checkpoint", full])
+    assert isinstance(chains, rbm_quality.FastPersistentChains)
+    assert (chains.fast_decay, chains.fast_lr) == (0.9, 0.05)
+    assert chains.fast_weight.abs().max() > 0
+    rbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+    with pytest.raises(SystemExit):
+        rbm_quality.parse_args([*opts, "--parallel-tempering", "3"])
+
+
 def test_rbm_resume_to_more_epochs(rbm_quality, data, tmp_path):
     """A 1-epoch run resumed with --epochs 3 equals a 3-epoch run (rate re-planned from the epoch counter)."""
     opts = [*RBM_ARGS, "--data", data, "--optimizer", "sgd", "--lr", "0.05"]

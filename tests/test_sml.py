@@ -11,6 +11,7 @@ from dgm_ppl.datasets import load_digits
 from dgm_ppl.energy import (
     BernoulliRBM,
     ContrastiveDivergence,
+    FastPersistentChains,
     GaussianBernoulliRBM,
     ParallelTempering,
     PersistentChains,
@@ -108,8 +109,9 @@ def test_log_prob_value_uses_latest_log_z():
         lambda rbm, x: PersistentChains(rbm, 100, init=x[:100]),
         lambda rbm, x: ContrastiveDivergence(rbm, steps=1),
         lambda rbm, x: ParallelTempering(rbm, 50, betas=5),
+        lambda rbm, x: FastPersistentChains(rbm, 100, init=x[:100], fast_lr=0.05),
     ],
-    ids=["pcd", "cd", "pt"],
+    ids=["pcd", "cd", "pt", "fpcd"],
 )
 @pytest.mark.parametrize("centered", [False, True])
 def test_svi_training_raises_exact_log_likelihood(make_chains, centered):

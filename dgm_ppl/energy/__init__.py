@@ -2,7 +2,7 @@
 general Boltzmann machines, their negative-phase samplers and partition functions."""
 
 from .boltzmann import BMParams, BoltzmannChains, BoltzmannDistribution, BoltzmannMachine
-from .chains import ContrastiveDivergence, NegativePhase, ParallelTempering, PersistentChains
+from .chains import ContrastiveDivergence, FastPersistentChains, NegativePhase, ParallelTempering, PersistentChains
 from .conditional_rbm import ConditionalRBM, ConditionalRBMDistribution, CRBMParams
 from .convolutional_rbm import ConvolutionalRBM, ConvolutionalRBMChains, ConvRBMParams
 from .dbm import DBM, DBMParams
@@ -20,7 +20,7 @@ from .partition import (
     exact_log_partition,
     reverse_ais_log_partition,
 )
-from .protocol import AnnealingPath, EnergyModel, Enumeration, FreeEnergyModel, HiddenInputModel
+from .protocol import AnnealingPath, EnergyModel, Enumeration, FastWeightModel, FreeEnergyModel, HiddenInputModel
 from .rbm import RBM, BernoulliRBM, GaussianBernoulliRBM, RBMParams
 from .regularization import SparsityTarget, max_norm_
 from .rnn_rbm import RNNRBM, RNNRBMFrameDistribution, RNNRBMParams
@@ -61,6 +61,7 @@ __all__ = [
     "max_norm_",
     "NegativePhase",
     "PersistentChains",
+    "FastPersistentChains",
     "ContrastiveDivergence",
     "ParallelTempering",
     "EnergyBasedDistribution",
@@ -73,6 +74,7 @@ __all__ = [
     "EnergyModel",
     "FreeEnergyModel",
     "HiddenInputModel",
+    "FastWeightModel",
     "AnnealingPath",
     "Enumeration",
 ]

@@ -10,6 +10,9 @@ The samplers here supply the states :math:`\tilde v` that estimate the second ex
 
 * :class:`PersistentChains` (PCD-k, Tieleman 2008): chains that persist across updates and
   advance ``steps`` block-Gibbs sweeps each time they are used.
+* :class:`FastPersistentChains` (FPCD, Tieleman & Hinton 2009): persistent chains that sample under the
+  parameters plus fast weights, which learn from the same gradient at a high rate and decay quickly, so that
+  the chains are pushed out of the modes they have just visited.
 * :class:`ContrastiveDivergence` (CD-k, Hinton 2002): chains restarted at the data batch.
 * :class:`ParallelTempering` (Desjardins et al. 2010): persistent replicas at inverse
   temperatures :math:`0 \le \beta_1 < \dots < \beta_T = 1` with replica-exchange swaps.
@@ -20,7 +23,8 @@ Advancing them never waits for the device: the flags that steer a sweep are mirr
 
 The samplers use the model only through the public members of
 :class:`~dgm_ppl.energy.protocol.FreeEnergyModel` (:class:`NegativePhase`, :class:`PersistentChains`,
-:class:`ContrastiveDivergence`, :class:`ParallelTempering` run on visible states). A model whose
+:class:`ContrastiveDivergence`, :class:`ParallelTempering` run on visible states;
+:class:`FastPersistentChains` also needs a :class:`~dgm_ppl.energy.protocol.FastWeightModel`). A model whose
 chains need more state names its own chain class in its ``chain_class`` attribute (the
 :class:`~dgm_ppl.energy.DBM` names :class:`~dgm_ppl.energy.DBMPersistentChains`);
 ``PersistentChains(model, ...)`` builds that class, as does ``model.persistent_chains(...)``.
@@ -32,9 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from ._ops import bernoulli
-from .protocol import EnergyModel, FreeEnergyModel
+from .protocol import EnergyModel, FastWeightModel, FreeEnergyModel
 
-__all__ = ["NegativePhase", "PersistentChains", "ContrastiveDivergence", "ParallelTempering"]
+__all__ = ["NegativePhase", "PersistentChains", "FastPersistentChains", "ContrastiveDivergence", "ParallelTempering"]
 
 
 class NegativePhase(nn.Module):
@@ -59,6 +63,16 @@ class NegativePhase(nn.Module):
     def after_negative_phase(self, hidden_input: Tensor | None = None, *, probs: Tensor | None = None) -> None:
         """Receives the hidden pre-activations, or the hidden probabilities ``probs``, of the returned
         negatives (computed for the gradient)."""
+
+    def after_phases(self, rows: Tensor, probs: Tensor, num_data: int, *, params=None) -> None:
+        """Receives both phases of an SML update: ``rows``, the data batch's ``num_data`` rows followed by the
+        returned negatives, and the hidden probabilities ``probs`` of all rows (computed for the gradient). By
+        default it passes the negatives' probabilities to :meth:`after_negative_phase`; samplers that learn from
+        the gradient (:class:`FastPersistentChains`) override it.
+
+        :param params: the model's parameters in standard form, as the gradient used them.
+        """
+        self.after_negative_phase(probs=probs[num_data:])
 
     def initial_samples(self, num_samples: int) -> Tensor:
         """Starting states for fresh sampling: the chains' states if there are any."""
@@ -147,6 +161,82 @@ class PersistentChains(NegativePhase):
     def initial_samples(self, num_samples: int) -> Tensor:
         idx = torch.arange(num_samples, device=self.state.device) % self.num_chains
         return self.state[idx].clone()
+
+
+class FastPersistentChains(PersistentChains):
+    r"""FPCD-k (Tieleman & Hinton 2009): persistent chains that sample under the parameters plus *fast weights*.
+
+    The fast weights :math:`\phi` (a shift of the standard-form :math:`(W, b, c)`) follow the same SML
+    gradient as the parameters :math:`\theta`, at a high rate :math:`\eta_f` and with a strong decay
+    :math:`\delta`,
+
+    .. math::
+
+        \phi \leftarrow \delta\,\phi + \eta_f \Big(\frac1N\sum_n \nabla(-F(v_n)) -
+        \frac1C\sum_c \nabla(-F(\tilde v_c))\Big),
+
+    and the chains sample from :math:`p_{\theta + \phi}`. Where the chains linger, the gradient lowers
+    :math:`p_{\theta+\phi}`, so the fast weights push them on to other modes; because :math:`\phi` decays to
+    zero within about :math:`1/(1-\delta)` updates, the chains stay close to :math:`p_\theta`. The gradient of
+    :math:`\theta` is unchanged: the chains' states :math:`\tilde v_c` enter it under :math:`\theta`.
+
+    :param model: a :class:`~dgm_ppl.energy.protocol.FastWeightModel` (the RBMs).
+    :param fast_lr: :math:`\eta_f`, a plain SGD rate on the per-datum gradient. It stays constant while the
+        parameters' rate decays.
+    :param fast_decay: :math:`\delta`; the paper's 19/20 by default.
+
+    Each update costs two matrix products more than PCD: the fast gradient's outer product, and the chains'
+    hidden sample under :math:`\theta + \phi` (PCD reuses the gradient's). The fast weights are buffers, so
+    ``state_dict()`` checkpoints them with the chains.
+    """
+
+    def __init__(
+        self,
+        model: FastWeightModel,
+        num_chains: int = 100,
+        steps: int = 1,
+        init: Tensor | None = None,
+        *,
+        fast_lr: float = 0.01,
+        fast_decay: float = 0.95,
+    ):
+        if not isinstance(model, FastWeightModel):
+            raise TypeError(
+                f"FastPersistentChains shifts the standard-form parameters of an RBM by fast weights; a "
+                f"{type(model).__name__} is not a FastWeightModel: use its persistent chains"
+            )
+        if not fast_lr > 0 or not 0 <= fast_decay < 1:
+            raise ValueError(f"need fast_lr > 0 and 0 <= fast_decay < 1, got {fast_lr!r} and {fast_decay!r}")
+        super().__init__(model, num_chains, steps, init)
+        self.fast_lr, self.fast_decay = float(fast_lr), float(fast_decay)
+        p = model.params()
+        for name, like in zip(self.fast_names, (p.weight, p.visible_bias, p.hidden_bias)):
+            self.register_buffer(name, torch.zeros_like(like.detach()))
+
+    fast_names = ("fast_weight", "fast_visible_bias", "fast_hidden_bias")
+
+    @property
+    def fast_weights(self) -> tuple[Tensor, ...]:
+        r"""The fast weights :math:`\phi`, shaped as the model's ``sml_gradient``."""
+        return tuple(self._buffers[name] for name in self.fast_names)
+
+    def _fast_params(self, p):
+        return self.model.shifted_params(p, [self._sync(f, p.weight) for f in self.fast_weights])
+
+    @torch.no_grad()
+    def advance(self, data: Tensor | None = None, *, params=None) -> Tensor:
+        return super().advance(data, params=self._fast_params(self.model.params() if params is None else params))
+
+    @torch.no_grad()
+    def after_phases(self, rows: Tensor, probs: Tensor, num_data: int, *, params=None) -> None:
+        model = self.model
+        p = model.params() if params is None else params
+        grads = model.sml_gradient(rows, probs, num_data, params=p)
+        for name, g in zip(self.fast_names, grads):
+            fast = self._sync(self._buffers[name], g)
+            self._set_buffer(name, fast.mul_(self.fast_decay).add_(g, alpha=self.fast_lr))
+        x = model.hidden_preactivation(rows[num_data:], params=self._fast_params(p))
+        self.after_negative_phase(x)
 
 
 class ContrastiveDivergence(NegativePhase):

@@ -175,10 +175,11 @@ class EnergyBasedDistribution(TorchDistribution):
         if flat.dtype != negatives.dtype or flat.device != negatives.device:
             flat = flat.to(negatives)
         n = flat.shape[0]
-        out, s, probs = model.sml_terms(torch.cat([flat, negatives]), n, params=p)
+        rows = torch.cat([flat, negatives])
+        out, s, probs = model.sml_terms(rows, n, params=p)
         if validate:
             check_negative_phase(s)
-        self.chains.after_negative_phase(probs=probs[n:])
+        self.chains.after_phases(rows, probs, n, params=p)
         if self.sparsity is not None:
             self.sparsity.update([probs[:n].mean(0)])
             out = out - self.sparsity.surrogate([model.hidden_preactivation(flat.mean(0), params=p)])

@@ -232,3 +232,19 @@ class HiddenInputModel(FreeEnergyModel, Protocol):
     def hidden_preactivation(self, v: Tensor, *, params: Any = None) -> Tensor:
         r"""The hidden units' total input :math:`c + s(v)^\top W` (the logits of :math:`p(h|v)`), differentiable."""
         ...
+
+
+@runtime_checkable
+class FastWeightModel(HiddenInputModel, Protocol):
+    r"""A :class:`~dgm_ppl.energy.protocol.HiddenInputModel` whose standard-form parameters can be shifted and whose
+    SML gradient is available in that form (the RBMs): what :class:`~dgm_ppl.energy.FastPersistentChains` needs."""
+
+    def sml_gradient(self, v: Tensor, probs: Tensor, num_data: int, *, params: Any = None) -> tuple[Tensor, ...]:
+        r"""The SML gradient in standard form, :math:`\frac1N\sum_n \nabla(-F(v_n)) - \frac1C\sum_c
+        \nabla(-F(\tilde v_c))`, of the rows of 2-D ``v`` (``num_data`` data rows, then chain states) whose hidden
+        probabilities are ``probs``; one tensor per parameter that :meth:`shifted_params` shifts."""
+        ...
+
+    def shifted_params(self, params: Any, shift: Sequence[Tensor]) -> Any:
+        """The standard-form ``params`` plus ``shift`` (tensors shaped as :meth:`sml_gradient`'s), for sampling."""
+        ...
