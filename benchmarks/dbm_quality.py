@@ -46,6 +46,9 @@ Options beyond the model and optimizer settings:
   (default 0.9): a ``dgm_ppl.energy.SparsityTarget`` on the hidden layers (one value for all, or one per layer),
   checkpointed with the run.
 * ``--pretrain-weight-decay W``: Adam's L2 term (per datum) in the RBM pretraining (default 0).
+* ``--autocast bfloat16``: the joint training's forward pass under ``torch.autocast``
+  (``dgm_ppl.infer.AutocastLoss``): the mean field and the chains' sweeps multiply in bfloat16, while the
+  gradient's products, the backward pass, the parameters, the chains' states and the AIS stay in float32.
 * ``--save PATH`` (rewritten every epoch) holds the float32 state dicts of the DBM, chains and
   averaged DBM and the config; ``--load PATH`` scores it (both models) on ``--split``. ``--no-score``
   skips AIS.
@@ -87,11 +90,12 @@ from pyro.infer import SVI, Trace_ELBO
 from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import DBM, PersistentChains
-from dgm_ppl.infer import train
+from dgm_ppl.infer import AutocastLoss, train
 from dgm_ppl.optim import Adam
 
 DEAD_UNIT = 0.01  # a hidden unit whose mean activation on the data is below this is counted as dead
 PROBE_IMAGES = 1000
+AUTOCAST = {"bfloat16": torch.bfloat16}
 
 
 @torch.no_grad()
@@ -149,6 +153,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--resume",
         help="a --checkpoint file: continue exactly; a --save file: train further (fresh optimizer, no pretraining)",
+    )
+    ap.add_argument(
+        "--autocast", choices=tuple(AUTOCAST), help="the joint training's forward pass in this dtype (AutocastLoss)"
     )
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -300,7 +307,8 @@ def train_dbm(args, dbm, train_x, n, common, run):
             d = dbm.distribution(chains, mean_field_iters=args.mean_field_iters, sparsity=sparsity)
             pyro.sample("x", d, obs=batch)
 
-    svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
+    loss = Trace_ELBO() if args.autocast is None else AutocastLoss(Trace_ELBO(), device.type, AUTOCAST[args.autocast])
+    svi = SVI(model, lambda batch: None, optim, loss)
 
     fold = None if avg is None else (lambda count: accumulate(avg, dbm, count))
     weights = [getattr(dbm, f"weight_{l}") for l in range(dbm.num_layers)]

@@ -3,7 +3,9 @@ one block-Gibbs sweep), two ways in one run, interleaved in chunks.
 
 1. ``svi``: ``dbm.distribution(chains)`` inside an unmodified ``pyro.infer.SVI`` + ``Trace_ELBO``
    (Pyro's validation on, the default; ``svi_no_validation`` is the same with it off; ``svi_dgm_optim``
-   uses ``dgm_ppl.optim.Adam``, one multi-tensor optimizer over all parameters, validation on).
+   uses ``dgm_ppl.optim.Adam``, one multi-tensor optimizer over all parameters, validation on;
+   ``svi_autocast`` runs the forward pass under ``torch.autocast`` in bfloat16 through
+   ``dgm_ppl.infer.AutocastLoss``: the mean field and the sweep multiply in bfloat16, the gradient in float32).
 2. ``raw``: a hand-written PyTorch loop doing the same arithmetic: the same mean-field updates, the
    same Gibbs sweep, the closed-form gradient (data statistics under mean field minus chain
    statistics with the odd layer summed out), and Adam.
@@ -28,6 +30,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import DBM, PersistentChains
+from dgm_ppl.infer import AutocastLoss
 from dgm_ppl.optim import Adam as MultiTensorAdam
 
 
@@ -92,7 +95,7 @@ def main():
     raw_opt = torch.optim.Adam(raw_p, lr=1e-4)
     raw_chains = [t.clone() for t in chains.states()]
 
-    def make_svi(name: str, optim) -> SVI:
+    def make_svi(name: str, optim, loss=None) -> SVI:
         """SVI on a copy of the model and chains under its own param-store name: the same start for every way."""
         copy = DBM(sizes, name=name).to(device)
         copy.load_state_dict(dbm.state_dict())
@@ -103,13 +106,16 @@ def main():
             with pyro.plate("data", n, subsample=batch):
                 pyro.sample("x", copy.distribution(copy_chains, mean_field_iters=args.mean_field_iters), obs=batch)
 
-        return SVI(model, lambda batch: None, optim, Trace_ELBO())
+        return SVI(model, lambda batch: None, optim, loss or Trace_ELBO())
 
     svis = {
         "svi": make_svi("dbm_svi", pyro.optim.Adam({"lr": 1e-4})),
         # the same updates with Pyro's validation off
         "svi_no_validation": make_svi("dbm_no_validation", pyro.optim.Adam({"lr": 1e-4})),
         "svi_dgm_optim": make_svi("dbm_dgm_optim", MultiTensorAdam({"lr": 1e-4})),
+        "svi_autocast": make_svi(
+            "dbm_autocast", pyro.optim.Adam({"lr": 1e-4}), AutocastLoss(Trace_ELBO(), device.type, torch.bfloat16)
+        ),
     }
     names = ["svi", "raw", *list(svis)[1:]]
     order = torch.randperm(n, device=device)
@@ -164,6 +170,8 @@ def main():
             if "svi_dgm_optim" in ms
             else {}
         ),
+        svi_autocast_over_svi=round(ms["svi_autocast"] / ms["svi"], 3),
+        svi_autocast_over_raw=round(ms["svi_autocast"] / ms["raw"], 3),
     )
 
 

@@ -69,6 +69,9 @@ Options:
   final generator, frozen, and score again as ``drs_refit``; with ``--drs-critic W [W ...]`` those N steps
   train a fresh critic with these hidden widths instead (a sharper density-ratio estimate than the training
   discriminator, at the cost of discriminator-only steps), and the record has its seconds as ``drs_refit_s``;
+- ``--autocast bfloat16``: the training steps' forward passes (the generator, the discriminator's steps) under
+  ``torch.autocast`` through ``dgm_ppl.infer.AutocastLoss``; the generator's backward pass, the parameters and
+  the scoring stay in float32;
 - ``--eval-every N``: also score the samples every N steps; ``--threads``, ``--no-progress``; ``--out FILE`` (a line
   that a killed sweep left cut off at its end is dropped before appending);
 - ``--resume`` (with ``--out``): a stopped sweep continues. The runs that ``--out`` already holds under the same
@@ -103,7 +106,7 @@ from tqdm.auto import tqdm
 
 from dgm_ppl.datasets import grid_of_gaussians, ring_of_gaussians
 from dgm_ppl.evaluation.modes import mode_coverage
-from dgm_ppl.infer import GANLoss, MMDLoss, discriminator_rejection_sampling
+from dgm_ppl.infer import AutocastLoss, GANLoss, MMDLoss, discriminator_rejection_sampling
 from dgm_ppl.infer.comparison import discriminator_loss
 from dgm_ppl.kernels import RBFMixture
 from dgm_ppl.optim import LambdaLR
@@ -141,6 +144,7 @@ DEFAULTS = {
     "wgan_gp": dict(SMALL, g_lr=5e-4, d_lr=5e-4, betas=(0.5, 0.9), d_steps=5, batch_size=256, steps=1000),
     "mmd": dict(SMALL, g_lr=1e-2, d_lr=None, betas=(0.5, 0.999), d_steps=None, batch_size=128, steps=3500),
 }
+AUTOCAST = {"bfloat16": torch.bfloat16}
 BANDWIDTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
@@ -338,7 +342,9 @@ def run(dataset, name, seed, args, progress):
     factor = lr_factor(hp["schedule"], hp["final_lr_factor"], steps)
     optim_args = {"lr": hp["g_lr"], "betas": hp["betas"], "foreach": args.foreach or None}
     optim = LambdaLR({"optimizer": torch.optim.Adam, "optim_args": optim_args, "lr_lambda": factor})
-    svi = SVI(model, guide, optim, loss)
+    svi = SVI(
+        model, guide, optim, loss if args.autocast is None else AutocastLoss(loss, "cpu", AUTOCAST[args.autocast])
+    )
     d_sched = None
     if isinstance(loss, GANLoss):
         d_sched = torch.optim.lr_scheduler.LambdaLR(loss.d_optim, factor)
@@ -489,6 +495,10 @@ def main():
     ap.add_argument(
         "--foreach", action="store_true",
         help="torch's multi-tensor Adam for both networks (faster; equal to the default to rounding, not bit for bit)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--autocast", choices=tuple(AUTOCAST),
+        help="the training steps' forward passes under torch.autocast in this dtype (AutocastLoss); scoring in float32",
     )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")

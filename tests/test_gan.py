@@ -13,7 +13,7 @@ from torch import nn
 
 from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.evaluation import mmd2
-from dgm_ppl.infer import GAN_KINDS, DivergenceError, GANLoss, MMDLoss, gradient_penalty
+from dgm_ppl.infer import GAN_KINDS, AutocastLoss, DivergenceError, GANLoss, MMDLoss, gradient_penalty
 from dgm_ppl.kernels import RBFMixture
 
 
@@ -432,6 +432,44 @@ def test_each_loss_fits_two_modes_without_dropping_one(name, make_loss):
     """1,000 steps on ±2 modes with σ = 0.2. The discriminator sees pairs (PacGAN2): without packing these
     small GANs dropped a mode for 2 of 3 seeds in our runs, whatever the kind; with it, none did (seeds 0-2)."""
     assert_both_modes(fit_two_modes(make_loss, steps=1000, lr=2e-3, batch=100, packing=2 if name != "mmd" else 1))
+
+
+@pytest.mark.parametrize("penalty", [0.0, 10.0])
+def test_a_step_through_autocast_loss_keeps_float32_parameters_and_the_step_direction(penalty):
+    """Training through ``AutocastLoss(loss, "cpu")`` (the networks' products in bfloat16; the discriminator's
+    step, gradient penalty included, inside the autocast forward) runs through SVI and both optimizers, leaves
+    every parameter in float32, and takes Adam's first step (about -lr * sign of the gradient) in the float32
+    step's direction for nearly every entry of G and D."""
+    data = torch.cat([torch.randn(64, 2) * 0.2 - 2, torch.randn(64, 2) * 0.2 + 2])
+
+    def one_step(autocast):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        pyro.set_rng_seed(0)
+        G, D = mlp(2, 2), mlp(2, 1)
+        g0, d0 = [p.detach().clone() for p in G.parameters()], [p.detach().clone() for p in D.parameters()]
+
+        def model(x):
+            pyro.module("G", G)
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+                pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
+
+        loss = GANLoss(
+            D, d_optim=d_adam(1e-2), gradient_penalty=penalty, kind="wasserstein" if penalty else "nonsaturating"
+        )
+        svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-2}), AutocastLoss(loss, "cpu") if autocast else loss)
+        value = svi.step(data)
+        assert math.isfinite(value) and all(math.isfinite(v) for v in loss.history["d_loss"])
+        assert all(p.dtype == torch.float32 for p in [*G.parameters(), *D.parameters()])
+        return torch.cat([(p - p0).flatten() for p, p0 in zip([*G.parameters(), *D.parameters()], g0 + d0)])
+
+    full, low = one_step(False), one_step(True)
+    moved = full.abs() > 1e-3  # Adam's first step moves each entry by about lr = 1e-2
+    assert moved.float().mean() > 0.9
+    agree = (torch.sign(full[moved]) == torch.sign(low[moved])).float().mean()
+    assert agree > 0.9, f"only {agree:.2f} of the steps agree in sign"
+    assert not torch.equal(full, low)  # the products did run in bfloat16
 
 
 def test_a_generator_that_drops_a_mode_fails_the_check():

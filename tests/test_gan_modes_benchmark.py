@@ -199,3 +199,13 @@ def test_gan_modes_resume_needs_out_and_refuses_a_corrupt_file(monkeypatch, caps
     bad.write_text('{"event": "config"\n{"benchmark": "gan_modes"}\n')
     with pytest.raises(ValueError, match="line 1: not a JSON line"):
         run_main(monkeypatch, capsys, *args, "--out", str(bad), "--resume")
+
+
+def test_gan_modes_autocast_trains_in_bfloat16_and_scores_in_float32(monkeypatch, capsys):
+    args = ["--no-progress", "--steps", "3", "--samples", "50", "--train-size", "500", "--seeds", "1"]
+    records = run_main(monkeypatch, capsys, *args, "--datasets", "ring", "--losses", "gan", "--autocast", "bfloat16")
+    assert records[0]["autocast"] == "bfloat16"
+    (run,) = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert run["steps_done"] == 3 and 0 <= run["high_quality"] <= 1
+    with pytest.raises(SystemExit):
+        run_main(monkeypatch, capsys, *args, "--autocast", "float64")

@@ -6,6 +6,11 @@ functions all build on it, so that none of them has to import another to reach t
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import Tensor
 
@@ -13,6 +18,11 @@ from .._data import as_data_tensor, check_binary, check_finite  # noqa: F401 (us
 
 __all__ = [
     "Beta",
+    "autocast_enabled",
+    "autocast_off",
+    "full_precision",
+    "refuse_autocast_backward",
+    "sml_full_precision",
     "bernoulli",
     "as_tensor_like",
     "closed_form_applies",
@@ -22,6 +32,90 @@ __all__ = [
 ]
 
 Beta = float | Tensor
+
+
+def _autocast_devices() -> tuple[str, ...]:
+    """The device types on which ``torch.autocast`` can be on here (it disables itself where none is present)."""
+    present = [
+        ("cuda", torch.cuda.is_available()),
+        ("xpu", hasattr(torch, "xpu") and torch.xpu.is_available()),
+        ("mps", torch.backends.mps.is_available()),
+    ]
+    return ("cpu", *(name for name, available in present if available))
+
+
+_AUTOCAST_DEVICES = _autocast_devices()
+_F = TypeVar("_F", bound=Callable)
+
+
+def autocast_off() -> contextlib.AbstractContextManager:
+    """A context in which ``torch.autocast`` is off on every device where it was on. The products whose results
+    are summed against each other, such as an SML gradient's positive and negative statistics, or an AIS log
+    weight, need full-precision results: rounded to bfloat16 each, their difference would be noise."""
+    on = [device for device in _AUTOCAST_DEVICES if torch.is_autocast_enabled(device)]
+    if not on:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for device in on:
+        stack.enter_context(torch.autocast(device, enabled=False))
+    return stack
+
+
+def autocast_enabled() -> bool:
+    """Whether ``torch.autocast`` is on for any device."""
+    return any(torch.is_autocast_enabled(device) for device in _AUTOCAST_DEVICES)
+
+
+def refuse_autocast_backward(out: Tensor, what: str, autocast: bool | None = None) -> Tensor:
+    """``out``, with a hook that raises ``RuntimeError`` if its backward pass runs under ``torch.autocast``
+    (registered only when autocast was on in the forward pass: ``autocast``, by default now). A backward pass in
+    bfloat16 rounds the data's and the chains' statistics separately, and their difference, the SML gradient, to
+    noise."""
+    if out.requires_grad and (autocast_enabled() if autocast is None else autocast):
+        out.register_hook(functools.partial(_check_backward_precision, what=what))
+    return out
+
+
+def sml_full_precision(what: str) -> Callable[[_F], _F]:
+    """Decorates an SML ``log_prob``: it runs with :func:`autocast_off`, and its output refuses a backward pass
+    under autocast (:func:`refuse_autocast_backward`, with ``what`` naming the distribution)."""
+
+    def decorate(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if not autocast_enabled():
+                return fn(*args, **kwargs)
+            with autocast_off():
+                out = fn(*args, **kwargs)
+            return refuse_autocast_backward(out, what, True)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _check_backward_precision(grad: Tensor, what: str) -> Tensor:
+    if autocast_enabled():
+        raise RuntimeError(
+            f"{what}: the backward pass runs under torch.autocast. The SML gradient is a small difference of the "
+            "data's and the chains' statistics, which a low-precision backward pass rounds to noise. Autocast "
+            "the forward pass only: SVI(model, guide, optim, dgm_ppl.infer.AutocastLoss(Trace_ELBO(), 'cpu'))."
+        )
+    return grad
+
+
+def full_precision(fn: _F) -> _F:
+    """``fn`` run with :func:`autocast_off`: for the scores (log-partitions, log-likelihoods, samples) that
+    must not change under a caller's ``torch.autocast``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not autocast_enabled():
+            return fn(*args, **kwargs)
+        with autocast_off():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def bernoulli(probs: Tensor) -> Tensor:

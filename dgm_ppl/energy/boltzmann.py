@@ -50,7 +50,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Size, Tensor, nn
 
-from ._ops import Beta, as_tensor_like, bernoulli, binary_states, require_binary
+from ._ops import Beta, as_tensor_like, bernoulli, binary_states, full_precision, require_binary
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution, check_negative_phase
 from .protocol import EnergyModel, Enumeration
@@ -142,6 +142,7 @@ class BoltzmannMachine(PyroModule):
         w = self.weight
         return (w + w.T) * (0.5 * self.off_diagonal.to(w))
 
+    @full_precision
     def params(self) -> BMParams:
         """The parameters in standard form (read once, so that one call's products share them)."""
         return BMParams(self.coupling, self.bias)
@@ -348,6 +349,7 @@ class BoltzmannMachine(PyroModule):
         self.bias[: self.n_visible] = self.base_rate(data.reshape(-1, self.n_visible))
         return self
 
+    @full_precision
     def update_offsets(self, hidden_means, *, defer: bool = False) -> None:
         """Nothing: the Boltzmann machine is not centered."""
 

@@ -51,7 +51,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from ._ops import as_tensor_like, bernoulli, binary_states, check_count, check_finite, require_binary
+from ._ops import as_tensor_like, bernoulli, binary_states, check_count, check_finite, full_precision, require_binary
 from .frame_distribution import FrameDistribution, bernoulli_log_partition
 
 __all__ = ["ConditionalRBM", "ConditionalRBMDistribution", "CRBMParams"]
@@ -119,6 +119,7 @@ class ConditionalRBM(PyroModule):
     def extra_repr(self) -> str:
         return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, order={self.order}, visible={self.visible!r}"
 
+    @full_precision
     def params(self) -> CRBMParams:
         """The parameters, read once so that one call's products share them."""
         return CRBMParams(

@@ -57,7 +57,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from ._ops import Beta, as_tensor_like, check_binary, check_count, require_binary
+from ._ops import Beta, as_tensor_like, check_binary, check_count, full_precision, require_binary
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution
 from .protocol import Enumeration
@@ -211,6 +211,7 @@ class ConvolutionalRBM(PyroModule):
         )
 
     # ------------------------------------------------------------------ parameters and data
+    @full_precision
     def params(self) -> ConvRBMParams:
         """The parameters (:class:`ConvRBMParams`), with the dense convolution matrix when the model uses one."""
         w = self.weight
@@ -615,6 +616,7 @@ class ConvolutionalRBM(PyroModule):
         """
         return self(chains, **kwargs)
 
+    @full_precision
     def update_offsets(self, hidden_means: Any, *, defer: bool = False) -> None:
         """Nothing: the convolutional RBM is not centered."""
 

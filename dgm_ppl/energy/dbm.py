@@ -40,7 +40,16 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ._ops import Beta, as_tensor_like, bernoulli, check_binary, check_finite, closed_form_applies
+from ._ops import (
+    Beta,
+    as_tensor_like,
+    autocast_off,
+    bernoulli,
+    check_binary,
+    check_finite,
+    closed_form_applies,
+    full_precision,
+)
 from .dbm_chains import DBMPersistentChains
 from .dbm_distribution import DBMDistribution
 from .dbm_pretraining import TiedCopiesRBM as _TiedCopiesRBM  # noqa: F401  (its former home; tests patch it here)
@@ -93,6 +102,7 @@ class _MeanFieldBound(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, grad):
         visible_grad, *layers = ctx.saved_tensors
         num_weights = len(layers) - 1
@@ -201,6 +211,7 @@ class DBM(PyroModule):
         r"""The offsets :math:`[\mu_0, \dots, \mu_L]` (buffers ``offset_l``; zero and unused when uncentered)."""
         return [getattr(self, f"offset_{l}") for l in range(len(self.layer_sizes))]
 
+    @full_precision
     def params(self) -> DBMParams:
         """The parameters in standard form (centering folded into biases and a constant)."""
         ws = [getattr(self, f"weight_{l}") for l in range(self.num_layers)]
@@ -385,6 +396,7 @@ class DBM(PyroModule):
         warnings.warn("DBM.free_energy_of is deprecated; use DBM.free_energy", DeprecationWarning, 2)
         return self.free_energy(states, parity)
 
+    @full_precision
     def unnormalized_log_prob(self, v: Tensor, *, params: DBMParams | None = None) -> Tensor:
         r"""A lower bound on the unnormalized :math:`\log p^*(v) = \log\sum_h e^{-E(v,h)}`: the mean-field
         bound :meth:`variational_bound` run to convergence (at most 100 sweeps), shape ``v.shape[:-1]``."""
@@ -485,6 +497,7 @@ class DBM(PyroModule):
         return [v] + [bernoulli(torch.sigmoid(b.detach()).expand(num_samples, -1).contiguous()) for b in p.biases[1:]]
 
     @torch.no_grad()
+    @full_precision
     def sample(self, num_samples: int, steps: int = 1000, init: Sequence[Tensor] | None = None) -> Tensor:
         """Visible samples after ``steps`` Gibbs sweeps from ``init`` (default :meth:`random_state`)."""
         states = self.random_state(num_samples) if init is None else self._check_states(init)
@@ -529,6 +542,7 @@ class DBM(PyroModule):
         return states[1:], logits[1:]
 
     @torch.no_grad()
+    @full_precision
     def mean_field(self, v: Tensor, num_iters: int = 30, tol: float | None = 1e-5) -> list[Tensor]:
         r"""The mean-field means :math:`[\mu_1, \dots, \mu_L]` of :math:`Q(h|v) = \prod_l \prod_j
         \mathrm{Bernoulli}(\mu_{l,j})`, by fixed-point updates of the odd layers, then the even ones
@@ -583,6 +597,7 @@ class DBM(PyroModule):
         r"""Rows of :math:`\partial \ell(v) / \partial b_0`: ``v``, or :math:`(v - b_0)/\sigma^2` for Gaussian units."""
         return v if p.std is None else (v - p.biases[0]) / p.std**2
 
+    @full_precision
     def variational_bound(self, v: Tensor, num_iters: int = 30, tol: float | None = 1e-5) -> Tensor:
         r"""The mean-field bound :math:`\mathbb E_Q[-E(v,h)] + H(Q) \le \log\sum_h e^{-E(v,h)}`, shape
         ``v.shape[:-1]``. Differentiable in the parameters (at fixed :math:`Q`, which is the gradient
@@ -620,13 +635,19 @@ class DBM(PyroModule):
             # a sweep, or a first bottom-up pass with no middle layer, leaves the mean field settled
             settled = num_iters > 0 or self.num_layers <= 2
             bound = self._bound_value(p, v, means, logits, visible_input, settled)
+        # under torch.autocast the mean field ran in its dtype; the gradient's products sum the data's statistics
+        # against the chains' (chain_statistic), so they are formed in full precision
+        dtype = p.weights[0].dtype
+        if bound.dtype != dtype:
+            bound, means, logits = bound.to(dtype), [m.to(dtype) for m in means], [x.to(dtype) for x in logits]
         if not torch.is_grad_enabled():
             return bound, means
-        if not closed_form_applies(v):
-            return self._bound(p, v, means, logits), means
-        const = [p.const] if isinstance(p.const, Tensor) else []
-        visible_grad = self._visible_bias_grad(p, v)
-        bound = _MeanFieldBound.apply(bound, (stat, *means), visible_grad, *p.weights, *p.biases, *const)
+        with autocast_off():
+            if not closed_form_applies(v):
+                return self._bound(p, v, means, logits), means
+            const = [p.const] if isinstance(p.const, Tensor) else []
+            visible_grad = self._visible_bias_grad(p, v)
+            bound = _MeanFieldBound.apply(bound, (stat, *means), visible_grad, *p.weights, *p.biases, *const)
         return bound, means
 
     def chain_statistic(self, states: Sequence[Tensor], *, params: DBMParams | None = None) -> Tensor:
@@ -635,7 +656,9 @@ class DBM(PyroModule):
 
         :param params: the parameters in standard form (``self.params()``), when the caller has them.
         """
-        return self._chain_statistic(self.params() if params is None else params, states)
+        p = self.params() if params is None else params
+        with autocast_off():  # summed against the data's statistics: full precision (see positive_phase)
+            return self._chain_statistic(p, [s.to(p.weights[0].dtype) for s in states])
 
     # ----------------------------------------------------------- centering
     def _before_distribution(self) -> None:
@@ -647,6 +670,7 @@ class DBM(PyroModule):
                 self.update_offsets(pending)
 
     @torch.no_grad()
+    @full_precision
     def update_offsets(self, hidden_means: Sequence[Tensor], *, defer: bool = False) -> None:
         r"""Move the hidden offsets towards ``hidden_means`` at ``offset_rate``, shifting the
         neighbouring biases (:math:`b_{l\pm1}`) so that the distribution is unchanged. Nothing for an

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Size, Tensor
 
+from ._ops import autocast_off, full_precision, refuse_autocast_backward
 from .dbm_chains import DBMPersistentChains
 from .distribution import EnergyBasedDistribution, check_negative_phase
 from .protocol import EnergyModel
@@ -84,7 +85,10 @@ class DBMDistribution(EnergyBasedDistribution):
         gradient at the mean-field means), the negative phase :meth:`DBM.chain_statistic
         <dgm_ppl.energy.DBM.chain_statistic>` of the advanced chains. Checks as for
         :class:`~dgm_ppl.energy.EnergyBasedDistribution`: with Pyro's validation off, neither the value
-        nor the negative phase is checked.
+        nor the negative phase is checked. Under ``torch.autocast`` the mean field and the chains' sweeps run
+        in the autocast dtype (as does the value returned), while the gradient's products, which sum the data's
+        statistics against the chains', stay in full precision; the chains keep their dtype. A backward pass under
+        autocast raises ``RuntimeError`` (see :class:`~dgm_ppl.infer.AutocastLoss`).
 
         :param value: visible values, shape ``batch_shape + (n_visible,)`` (a NumPy array is converted).
         :returns: shape ``value.shape[:-1]``.
@@ -107,15 +111,17 @@ class DBMDistribution(EnergyBasedDistribution):
         if self.sparsity is not None:
             out = out - self._sparsity_surrogate(flat, means)
         out = out.reshape(value.shape[:-1])
-        return out - log_z if log_z else out
+        return refuse_autocast_backward(out - log_z if log_z else out, "DBMDistribution")
 
     def _sparsity_surrogate(self, flat: Tensor, means: list[Tensor]) -> Tensor:
         """The sparsity target's surrogate at the batch means of the data and of its mean-field means."""
         batch_means = [flat.mean(0), *(m.mean(0) for m in means)]
         self.sparsity.update(batch_means[1:])
-        inputs = [self.model.total_input(l, batch_means, params=self.params) for l in range(1, len(batch_means))]
-        return self.sparsity.surrogate(inputs)
+        with autocast_off():
+            inputs = [self.model.total_input(l, batch_means, params=self.params) for l in range(1, len(batch_means))]
+            return self.sparsity.surrogate(inputs)
 
+    @full_precision
     @torch.no_grad()
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         """Draws by block Gibbs: ``sample_steps`` sweeps started from the chains' current states."""

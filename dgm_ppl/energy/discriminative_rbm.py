@@ -60,7 +60,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
-from ._ops import Beta, as_tensor_like, bernoulli, check_count, check_finite, require_binary
+from ._ops import Beta, as_tensor_like, bernoulli, check_count, check_finite, full_precision, require_binary
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution
 from .protocol import Enumeration
@@ -376,6 +376,7 @@ class ClassificationRBMJoint:
         return self.rbm.weight
 
     # ------------------------------------------------------------------ parameters and data
+    @full_precision
     def params(self) -> JointParams:
         """The parameters in standard form (:meth:`ClassificationRBM.joint_params`)."""
         return self.rbm.joint_params()
@@ -587,6 +588,7 @@ class ClassificationRBMJoint:
         (:meth:`ClassificationRBM.generative`)."""
         return self.rbm.generative(chains, **kwargs)
 
+    @full_precision
     def update_offsets(self, hidden_means: Any, *, defer: bool = False) -> None:
         """Nothing: the classification RBM is not centered."""
 

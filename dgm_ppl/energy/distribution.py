@@ -38,6 +38,7 @@ from pyro.distributions import TorchDistribution
 from torch import Size, Tensor
 
 from ..infer.errors import DivergenceError
+from ._ops import full_precision, sml_full_precision
 from .chains import NegativePhase
 from .protocol import FreeEnergyModel, HiddenInputModel
 from .regularization import SparsityTarget
@@ -153,9 +154,12 @@ class EnergyBasedDistribution(TorchDistribution):
             self._validate_sample(value)
         return value
 
+    @sml_full_precision("EnergyBasedDistribution")
     def log_prob(self, value: Tensor) -> Tensor:
         """:math:`-F(v) - \\log\\hat Z` with the SML gradient (see the module's notes); without
-        gradient tracking, the value only, and the chains are left alone.
+        gradient tracking, the value only, and the chains are left alone. A caller's ``torch.autocast`` does
+        not reach it: the model's own ``matmul_dtype``, where it has one, sets the training path's precision. A
+        backward pass under autocast raises ``RuntimeError`` (see :class:`~dgm_ppl.infer.AutocastLoss`).
 
         :param value: visible values, shape ``batch_shape + (n_visible,)`` (a NumPy array is converted).
         :returns: shape ``value.shape[:-1]``.
@@ -190,6 +194,7 @@ class EnergyBasedDistribution(TorchDistribution):
             out = out.reshape(value.shape[:-1])
         return out - log_z if log_z else out
 
+    @full_precision
     @torch.no_grad()
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         """Draws by block Gibbs: ``sample_steps`` sweeps started from the chains' current states."""

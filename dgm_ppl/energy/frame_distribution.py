@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pyro.distributions import TorchDistribution
 from torch import Size, Tensor
 
-from ._ops import binary_states, check_count
+from ._ops import binary_states, check_count, full_precision, sml_full_precision
 from .distribution import check_value
 
 __all__ = ["FrameDistribution", "SequenceRBM", "bernoulli_log_partition"]
@@ -162,6 +162,7 @@ class FrameDistribution(TorchDistribution):
     def _validate_sample(self, value: Tensor) -> None:
         check_value(self.model, value, self.batch_shape, self.event_shape)
 
+    @sml_full_precision("FrameDistribution")
     def log_prob(self, value: Tensor) -> Tensor:
         r""":math:`-F(v \mid \text{past})` with the CD-k gradient, or the exact log-likelihood (see the class notes).
 
@@ -189,6 +190,7 @@ class FrameDistribution(TorchDistribution):
         neg = model.frame_neg_free_energy(p, negatives, vb, hb)
         return out - (neg - neg.detach())
 
+    @full_precision
     @torch.no_grad()
     def sample(self, sample_shape: Size | tuple = ()) -> Tensor:
         """Draws by ``sample_steps`` block-Gibbs sweeps from the factorial model of the dynamic visible biases."""

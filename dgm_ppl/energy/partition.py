@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._data import as_data_tensor
-from ._ops import binary_states
+from ._ops import binary_states, full_precision
 from .protocol import AnnealingPath, EnergyModel
 
 __all__ = [
@@ -111,6 +111,7 @@ def _partition_hint(model) -> str:
     return "has no enumeration()"
 
 
+@full_precision
 def exact_log_partition(
     model: EnergyModel, *, max_units: int = 20, chunk_size: int = 2**15, record: bool = True
 ) -> Tensor:
@@ -187,6 +188,7 @@ def _check_finite(log_w: Tensor) -> None:
         raise FloatingPointError("AIS produced non-finite log weights: the model parameters are not finite")
 
 
+@full_precision
 def ais_log_partition(
     model: EnergyModel,
     num_chains: int = 100,
@@ -224,6 +226,7 @@ def ais_log_partition(
     return result
 
 
+@full_precision
 def reverse_ais_log_partition(
     model: EnergyModel,
     samples: Tensor | list[Tensor],
@@ -256,6 +259,7 @@ def _check_schedule(betas: Tensor) -> None:
         raise ValueError("betas must be a 1-D non-decreasing schedule from exactly 0 to exactly 1")
 
 
+@full_precision
 @torch.no_grad()
 def average_log_likelihood(
     model: EnergyModel, data: Tensor, log_z: float | AISResult | Tensor, batch_size: int = 10000

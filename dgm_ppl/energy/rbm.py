@@ -38,7 +38,15 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ._ops import Beta, as_tensor_like, bernoulli, check_binary, check_finite, closed_form_applies
+from ._ops import (
+    Beta,
+    as_tensor_like,
+    bernoulli,
+    check_binary,
+    check_finite,
+    closed_form_applies,
+    full_precision,
+)
 from .chains import PersistentChains
 from .distribution import EnergyBasedDistribution
 from .protocol import Enumeration
@@ -137,6 +145,7 @@ class _BernoulliSML(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, grad, _s, _probs):
         v, probs, mu, lam = ctx.saved_tensors
         needs = ctx.needs_input_grad
@@ -186,6 +195,7 @@ class _GaussianSML(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, grad, _s, _probs):
         stat, z, weight, std, probs = ctx.saved_tensors
         needs = ctx.needs_input_grad
@@ -270,6 +280,7 @@ class RBM(PyroModule):
         return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}"
 
     # ----------------------------------------------- subclass hooks (all take params)
+    @full_precision
     def params(self) -> RBMParams:
         """The parameters in standard form. Subclasses may reparametrize (centering)."""
         return RBMParams(self.weight, self.visible_bias, self.hidden_bias)
@@ -602,6 +613,7 @@ class RBM(PyroModule):
         # so SVI finds them without a separate ``pyro.module`` call.
         return EnergyBasedDistribution(self, chains, params=self.training_params(), **kwargs)
 
+    @full_precision
     def training_params(self) -> RBMParams:
         """:meth:`params`, plus the weight cast to ``matmul_dtype`` when the model has one: the parameters of the
         training path (the chains' sweeps and the SML surrogate), which :meth:`distribution` passes on."""
@@ -618,6 +630,7 @@ class RBM(PyroModule):
             if self.centered and torch.is_grad_enabled():
                 self.update_offsets(pending)
 
+    @full_precision
     def update_offsets(self, hidden_means: Tensor | Sequence[Tensor], *, defer: bool = False) -> None:
         r"""Move the hidden offset :math:`\lambda` of a centered RBM towards ``hidden_means`` (see
         :meth:`BernoulliRBM.update_hidden_offset`); nothing for an uncentered one.
@@ -683,6 +696,7 @@ class BernoulliRBM(RBM):
         self.register_buffer("visible_offset", torch.full((n_visible,), 0.5 if centered else 0.0))
         self.register_buffer("hidden_offset", torch.full((n_hidden,), 0.5 if centered else 0.0))
 
+    @full_precision
     def params(self) -> RBMParams:
         w, b, c = self.weight, self.visible_bias, self.hidden_bias
         if not self.centered:
@@ -801,6 +815,7 @@ class GaussianBernoulliRBM(RBM):
         else:
             self.register_buffer("log_std", log_std)
 
+    @full_precision
     def params(self) -> RBMParams:
         return RBMParams(self.weight, self.visible_bias, self.hidden_bias, 0.0, self.log_std.exp())
 

@@ -50,7 +50,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from ._ops import as_tensor_like, bernoulli, check_count, check_finite, require_binary
+from ._ops import as_tensor_like, bernoulli, check_count, check_finite, full_precision, require_binary
 from .frame_distribution import FrameDistribution, bernoulli_log_partition
 
 __all__ = ["RNNRBM", "RNNRBMFrameDistribution", "RNNRBMParams"]
@@ -116,6 +116,7 @@ class RNNRBM(PyroModule):
     def extra_repr(self) -> str:
         return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, n_recurrent={self.n_recurrent}"
 
+    @full_precision
     def params(self) -> RNNRBMParams:
         """The parameters, read once so that one call's products share them."""
         return RNNRBMParams(

@@ -103,7 +103,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from ._ops import Beta, as_tensor_like, bernoulli, check_count, check_finite
+from ._ops import Beta, as_tensor_like, bernoulli, check_count, check_finite, full_precision
 from .chains import NegativePhase, PersistentChains
 from .distribution import EnergyBasedDistribution
 from .protocol import Enumeration
@@ -221,6 +221,7 @@ class SpikeSlabRBM(PyroModule):
         return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, bounded_precision={self.bounded_precision}"
 
     # ------------------------------------------------------------------ parameters and data
+    @full_precision
     def params(self) -> SpikeSlabParams:
         """The parameters in standard form (:class:`SpikeSlabParams`); differentiable."""
         w = self.weight
@@ -599,6 +600,7 @@ class SpikeSlabRBM(PyroModule):
         """
         return self(chains, **kwargs)
 
+    @full_precision
     def update_offsets(self, hidden_means: Any, *, defer: bool = False) -> None:
         """Nothing: the spike-and-slab RBM is not centered."""
 

@@ -4,6 +4,7 @@ from .avb import AVBLoss
 from .bigan import BIGAN_KINDS, ALILoss, BiGANLoss
 from .errors import DivergenceError
 from .gan import GAN_ESTIMATORS, GAN_KINDS, GANLoss, gradient_penalty
+from .mixed_precision import AutocastLoss
 from .mmd import MMDLoss
 from .nce import NCELoss, unnormalized_log_prob
 from .objectives import (
@@ -52,4 +53,5 @@ __all__ = [
     "LatentScaleMessenger",
     "linear_warmup",
     "train",
+    "AutocastLoss",
 ]
