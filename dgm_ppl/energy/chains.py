@@ -84,12 +84,12 @@ class NegativePhase(nn.Module):
         return state if state.device == like.device and state.dtype == like.dtype else state.to(like)
 
     def _set_buffer(self, name: str, value: Tensor) -> None:
-        """Replace a registered buffer, without ``nn.Module.__setattr__``'s bookkeeping (hot path). The buffer
-        keeps its dtype: under ``torch.autocast`` the sweeps' products come back in the low precision, and a
-        persistent state must not drift into it (a checkpoint, AIS or ``sample`` would inherit it)."""
-        old = self._buffers.get(name)
-        if old is not None and old.dtype != value.dtype and old.dtype.is_floating_point:
-            value = value.to(old.dtype)
+        """Replace a registered buffer, without ``nn.Module.__setattr__``'s bookkeeping (hot path). A floating-point
+        buffer takes the model's dtype: under ``torch.autocast`` the sweeps' products come back in the low
+        precision, and a persistent state must not drift into it (a checkpoint, AIS or ``sample`` would inherit it)."""
+        dtype = self.model.weight.dtype
+        if value.dtype != dtype and value.is_floating_point():
+            value = value.to(dtype)
         self._buffers[name] = value
 
 
