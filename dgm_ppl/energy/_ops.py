@@ -34,17 +34,8 @@ __all__ = [
 Beta = float | Tensor
 
 
-def _autocast_devices() -> tuple[str, ...]:
-    """The device types on which ``torch.autocast`` can be on here (it disables itself where none is present)."""
-    present = [
-        ("cuda", torch.cuda.is_available()),
-        ("xpu", hasattr(torch, "xpu") and torch.xpu.is_available()),
-        ("mps", torch.backends.mps.is_available()),
-    ]
-    return ("cpu", *(name for name, available in present if available))
-
-
-_AUTOCAST_DEVICES = _autocast_devices()
+# the device types on which torch.autocast may be on (querying one without the device present is cheap and safe)
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 _F = TypeVar("_F", bound=Callable)
 
 
