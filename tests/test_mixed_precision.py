@@ -18,7 +18,7 @@ from dgm_ppl.energy import (
     average_log_likelihood,
     exact_log_partition,
 )
-from dgm_ppl.infer import AutocastLoss, GANLoss, train
+from dgm_ppl.infer import IWAE, AutocastLoss, GANLoss, train
 
 LOW = dict(device_type="cpu", dtype=torch.bfloat16)
 
@@ -35,6 +35,7 @@ def test_bad_arguments_are_refused_clearly():
     with pytest.raises(ValueError, match="dtype"):
         AutocastLoss(Trace_ELBO(), "cpu", dtype=torch.int8)
     assert "Trace_ELBO" in repr(AutocastLoss(Trace_ELBO(), "cpu"))
+    AutocastLoss(IWAE(4), "cpu")  # dgm_ppl's IWAE has differentiable_loss
 
 
 def test_the_forward_pass_is_autocast_and_the_backward_pass_is_not():

@@ -209,3 +209,35 @@ def test_iwae_under_a_subsampled_plate_is_the_scaled_per_datum_bound():
     torch.manual_seed(1)
     renyi = RenyiELBO(0.0, 20, vectorize_particles=True, max_plate_nesting=1).loss(model, guide, x, 1000)
     assert -renyi / 100 > exact  # not a bound on log p(x) any more
+
+
+@pytest.mark.parametrize("num_data", [None, 1000])
+def test_iwae_differentiable_loss_is_loss_and_grads(num_data):
+    """``differentiable_loss`` (what ``AutocastLoss`` and other callers that run the backward pass need) has the
+    value and the gradient of ``loss_and_grads`` for the same draws, with a subsampled plate's scale too."""
+    torch.manual_seed(0)
+    x, w = torch.randn(10, 5), torch.randn(5, 2)
+    loc = torch.zeros(2, requires_grad=True)
+
+    def model(x, n=None):
+        with pyro.plate("data", n or len(x), subsample=torch.arange(len(x))):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ w.T, 0.5).to_event(1), obs=x)
+
+    def guide(x, n=None):
+        pyro.param("loc", loc)
+        with pyro.plate("data", n or len(x), subsample=torch.arange(len(x))):
+            pyro.sample("z", dist.Normal(pyro.param("loc"), 1.5).to_event(1))
+
+    iwae = IWAE(8, max_plate_nesting=1)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    value = iwae.loss_and_grads(model, guide, x, num_data)
+    grad = pyro.param("loc").unconstrained().grad.clone()
+    pyro.clear_param_store()
+    loc.grad = None
+    pyro.set_rng_seed(1)
+    loss = iwae.differentiable_loss(model, guide, x, num_data)
+    loss.backward()
+    assert loss.item() == pytest.approx(value, rel=1e-5)
+    torch.testing.assert_close(pyro.param("loc").unconstrained().grad, grad, rtol=1e-5, atol=1e-6)

@@ -42,7 +42,7 @@ class AutocastLoss:
     and whose backward pass (run by SVI) does not.
 
     :param loss: a Pyro ELBO with ``differentiable_loss`` (``Trace_ELBO``, ``TraceMeanField_ELBO``,
-        ``TraceEnum_ELBO``, ...), or a callable ``loss(model, guide, *args, **kwargs)`` that returns a
+        ``TraceEnum_ELBO``, :class:`~dgm_ppl.infer.IWAE`, ...), or a callable ``loss(model, guide, *args, **kwargs)`` that returns a
         differentiable loss (dgm_ppl's comparison losses such as :class:`~dgm_ppl.infer.GANLoss`; a GAN's
         discriminator steps, taken inside the call, then also run under autocast).
     :param device_type: ``"cpu"`` or ``"cuda"``, as for ``torch.autocast``.

@@ -504,6 +504,13 @@ class IWAE(RenyiELBO):
         scale = self._scale(messenger)
         return -scale * log_mean.sum(), -scale * (weights * surrogate).sum() / self.k
 
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """The negative bound as a tensor with the bound's gradient (what :meth:`loss_and_grads` accumulates), for
+        a caller that runs the backward pass itself, such as :class:`~dgm_ppl.infer.AutocastLoss`."""
+        loss, surrogate = (self._jit or self._bound)(model, guide, args, kwargs)
+        _check_finite(loss.item(), f"IWAE(k={self.k})")
+        return loss.detach() + (surrogate - surrogate.detach())
+
     def loss(self, model, guide, *args, **kwargs) -> float:
         if self._jit is not None:
             with torch.no_grad():
