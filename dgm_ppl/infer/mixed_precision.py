@@ -43,8 +43,9 @@ class AutocastLoss:
 
     :param loss: a Pyro ELBO with ``differentiable_loss`` (``Trace_ELBO``, ``TraceMeanField_ELBO``,
         ``TraceEnum_ELBO``, :class:`~dgm_ppl.infer.IWAE`, ...), or a callable
-        ``loss(model, guide, *args, **kwargs)`` that returns a differentiable loss (dgm_ppl's comparison losses such as :class:`~dgm_ppl.infer.GANLoss`; a GAN's
-        discriminator steps, taken inside the call, then also run under autocast).
+        ``loss(model, guide, *args, **kwargs)`` that returns a differentiable loss (dgm_ppl's comparison losses
+        such as :class:`~dgm_ppl.infer.GANLoss`; a GAN's discriminator steps, taken inside the call, then also run
+        under autocast).
     :param device_type: ``"cpu"`` or ``"cuda"``, as for ``torch.autocast``.
     :param dtype: the low precision; bfloat16 by default. float16 has a smaller range, and SVI has no gradient
         scaler to keep its gradients from underflowing.
