@@ -87,10 +87,7 @@ class NegativePhase(nn.Module):
         """Replace a registered buffer, without ``nn.Module.__setattr__``'s bookkeeping (hot path). A floating-point
         buffer takes the model's dtype: under ``torch.autocast`` the sweeps' products come back in the low
         precision, and a persistent state must not drift into it (a checkpoint, AIS or ``sample`` would inherit it)."""
-        dtype = self.model.weight.dtype
-        if value.dtype != dtype and value.is_floating_point():
-            value = value.to(dtype)
-        self._buffers[name] = value
+        self._buffers[name] = self._sync(value, self.model.weight) if value.is_floating_point() else value
 
 
 class PersistentChains(NegativePhase):
