@@ -52,8 +52,9 @@ Options:
   rates go from their initial value to this fraction of it over the planned steps;
 - ``--time-budget SECONDS``: a run stops training once its wall time exceeds this (the schedule stays defined
   over the planned steps); the run's record says ``stopped_early`` and ``steps_done``;
-- ``--kind`` (GAN loss kind), ``--r1 γ`` (R1 penalty γ/2·‖∇D(x)‖² on real data, added by a subclass of
-  ``GANLoss`` since it has no such option), ``--packing`` (PacGAN's m for ``pacgan``);
+- ``--kind`` (GAN loss kind), ``--r1 γ`` (``GANLoss``'s R1 penalty γ/2·‖∇D(x)‖² on real data),
+  ``--r1-every K`` (lazy regularization: R1 at every K-th discriminator step, times K), ``--packing`` (PacGAN's m
+  for ``pacgan``);
 - ``--latent``, ``--g-hidden``, ``--g-layers``, ``--d-hidden``, ``--d-layers``, ``--no-batch-norm``: the networks;
   ``--d-widths W [W ...]``: the discriminator's hidden widths layer by layer (e.g. wide, then narrow), instead of
   ``--d-hidden`` × ``--d-layers``;
@@ -98,7 +99,6 @@ import time
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro.infer import SVI
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -117,7 +117,7 @@ LOSSES = ("gan", "pacgan", "wgan_gp", "mmd")
 # discriminator steps per generator step, batch size (samples) and generator steps, the GAN kind, the R1
 # penalty's γ, PacGAN's m, the networks and the learning-rate schedule. The command-line options override them.
 SMALL = dict(latent=2, g_hidden=128, g_layers=3, d_hidden=128, d_layers=2, schedule="exp", final_lr_factor=0.1)
-GAN = dict(kind="nonsaturating", r1=0.0, packing=1)
+GAN = dict(kind="nonsaturating", r1=0.0, r1_every=1, packing=1)
 DEFAULTS = {
     "gan": dict(
         SMALL,
@@ -178,34 +178,6 @@ class Critic(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-def d_loss(kind, real, fake):
-    """The discriminator loss of ``GANLoss`` (its docstring's table) on real and fake logits."""
-    if kind in ("minimax", "nonsaturating"):
-        return F.softplus(-real).mean() + F.softplus(fake).mean()
-    if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())  # least_squares
-
-
-class R1GANLoss(GANLoss):
-    """``GANLoss`` plus Mescheder et al.'s (2018) R1 penalty :math:`\\tfrac\\gamma2 \\|\\nabla D(x)\\|^2` on the
-    real (packed) inputs, added to the discriminator loss (a subclass here: ``GANLoss`` has no R1 option)."""
-
-    def __init__(self, *args, r1=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.r1 = float(r1)
-
-    def discriminator_loss(self, real, fake, context):
-        if not self.r1:
-            return super().discriminator_loss(real, fake, context)
-        real = [r.detach().requires_grad_(True) for r in real]
-        d_real = self.discriminator(*real, *context).reshape(len(real[0]))
-        d_fake = self.discriminator(*fake, *context).reshape(len(fake[0]))
-        grads = torch.autograd.grad(d_real.sum(), real, create_graph=True)
-        penalty = sum(g.reshape(len(g), -1).pow(2).sum(-1) for g in grads).mean()
-        return discriminator_loss(self.kind, d_real, d_fake) + 0.5 * self.r1 * penalty, penalty
-
-
 def make_loss(name, args, hp):
     if name == "mmd":
         return MMDLoss(RBFMixture(args.bandwidths))
@@ -217,7 +189,10 @@ def make_loss(name, args, hp):
             d, kind="wasserstein", d_optim=d_optim, d_steps=hp["d_steps"], gradient_penalty=10.0,
             one_sided=not args.two_sided,
         )  # fmt: skip
-    return R1GANLoss(d, kind=hp["kind"], d_optim=d_optim, d_steps=hp["d_steps"], packing=packing, r1=hp["r1"])
+    return GANLoss(
+        d, kind=hp["kind"], d_optim=d_optim, d_steps=hp["d_steps"], packing=packing, r1=hp["r1"],
+        penalty_every=hp["r1_every"],
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -246,7 +221,7 @@ def lr_factor(schedule, final, steps):
     return lambda t: 1.0
 
 
-HP_KEYS = ("g_lr", "d_lr", "betas", "d_steps", "batch_size", "steps", "kind", "r1", "packing", "latent")
+HP_KEYS = ("g_lr", "d_lr", "betas", "d_steps", "batch_size", "steps", "kind", "r1", "r1_every", "packing", "latent")
 HP_KEYS += ("g_hidden", "g_layers", "d_hidden", "d_layers", "schedule", "final_lr_factor")
 
 
@@ -471,6 +446,7 @@ def main():
     ap.add_argument("--final-lr-factor", type=float, help="both rates decay to this fraction of the initial one")
     ap.add_argument("--kind", choices=("nonsaturating", "minimax", "hinge", "least_squares"), help="GAN kind")
     ap.add_argument("--r1", type=float, help="γ of the R1 penalty on real data (gan, pacgan)")
+    ap.add_argument("--r1-every", type=int, help="lazy R1: at every this many discriminator steps, times that")
     ap.add_argument("--packing", type=int, help="PacGAN's m (pacgan)")
     ap.add_argument("--latent", type=int, help="latent dimension")
     ap.add_argument("--g-hidden", type=int, help="generator width")

@@ -13,7 +13,15 @@ from torch import nn
 
 from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.evaluation import mmd2
-from dgm_ppl.infer import GAN_KINDS, AutocastLoss, DivergenceError, GANLoss, MMDLoss, gradient_penalty
+from dgm_ppl.infer import (
+    GAN_KINDS,
+    AutocastLoss,
+    DivergenceError,
+    GANLoss,
+    MMDLoss,
+    gradient_penalty,
+    zero_centered_gradient_penalty,
+)
 from dgm_ppl.kernels import RBFMixture
 
 
@@ -155,6 +163,83 @@ def test_gradient_penalty_several_sites_share_eps_and_norm():
     assert torch.allclose(penalty, finite_difference_penalty(joint, points), atol=1e-7)
 
 
+class Quadratic(nn.Module):
+    """D(x) = x·(A x) + w·x + b, whose input gradient (A + Aᵀ) x + w is known in closed form."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(d, d, dtype=torch.float64))
+        self.w = nn.Parameter(torch.randn(d, dtype=torch.float64))
+        self.b = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x):
+        return (x * (x @ self.A.T)).sum(-1) + x @ self.w + self.b
+
+    def input_gradient(self, x):
+        return x @ (self.A + self.A.T).T + self.w
+
+
+def test_zero_centered_penalty_matches_its_closed_form_and_gradient():
+    torch.manual_seed(3)
+    D = Quadratic(3)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    penalty = zero_centered_gradient_penalty(D, x)
+    grad = D.input_gradient(x)
+    assert torch.allclose(penalty, grad.pow(2).sum(-1))
+    # d/dw sum_i |g_i|^2 = 2 sum_i g_i, and d/db = 0
+    dw, db = torch.autograd.grad(penalty.sum(), [D.w, D.b], allow_unused=True, materialize_grads=True)
+    assert torch.allclose(dw, 2 * grad.sum(0))
+    assert db.abs().item() == 0.0
+    assert not x.requires_grad  # the caller's tensor is left alone
+    # several sites share one norm; context is passed through, not differentiated
+    both = nn.Bilinear(2, 3, 1).double()
+    a, c = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    expected = (c @ both.weight[0].T).pow(2).sum(-1) + (a @ both.weight[0]).pow(2).sum(-1)
+    assert torch.allclose(zero_centered_gradient_penalty(both, [a, c]), expected)
+    assert torch.allclose(zero_centered_gradient_penalty(both, a, c), (c @ both.weight[0].T).pow(2).sum(-1))
+
+
+@pytest.mark.parametrize("kind", ["nonsaturating", "hinge"])
+def test_r1_and_r2_add_half_gamma_times_the_mean_squared_gradient(kind):
+    """For a linear D the input gradient is its weight, so R1 + R2 add (γ1 + γ2) / 2 · |w|² exactly, times k
+    under lazy regularization."""
+    torch.manual_seed(4)
+    D = nn.Linear(2, 1).double()
+    real, fake = torch.randn(7, 2, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
+    base, _ = GANLoss(D, kind=kind).discriminator_loss([real], [fake], [])
+    w2 = D.weight.pow(2).sum()
+    for every in (1, 4):
+        loss = GANLoss(D, kind=kind, r1=0.3, r2=0.05, penalty_every=every)
+        value, _ = loss.discriminator_loss([real], [fake], [])
+        assert torch.allclose(value, base + every * 0.5 * (0.3 + 0.05) * w2)
+        assert torch.allclose(loss.last_zero_centered["r1"], w2) and torch.allclose(loss.last_zero_centered["r2"], w2)
+        plain, _ = loss.discriminator_loss([real], [fake], [], zero_centered=False)
+        assert torch.allclose(plain, base)
+    only_r1 = GANLoss(D, kind=kind, r1=1.0)
+    only_r1.discriminator_loss([real], [fake], [])
+    assert set(only_r1.last_zero_centered) == {"r1"}
+
+
+def test_lazy_r1_runs_at_every_kth_discriminator_step_and_flattens_d():
+    """With d_steps = 2 and penalty_every = 3, R1 is computed at discriminator steps 0, 3, 6, ... (recorded in
+    the history); a large γ keeps D's slope on the data smaller than without it."""
+    torch.manual_seed(5)
+
+    def slope(r1, every):
+        torch.manual_seed(5)
+        D = mlp(2, 1, 16)
+        loss = GANLoss(D, d_optim=torch.optim.Adam(D.parameters(), lr=1e-2), d_steps=2, r1=r1, penalty_every=every)
+        data = torch.randn(32, 2) + 2
+        for _ in range(5):  # the generator's turn is left out: theta stays at 0
+            loss(point_model(torch.zeros(2)), None, data)
+        return zero_centered_gradient_penalty(D, data).mean().item(), loss
+
+    free, plain = slope(0.0, 1)
+    flat, lazy = slope(10.0, 3)
+    assert "r1" not in plain.history and len(lazy.history["r1"]) == 4  # steps 0, 3, 6, 9 of 10
+    assert flat < 0.5 * free
+
+
 # ---------------------------------------------------------------- plumbing through SVI
 
 
@@ -245,14 +330,16 @@ def test_guide_over_global_latents_adds_prior_scale_kl():
     assert pyro.param("AutoDelta.mu").item() != pytest.approx(0.7)  # the guide is trained
 
 
-def test_checkpoint_resumes_exactly(tmp_path):
-    """3 steps, save, 4 more == the same 7 steps resumed from the checkpoint (D, its optimizer, G, RNG)."""
+@pytest.mark.parametrize("penalties", [{}, {"r1": 1.0, "penalty_every": 2, "d_steps": 3}])
+def test_checkpoint_resumes_exactly(tmp_path, penalties):
+    """3 steps, save, 4 more == the same 7 steps resumed from the checkpoint (D, its optimizer, G, RNG; the lazy
+    R1 penalty's phase)."""
 
     def run(first, last, resume_from=None, save_to=None):
         pyro.clear_param_store()
         torch.manual_seed(0)
         G, D = mlp(2, 2, 8), mlp(2, 1, 8)
-        loss = GANLoss(D, d_optim=torch.optim.Adam(D.parameters(), lr=1e-2))
+        loss = GANLoss(D, d_optim=torch.optim.Adam(D.parameters(), lr=1e-2), **penalties)
 
         def model(x):
             pyro.module("G", G)
@@ -316,7 +403,10 @@ def test_bad_input_gets_clear_errors_and_changes_nothing():
     with pytest.raises(ValueError, match="one value per"):
         wrong(point_model(theta), None, torch.randn(5, 2))
     assert all(torch.equal(a, b) for a, b in zip(before, D.parameters()))
-    for kwargs in ({"kind": "vanilla"}, {"d_steps": 0}, {"packing": 0}, {"gradient_penalty": -1.0}):
+    for kwargs in (
+        {"kind": "vanilla"}, {"d_steps": 0}, {"packing": 0}, {"gradient_penalty": -1.0}, {"r1": -1.0},
+        {"r2": float("nan")}, {"penalty_every": 0}, {"penalty_every": 2.0},
+    ):  # fmt: skip
         with pytest.raises(ValueError):
             GANLoss(D, **kwargs)
     with pytest.raises(ValueError, match="estimator"):

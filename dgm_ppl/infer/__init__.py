@@ -3,7 +3,7 @@
 from .avb import AVBLoss
 from .bigan import BIGAN_KINDS, ALILoss, BiGANLoss
 from .errors import DivergenceError
-from .gan import GAN_ESTIMATORS, GAN_KINDS, GANLoss, gradient_penalty
+from .gan import GAN_ESTIMATORS, GAN_KINDS, GANLoss, gradient_penalty, zero_centered_gradient_penalty
 from .mixed_precision import AutocastLoss
 from .mmd import MMDLoss
 from .nce import NCELoss, unnormalized_log_prob
@@ -34,6 +34,7 @@ __all__ = [
     "GANLoss",
     "GAN_KINDS",
     "gradient_penalty",
+    "zero_centered_gradient_penalty",
     "discriminator_rejection_sampling",
     "RejectionSamples",
     "BiGANLoss",

@@ -19,6 +19,17 @@ penalty (WGAN-GP, Gulrajani et al. 2017) adds
 :math:`\lambda\,\mathbb E_{\hat x}(\|\nabla_{\hat x} D(\hat x)\|_2 - 1)^2` at
 :math:`\hat x = \epsilon x + (1 - \epsilon)\tilde x`,
 :math:`\epsilon \sim U(0, 1)`, to the discriminator loss; without it ``wasserstein`` clips the critic's weights.
+The zero-centered penalties of Mescheder et al. (2018) add instead
+
+.. math::
+
+    R_1 = \frac{\gamma_1}{2}\,\mathbb E_{x \sim p_{data}} \|\nabla_x D(x)\|_2^2, \qquad
+    R_2 = \frac{\gamma_2}{2}\,\mathbb E_{\tilde x \sim p_G} \|\nabla_{\tilde x} D(\tilde x)\|_2^2,
+
+which vanish at the equilibrium :math:`p_G = p_{data}`, :math:`D = 0` and make it locally convergent for the
+``minimax`` / ``nonsaturating`` kinds where the unregularized game oscillates around it. With lazy regularization
+(Karras et al. 2020) they are computed at every k-th discriminator step only, scaled by k, which keeps their
+expected gradient at a k-th of the cost of the double backward pass.
 
 **Discrete outputs.** When the observed site is discrete (bits, a category), :math:`\tilde x` is not a
 differentiable function of the generator's parameters and D's gradient cannot reach G. Two remedies:
@@ -63,7 +74,7 @@ from .comparison import (
     pack,
 )
 
-__all__ = ["GANLoss", "gradient_penalty", "GAN_KINDS", "GAN_ESTIMATORS"]
+__all__ = ["GANLoss", "gradient_penalty", "zero_centered_gradient_penalty", "GAN_KINDS", "GAN_ESTIMATORS"]
 
 GAN_KINDS = ("minimax", "nonsaturating", "wasserstein", "hinge", "least_squares")
 GAN_ESTIMATORS = ("reparam", "reinforce")
@@ -99,6 +110,26 @@ def gradient_penalty(
     return (excess.clamp_min(0) if one_sided else excess).pow(2)
 
 
+def _scores_and_squared_gradients(
+    discriminator: nn.Module, inputs: list[Tensor], context: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """D's scores at ``inputs`` and, per sample, :math:`\\|\\nabla_x D(x)\\|_2^2` over all the inputs, from one
+    forward pass; both differentiable in D's parameters."""
+    points = [x.detach().requires_grad_(True) for x in inputs]
+    scores = critic_scores(discriminator, points, context)
+    grads = torch.autograd.grad(scores.sum(), points, create_graph=True)
+    return scores, sum(g.reshape(len(g), -1).pow(2).sum(-1) for g in grads)
+
+
+def zero_centered_gradient_penalty(discriminator: nn.Module, inputs: Tensor | list[Tensor], *context: Tensor) -> Tensor:
+    r"""The per-sample squared gradient norm :math:`\|\nabla_x D(x)\|_2^2` at the inputs themselves, shape
+    ``(B,)``, differentiable in D's parameters: the R1 penalty on data and the R2 penalty on fakes (Mescheder et
+    al. 2018) are :math:`\tfrac\gamma2` times its mean. Several inputs (a list, one per observed site) share one
+    norm; ``context`` inputs are passed to D unchanged and not differentiated."""
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    return _scores_and_squared_gradients(discriminator, inputs, list(context))[1]
+
+
 class GANLoss(ComparisonLoss):
     r"""Train the model's generator against a discriminator, as a loss for :class:`pyro.infer.SVI`.
 
@@ -124,6 +155,10 @@ class GANLoss(ComparisonLoss):
     :param one_sided: penalize only gradient norms above 1 (WGAN-LP). The two-sided penalty has a barrier at
         norm 0 that can trap a critic whose slope starts with the wrong sign, most visibly on 1-D data.
     :param clip: weight clipping bound for ``"wasserstein"`` without a penalty.
+    :param r1: γ of the R1 penalty :math:`\tfrac\gamma2 \mathbb E\|\nabla_x D(x)\|^2` on the (packed) data.
+    :param r2: γ of the R2 penalty, the same on the (packed) fakes.
+    :param penalty_every: lazy regularization: R1 and R2 are added at every ``penalty_every``-th discriminator
+        step only, multiplied by ``penalty_every`` (Karras et al. 2020 use 16).
     :param packing: PacGAN's m: the discriminator sees m samples concatenated along the first event dimension.
     :param prior_scale: weight of :math:`\log q(\theta) - \log p(\theta)` added to the generator loss for the
         guide's (global) latents, as in :class:`pyro.infer.EnergyDistance`.
@@ -133,7 +168,9 @@ class GANLoss(ComparisonLoss):
         with a moving-average baseline, for any discrete observed site; see the module's notes).
     :param baseline_decay: the decay of the REINFORCE baseline's moving average, in [0, 1).
 
-    ``history`` records ``d_loss``, ``g_loss`` (and ``gradient_penalty``; ``baseline`` for REINFORCE) at each step.
+    ``history`` records ``d_loss``, ``g_loss`` (and ``gradient_penalty``; ``baseline`` for REINFORCE) at each step,
+    and ``r1`` / ``r2`` (the batch means of :math:`\|\nabla D\|^2`, without γ) at each discriminator step that
+    computes them.
     """
 
     def __init__(
@@ -151,6 +188,9 @@ class GANLoss(ComparisonLoss):
         context: Callable[..., Tensor | tuple[Tensor, ...]] | None = None,
         estimator: str = "reparam",
         baseline_decay: float = 0.9,
+        r1: float = 0.0,
+        r2: float = 0.0,
+        penalty_every: int = 1,
     ):
         if not isinstance(discriminator, nn.Module):
             raise TypeError(f"discriminator must be an nn.Module, got {type(discriminator).__name__}")
@@ -160,7 +200,12 @@ class GANLoss(ComparisonLoss):
             raise ValueError(f"d_steps must be a positive integer, got {d_steps}")
         if not (isinstance(packing, int) and packing >= 1):
             raise ValueError(f"packing must be a positive integer, got {packing}")
-        for name, value in (("gradient_penalty", gradient_penalty), ("prior_scale", prior_scale), ("clip", clip)):
+        if not (isinstance(penalty_every, int) and penalty_every >= 1):
+            raise ValueError(f"penalty_every must be a positive integer, got {penalty_every}")
+        nonnegative = (
+            ("gradient_penalty", gradient_penalty), ("prior_scale", prior_scale), ("clip", clip), ("r1", r1), ("r2", r2)
+        )  # fmt: skip
+        for name, value in nonnegative:
             if not value >= 0:
                 raise ValueError(f"{name} must be non-negative, got {value}")
         if estimator not in GAN_ESTIMATORS:
@@ -179,12 +224,18 @@ class GANLoss(ComparisonLoss):
         self.gradient_penalty = float(gradient_penalty)
         self.one_sided = one_sided
         self.clip = clip if kind == "wasserstein" and gradient_penalty == 0 else None
+        self.r1, self.r2 = float(r1), float(r2)
+        self.penalty_every = penalty_every
+        self.last_zero_centered: dict[str, Tensor] = {}
         self.packing = packing
         self.prior_scale = float(prior_scale)
         self.context = context
         self.history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
         if self.gradient_penalty:
             self.history["gradient_penalty"] = []
+        for name in ("r1", "r2"):
+            if getattr(self, name):
+                self.history[name] = []
         if estimator == "reinforce":
             self.history["baseline"] = []
 
@@ -226,21 +277,35 @@ class GANLoss(ComparisonLoss):
         return mean + surrogate - surrogate.detach()
 
     def discriminator_loss(
-        self, real: list[Tensor], fake: list[Tensor], context: list[Tensor]
+        self, real: list[Tensor], fake: list[Tensor], context: list[Tensor], *, zero_centered: bool = True
     ) -> tuple[Tensor, Tensor]:
-        """The discriminator loss on packed inputs, and the mean gradient penalty (0 without one)."""
-        d_real = critic_scores(self.discriminator, real, context)
-        d_fake = critic_scores(self.discriminator, fake, context)
-        loss = discriminator_loss(self.kind, d_real, d_fake)
+        """The discriminator loss on packed inputs, and the mean gradient penalty (0 without one). With
+        ``zero_centered`` it includes the R1 and R2 penalties, each times ``penalty_every`` (their batch means of
+        :math:`\\|\\nabla D\\|^2` are left in ``self.last_zero_centered``)."""
+        weights = {"r1": self.r1, "r2": self.r2} if zero_centered else {}
+        scored: dict[str, Tensor] = {}
+        squared: dict[str, Tensor] = {}
+        for name, inputs in (("r1", real), ("r2", fake)):
+            if weights.get(name):
+                scored[name], squared[name] = _scores_and_squared_gradients(self.discriminator, inputs, context)
+            else:
+                scored[name] = critic_scores(self.discriminator, inputs, context)
+        loss = discriminator_loss(self.kind, scored["r1"], scored["r2"])
+        self.last_zero_centered = {name: sq.mean() for name, sq in squared.items()}
+        for name, mean in self.last_zero_centered.items():
+            loss = loss + 0.5 * weights[name] * self.penalty_every * mean
         penalty = torch.zeros((), dtype=loss.dtype, device=loss.device)
         if self.gradient_penalty:
             penalty = gradient_penalty(self.discriminator, real, fake, *context, one_sided=self.one_sided).mean()
             loss = loss + self.gradient_penalty * penalty
         return loss, penalty
 
-    def _discriminator_step(self, real, fake, context) -> tuple[float, float]:
-        d_loss, penalty = self.discriminator_loss(real, fake, context)
+    def _discriminator_step(self, real, fake, context, index: int) -> tuple[float, float]:
+        lazy = (self.r1 or self.r2) and index % self.penalty_every == 0
+        d_loss, penalty = self.discriminator_loss(real, fake, context, zero_centered=bool(lazy))
         adversary_step("GANLoss", "discriminator loss", d_loss, self.discriminator, self.d_optim, self.clip)
+        for name, mean in self.last_zero_centered.items():
+            self.history[name].append(mean.item())
         # the penalty is recorded only when there is one: no host sync for the constant 0 otherwise
         return d_loss.item(), penalty.item() if self.gradient_penalty else 0.0
 
@@ -260,7 +325,8 @@ class GANLoss(ComparisonLoss):
                         with torch.no_grad():
                             again = self._draw(model, guide, args, kwargs)
                         step_fake, real, ctx = pack(again.fake, m), pack(again.real, m), pack(again.context, m)
-                    d_loss, penalty = self._discriminator_step(real, step_fake, ctx)
+                    index = len(self.history["d_loss"]) * self.d_steps + step  # resumes with the history
+                    d_loss, penalty = self._discriminator_step(real, step_fake, ctx, index)
             with frozen(self.discriminator):
                 if self.estimator == "reinforce":
                     g_loss = self._reinforce_loss(draw, [f.detach() for f in fake], ctx)
