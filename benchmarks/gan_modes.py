@@ -167,6 +167,22 @@ def mlp(sizes, act, batch_norm=False):
     return nn.Sequential(*layers)
 
 
+class MixtureLatent(nn.Module):
+    """DeLiGAN's latent (Gurumurthy et al. 2017) as the generator's first layer: standard normal noise ε becomes
+    z = μ_k + σ ε, with k uniform over K learned means (initialized uniform on [-1, 1]^d) and a fixed σ. A Gaussian
+    latent pushed through a continuous generator has connected support, so it must put mass on the bridges between
+    separated modes (Tanielian et al. 2020 bound that mass from below); K separated clusters need not."""
+
+    def __init__(self, components: int, dim: int, scale: float):
+        super().__init__()
+        self.means = nn.Parameter(torch.rand(components, dim) * 2 - 1)
+        self.scale = scale
+
+    def forward(self, eps):
+        k = torch.randint(len(self.means), (len(eps),), device=eps.device)
+        return self.means[k] + self.scale * eps
+
+
 class Critic(nn.Module):
     """An MLP discriminator with hidden layers of the given ``widths``, returning one logit per (packed) sample."""
 
@@ -301,6 +317,8 @@ def run(dataset, name, seed, args, progress):
     data = DATASETS[dataset](args.train_size, generator=torch.Generator().manual_seed(10_000 + seed))
     n, zdim = len(data), hp["latent"]
     G = mlp([zdim] + [hp["g_hidden"]] * hp["g_layers"] + [2], nn.ReLU, batch_norm=not args.no_batch_norm)
+    if args.latent_mixture:
+        G = nn.Sequential(MixtureLatent(args.latent_mixture, zdim, args.latent_scale), *G)
     loss = make_loss(name, args, hp)
     # the EMA copy of the generator's parameters and buffers (batch-norm statistics), updated after every step
     ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(hp["ema"]), use_buffers=True) if hp["ema"] else None
@@ -374,6 +392,7 @@ def run(dataset, name, seed, args, progress):
         steps_done=done,
         steps_per_s=round(done / train_s, 1) if train_s > 0 else 0.0,
         stopped_early=stopped_early,
+        **(dict(latent_mixture=args.latent_mixture, latent_scale=args.latent_scale) if args.latent_mixture else {}),
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in hp.items()},
     )
 
@@ -449,6 +468,9 @@ def main():
     ap.add_argument("--r1-every", type=int, help="lazy R1: at every this many discriminator steps, times that")
     ap.add_argument("--packing", type=int, help="PacGAN's m (pacgan)")
     ap.add_argument("--latent", type=int, help="latent dimension")
+    ap.add_argument("--latent-mixture", type=int, default=0, metavar="K",
+                    help="DeLiGAN's latent: K learned means, fixed scale (0: a standard normal latent)")
+    ap.add_argument("--latent-scale", type=float, default=0.1, help="σ of the mixture latent's components")
     ap.add_argument("--g-hidden", type=int, help="generator width")
     ap.add_argument("--g-layers", type=int, help="generator hidden layers")
     ap.add_argument("--d-hidden", type=int, help="discriminator width")

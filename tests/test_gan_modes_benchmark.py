@@ -209,3 +209,23 @@ def test_gan_modes_autocast_trains_in_bfloat16_and_scores_in_float32(monkeypatch
     assert run["steps_done"] == 3 and 0 <= run["high_quality"] <= 1
     with pytest.raises(SystemExit):
         run_main(monkeypatch, capsys, *args, "--autocast", "float64")
+
+
+def test_gan_modes_mixture_latent_and_lazy_r1(monkeypatch, capsys):
+    """``--latent-mixture K``: z = μ_k + σ ε, the draws clustered around the K means; ``--r1 --r1-every`` reach
+    ``GANLoss``'s lazy R1 penalty."""
+    module = load_script()
+    torch = module.torch
+    torch.manual_seed(0)
+    latent = module.MixtureLatent(3, 2, 0.01)
+    z = latent(torch.randn(600, 2))
+    nearest = torch.cdist(z, latent.means.detach()).min(-1).values
+    assert nearest.max() < 0.1  # every draw sits within a few σ of a mean
+    args = ["--no-progress", "--steps", "6", "--samples", "100", "--train-size", "1000", "--seeds", "1"]
+    records = run_main(
+        monkeypatch, capsys, *args, "--datasets", "grid", "--losses", "gan", "--latent-mixture", "5",
+        "--latent-scale", "0.2", "--r1", "0.1", "--r1-every", "4",
+    )  # fmt: skip
+    (run,) = [r for r in records if r.get("benchmark") == "gan_modes" and "event" not in r]
+    assert run["latent_mixture"] == 5 and run["latent_scale"] == 0.2
+    assert run["r1"] == 0.1 and run["r1_every"] == 4 and run["steps_done"] == 6
