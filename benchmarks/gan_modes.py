@@ -468,8 +468,13 @@ def main():
     ap.add_argument("--r1-every", type=int, help="lazy R1: at every this many discriminator steps, times that")
     ap.add_argument("--packing", type=int, help="PacGAN's m (pacgan)")
     ap.add_argument("--latent", type=int, help="latent dimension")
-    ap.add_argument("--latent-mixture", type=int, default=0, metavar="K",
-                    help="DeLiGAN's latent: K learned means, fixed scale (0: a standard normal latent)")
+    ap.add_argument(
+        "--latent-mixture",
+        type=int,
+        default=0,
+        metavar="K",
+        help="DeLiGAN's latent: K learned means, fixed scale (0: a standard normal latent)",
+    )
     ap.add_argument("--latent-scale", type=float, default=0.1, help="σ of the mixture latent's components")
     ap.add_argument("--g-hidden", type=int, help="generator width")
     ap.add_argument("--g-layers", type=int, help="generator hidden layers")
