@@ -57,7 +57,8 @@ Options:
   for ``pacgan``);
 - ``--latent``, ``--g-hidden``, ``--g-layers``, ``--d-hidden``, ``--d-layers``, ``--no-batch-norm``: the networks;
   ``--d-widths W [W ...]``: the discriminator's hidden widths layer by layer (e.g. wide, then narrow), instead of
-  ``--d-hidden`` × ``--d-layers``;
+  ``--d-hidden`` × ``--d-layers``; ``--latent-mixture K --latent-scale σ``: DeLiGAN's latent, z = μ_k + σ ε with
+  k uniform over K learned means, instead of a standard normal z (``MixtureLatent``);
 - ``--train-size``: training-set draws; ``--samples``: samples scored; ``--bn-train-mode``: draw them with batch
   statistics instead of the running ones; ``--two-sided``: WGAN-GP's penalty; ``--bandwidths``: MMD's σ's;
 - ``--ema DECAY``: keep an exponential moving average of the generator's parameters and buffers (batch-norm

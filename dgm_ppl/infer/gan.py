@@ -26,10 +26,10 @@ The zero-centered penalties of Mescheder et al. (2018) add instead
     R_1 = \frac{\gamma_1}{2}\,\mathbb E_{x \sim p_{data}} \|\nabla_x D(x)\|_2^2, \qquad
     R_2 = \frac{\gamma_2}{2}\,\mathbb E_{\tilde x \sim p_G} \|\nabla_{\tilde x} D(\tilde x)\|_2^2,
 
-which vanish at the equilibrium :math:`p_G = p_{data}`, :math:`D = 0` and make it locally convergent for the
-``minimax`` / ``nonsaturating`` kinds where the unregularized game oscillates around it. With lazy regularization
-(Karras et al. 2020) they are computed at every k-th discriminator step only, scaled by k, which keeps their
-expected gradient at a k-th of the cost of the double backward pass.
+which vanish at the equilibrium :math:`p_G = p_{data}`, :math:`D = 0` and make it locally convergent (under
+their assumptions) where the unregularized game can circle around it, as in their one-parameter Dirac-GAN. With
+lazy regularization (Karras et al. 2020) they are computed at every k-th discriminator step only, scaled by k,
+which keeps their expected gradient at a k-th of the cost of the double backward pass.
 
 **Discrete outputs.** When the observed site is discrete (bits, a category), :math:`\tilde x` is not a
 differentiable function of the generator's parameters and D's gradient cannot reach G. Two remedies:
@@ -283,14 +283,15 @@ class GANLoss(ComparisonLoss):
         ``zero_centered`` it includes the R1 and R2 penalties, each times ``penalty_every`` (their batch means of
         :math:`\\|\\nabla D\\|^2` are left in ``self.last_zero_centered``)."""
         weights = {"r1": self.r1, "r2": self.r2} if zero_centered else {}
-        scored: dict[str, Tensor] = {}
+        scores: list[Tensor] = []  # D(x), D(x̃)
         squared: dict[str, Tensor] = {}
         for name, inputs in (("r1", real), ("r2", fake)):
             if weights.get(name):
-                scored[name], squared[name] = _scores_and_squared_gradients(self.discriminator, inputs, context)
+                score, squared[name] = _scores_and_squared_gradients(self.discriminator, inputs, context)
             else:
-                scored[name] = critic_scores(self.discriminator, inputs, context)
-        loss = discriminator_loss(self.kind, scored["r1"], scored["r2"])
+                score = critic_scores(self.discriminator, inputs, context)
+            scores.append(score)
+        loss = discriminator_loss(self.kind, *scores)
         self.last_zero_centered = {name: sq.mean() for name, sq in squared.items()}
         for name, mean in self.last_zero_centered.items():
             loss = loss + 0.5 * weights[name] * self.penalty_every * mean
