@@ -580,8 +580,10 @@ def test_gan_and_mmd_step_on_cuda():
             pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
 
     x = torch.randn(32, 2, device="cuda")
-    for loss in (GANLoss(D, gradient_penalty=10.0, packing=2), MMDLoss()):
+    r1 = GANLoss(D, packing=2, r1=1.0, r2=0.1, penalty_every=2)
+    for loss in (GANLoss(D, gradient_penalty=10.0, packing=2), r1, MMDLoss()):
         assert math.isfinite(SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-3}), loss).step(x))
+    assert len(r1.history["r1"]) == len(r1.history["r2"]) == 1 and math.isfinite(r1.history["r1"][0])
 
 
 def test_softplus_forms_are_stable_for_large_logits():
