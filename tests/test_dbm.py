@@ -362,30 +362,30 @@ def test_dbm_runs_on_cuda():
 
 
 @pytest.mark.parametrize("centered", [False, True])
-def test_autocast_forward_trains_as_float32_does_and_keeps_the_chains_in_float32(centered):
-    """``AutocastLoss(Trace_ELBO(), "cpu")``: the mean field and the sweeps in bfloat16, the gradient's products
-    and the backward pass in float32. The chains and the parameters stay float32, and the exact log-likelihood
-    gained is no less than float32's (mean over three seeds; one uncentered float32 run gains only 0.25)."""
+def test_autocast_loss_trains_a_dbm_exactly_as_float32_does(centered):
+    """``AutocastLoss(Trace_ELBO(), "cpu")`` leaves a DBM's training in full precision, as an RBM's: the
+    parameters and the chains after training are bit-identical to float32's. With the mean field and the sweeps
+    in bfloat16, a 784-500-1000 DBM ended 8 nats behind float32 on MNIST, a loss that this 10-6-4 model did not
+    show."""
     prototypes = (torch.rand(4, 10, generator=torch.Generator().manual_seed(1)) < 0.5).float()
     noisy = prototypes[torch.randint(4, (2000,), generator=torch.Generator().manual_seed(2))]
     noisy = (noisy + (torch.rand(2000, 10, generator=torch.Generator().manual_seed(3)) < 0.05).float()) % 2
-    x, test = noisy[:1500], noisy[1500:]
-    gains = {False: [], True: []}
-    for seed in (0, 1, 2):
-        for autocast in gains:
-            pyro.clear_param_store()
-            torch.manual_seed(seed)
-            dbm = DBM([10, 6, 4], centered=centered).init_from_data(x)
-            before = _exact_log_likelihood(dbm, test)
-            chains = PersistentChains(dbm, num_chains=100, steps=1)
-            loss = AutocastLoss(Trace_ELBO(), "cpu") if autocast else Trace_ELBO()
-            svi = SVI(_dbm_model(dbm, chains, len(x)), lambda b: None, pyro.optim.Adam({"lr": 1e-2}), loss)
-            train(svi, x, epochs=8, batch_size=50, progress=False)
-            assert chains.state.dtype == torch.float32 and all(p.dtype == torch.float32 for p in dbm.parameters())
-            gains[autocast].append(_exact_log_likelihood(dbm, test) - before)
-    full, low = (sum(v) / len(v) for v in gains.values())
-    assert low > 1.0, gains  # float32 gains 1.55 (uncentered) and 1.98 (centered)
-    assert low > full - 0.3, gains
+    x = noisy[:1500]
+    runs = {}
+    for autocast in (False, True):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        dbm = DBM([10, 6, 4], centered=centered).init_from_data(x)
+        init = dbm.weight_0.detach().clone()
+        chains = PersistentChains(dbm, num_chains=100, steps=1)
+        loss = AutocastLoss(Trace_ELBO(), "cpu") if autocast else Trace_ELBO()
+        svi = SVI(_dbm_model(dbm, chains, len(x)), lambda b: None, pyro.optim.Adam({"lr": 1e-2}), loss)
+        train(svi, x, epochs=3, batch_size=50, progress=False)
+        assert chains.state.dtype == torch.float32 and all(p.dtype == torch.float32 for p in dbm.parameters())
+        runs[autocast] = ([t.detach().clone() for t in [*dbm.parameters(), *dbm.buffers()]], chains.state.clone())
+        assert (dbm.weight_0 - init).abs().max() > 1e-2  # it trained
+    (full, full_chains), (low, low_chains) = runs[False], runs[True]
+    assert all(torch.equal(a, b) for a, b in zip(full, low)) and torch.equal(full_chains, low_chains)
 
 
 def test_a_backward_pass_under_autocast_is_refused():

