@@ -226,7 +226,6 @@ class GANLoss(ComparisonLoss):
         self.clip = clip if kind == "wasserstein" and gradient_penalty == 0 else None
         self.r1, self.r2 = float(r1), float(r2)
         self.penalty_every = penalty_every
-        self.last_zero_centered: dict[str, Tensor] = {}
         self.packing = packing
         self.prior_scale = float(prior_scale)
         self.context = context
@@ -280,8 +279,15 @@ class GANLoss(ComparisonLoss):
         self, real: list[Tensor], fake: list[Tensor], context: list[Tensor], *, zero_centered: bool = True
     ) -> tuple[Tensor, Tensor]:
         """The discriminator loss on packed inputs, and the mean gradient penalty (0 without one). With
-        ``zero_centered`` it includes the R1 and R2 penalties, each times ``penalty_every`` (their batch means of
-        :math:`\\|\\nabla D\\|^2` are left in ``self.last_zero_centered``)."""
+        ``zero_centered`` it includes the R1 and R2 penalties, each times ``penalty_every``."""
+        loss, penalty, _ = self._discriminator_terms(real, fake, context, zero_centered)
+        return loss, penalty
+
+    def _discriminator_terms(
+        self, real: list[Tensor], fake: list[Tensor], context: list[Tensor], zero_centered: bool
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """:meth:`discriminator_loss`, and the batch means of :math:`\\|\\nabla D\\|^2` of the R1 / R2 terms it
+        computed (keyed ``"r1"``, ``"r2"``)."""
         weights = {"r1": self.r1, "r2": self.r2} if zero_centered else {}
         scores: list[Tensor] = []  # D(x), D(x̃)
         squared: dict[str, Tensor] = {}
@@ -292,20 +298,20 @@ class GANLoss(ComparisonLoss):
                 score = critic_scores(self.discriminator, inputs, context)
             scores.append(score)
         loss = discriminator_loss(self.kind, *scores)
-        self.last_zero_centered = {name: sq.mean() for name, sq in squared.items()}
-        for name, mean in self.last_zero_centered.items():
+        means = {name: sq.mean() for name, sq in squared.items()}
+        for name, mean in means.items():
             loss = loss + 0.5 * weights[name] * self.penalty_every * mean
         penalty = torch.zeros((), dtype=loss.dtype, device=loss.device)
         if self.gradient_penalty:
             penalty = gradient_penalty(self.discriminator, real, fake, *context, one_sided=self.one_sided).mean()
             loss = loss + self.gradient_penalty * penalty
-        return loss, penalty
+        return loss, penalty, means
 
     def _discriminator_step(self, real, fake, context, index: int) -> tuple[float, float]:
         lazy = (self.r1 or self.r2) and index % self.penalty_every == 0
-        d_loss, penalty = self.discriminator_loss(real, fake, context, zero_centered=bool(lazy))
+        d_loss, penalty, means = self._discriminator_terms(real, fake, context, bool(lazy))
         adversary_step("GANLoss", "discriminator loss", d_loss, self.discriminator, self.d_optim, self.clip)
-        for name, mean in self.last_zero_centered.items():
+        for name, mean in means.items():
             self.history[name].append(mean.item())
         # the penalty is recorded only when there is one: no host sync for the constant 0 otherwise
         return d_loss.item(), penalty.item() if self.gradient_penalty else 0.0
