@@ -35,11 +35,34 @@ def add_regularizer_args(ap) -> None:
         "--sparsity-costs", type=float, nargs="+", default=[1e-3], metavar="C", help="per datum, one value for all"
     )
     ap.add_argument("--sparsity-damping", type=float, default=0.9)
+    ap.add_argument(
+        "--bias-decay", type=float, default=None, metavar="WD",
+        help="per datum L2 on the biases (default: --weight-decay's; 0 decays the weights only)",
+    )  # fmt: skip
 
 
 def check_regularizer_args(ap, args) -> None:
     if args.max_norm is not None and not args.max_norm > 0:
         ap.error("--max-norm must be positive")
+    if args.bias_decay is not None and not args.bias_decay >= 0:
+        ap.error("--bias-decay must be >= 0")
+
+
+def is_bias(name: str) -> bool:
+    """Whether the parameter called ``name`` (as ``named_parameters`` spells it) is a bias rather than a weight."""
+    return "bias" in name.rsplit(".", 1)[-1]
+
+
+def per_parameter_args(args, n: int, **fixed) -> Callable[[str], dict]:
+    """Pyro optimizer arguments per parameter name: ``fixed`` plus the weight decay, ``--weight-decay`` on the
+    weights and ``--bias-decay`` (default the same) on the biases, both per datum, so times ``n``: the SVI gradient
+    is ``n`` times the per-datum one."""
+    bias_decay = args.weight_decay if args.bias_decay is None else args.bias_decay
+
+    def optim_args(name: str) -> dict:
+        return {**fixed, "weight_decay": (bias_decay if is_bias(name) else args.weight_decay) * n}
+
+    return optim_args
 
 
 def sparsity_target(args, hidden_sizes: list[int], device) -> SparsityTarget | None:
@@ -191,10 +214,13 @@ def ais_score(
     reverse_from: Callable[[], torch.Tensor | list[torch.Tensor]] | None = None,
     key: str = "log_likelihood",
     train_points: int | None = None,
+    estimators: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> None:
     """Emit the score line of ``model``: AIS log Z (``args.ais_chains`` runs of ``args.ais_betas`` betas, base rates
     from ``train_x``), the mean ``key`` (log-likelihood, or its bound) of ``test_x`` with the +-3 sd interval, that of
-    the first ``train_points`` training images, and reverse AIS from the states ``reverse_from()`` when given."""
+    the first ``train_points`` training images, and reverse AIS from the states ``reverse_from()`` when given.
+    ``estimators`` maps names to other estimates of the unnormalized ``log p*(v)`` of a batch; each adds the mean of
+    ``name`` minus the AIS log Z over ``test_x`` (and the seconds it took)."""
     t0 = time.perf_counter()
     ais = ais_log_partition(model, args.ais_chains, args.ais_betas, data=train_x, progress=args.progress)
     ais_seconds = time.perf_counter() - t0
@@ -213,6 +239,12 @@ def ais_score(
             f"train_{key}": round(average_log_likelihood(model, train_x[:train_points], ais.log_z), 3),
         },
     )
+    for name, estimate in (estimators or {}).items():
+        t1, total = time.perf_counter(), 0.0
+        for batch in test_x.split(100):
+            total += float(estimate(batch).double().sum())
+        record[name] = round(total / len(test_x) - ais.log_z, 3)
+        record[f"{name}_seconds"] = round(time.perf_counter() - t1, 1)
     if reverse_from is not None:
         rev = reverse_ais_log_partition(model, reverse_from(), args.ais_betas, data=train_x)
         record.update(

@@ -80,6 +80,7 @@ from _training import (
     gibbs_steps,
     learning_rate,
     optional_modules,
+    per_parameter_args,
     replan,
     sparsity_target,
     typical_epoch_seconds,
@@ -132,7 +133,9 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--final-lr", type=float, default=1e-5)
     ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
-    ap.add_argument("--weight-decay", type=float, default=1e-5, help="per datum (L2 on all parameters)")
+    ap.add_argument(
+        "--weight-decay", type=float, default=1e-5, help="per datum L2 (on the biases too, unless --bias-decay)"
+    )
     ap.add_argument("--no-center", action="store_true")
     add_regularizer_args(ap)
     ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
@@ -145,6 +148,10 @@ def parse_args(argv=None):
     ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="stop after K epochs of the plan")
     ap.add_argument("--ais-chains", type=int, default=100)
     ap.add_argument("--ais-betas", type=int, default=20000)
+    ap.add_argument(
+        "--is-samples", type=int, default=0, metavar="K",
+        help="also score DBM.importance_log_prob with K draws per image (the odd layers summed out; 0: off)",
+    )  # fmt: skip
     ap.add_argument("--no-score", action="store_true", help="skip the AIS scoring")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -171,6 +178,8 @@ def parse_args(argv=None):
     check_regularizer_args(ap, args)
     if args.steps_schedule and min(args.steps_schedule) < 1:
         ap.error("--steps-schedule needs positive sweep counts")
+    if args.is_samples < 0:
+        ap.error("--is-samples must be >= 0")
     return args
 
 
@@ -237,13 +246,20 @@ def main(argv=None):
         train_seconds=round(run["train_seconds"], 1),
         time_budget=args.time_budget,
     )
+
+    def estimators(model) -> dict:
+        """The importance-sampled estimate of log p*(v) (``--is-samples``), beside the mean-field bound."""
+        k = args.is_samples
+        return {f"importance_log_likelihood_{k}": lambda v: model.importance_log_prob(v, k)} if k else {}
+
     ais_score(
-        dbm, "raw", args, train_x, test_x, common, extra, reverse_from=chains.states, key=BOUND, train_points=10000
-    )
+        dbm, "raw", args, train_x, test_x, common, extra, reverse_from=chains.states, key=BOUND, train_points=10000,
+        estimators=estimators(dbm),
+    )  # fmt: skip
     if avg is not None and run.get("averaged", 1) > 0:
         ais_score(
             avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")},
-            key=BOUND, train_points=10000,
+            key=BOUND, train_points=10000, estimators=estimators(avg),
         )  # fmt: skip
     return dbm, chains, avg, run
 
@@ -271,7 +287,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
     probe = train_x[:PROBE_IMAGES]  # the fixed images on which dead units are counted
     sparsity = sparsity_target(args, list(dbm.layer_sizes[1:]), device)
     # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
-    optim = Adam({"lr": args.lr, "weight_decay": args.weight_decay * n})
+    optim = Adam(per_parameter_args(args, n, lr=args.lr))
     avg = new_average(dbm) if args.average_from is not None else None
     saved = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
     if saved is not None and is_checkpoint(saved):  # exact continuation

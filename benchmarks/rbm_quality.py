@@ -84,6 +84,7 @@ from _training import (
     gibbs_steps,
     learning_rate,
     optional_modules,
+    per_parameter_args,
     replan,
     sparsity_target,
     tempering_betas,
@@ -128,7 +129,9 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=3e-3, help="per datum for sgd")
     ap.add_argument("--final-lr", type=float, default=1e-5)
     ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
-    ap.add_argument("--weight-decay", type=float, default=1e-5, help="per datum (L2 on all parameters)")
+    ap.add_argument(
+        "--weight-decay", type=float, default=1e-5, help="per datum L2 (on the biases too, unless --bias-decay)"
+    )
     ap.add_argument("--no-center", action="store_true")
     ap.add_argument(
         "--matmul-dtype", choices=["bfloat16", "float16"], help="precision of the training path's matrix products"
@@ -234,9 +237,9 @@ def train_dgm(args, rbm, chains, train_x, common):
     steps_per_epoch = math.ceil(n / args.batch_size)
     # The SVI gradient is N times the per-datum one: scale the per-datum settings accordingly.
     if args.optimizer == "adam":
-        optim = Adam({"lr": args.lr, "weight_decay": args.weight_decay * n})
+        optim = Adam(per_parameter_args(args, n, lr=args.lr))
     else:
-        optim = SGD({"lr": args.lr / n, "momentum": args.momentum, "weight_decay": args.weight_decay * n})
+        optim = SGD(per_parameter_args(args, n, lr=args.lr / n, momentum=args.momentum))
     lr_scale = 1.0 if args.optimizer == "adam" else 1.0 / n
     avg = new_average(rbm) if args.average_from is not None else None
     # Under a time budget without --epochs the plan is made at the end of the first epoch.

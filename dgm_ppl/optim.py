@@ -286,14 +286,24 @@ class MultiTensorOptim(PyroOptim):
         checkpoint) waits for their first step, and those still to come. A schedule written as a function of the
         epoch can then call it at the start of each epoch, with nothing to save beyond the epoch counter.
 
+        With per-parameter (callable) ``optim_args`` the rate replaces each parameter's ``lr``, and its other
+        options (a weight decay on the weights only, say) are kept.
+
         :param lr: the new rate, finite and non-negative.
-        :raises ValueError: for a rate that is not, or with per-parameter (callable) ``optim_args``.
+        :raises ValueError: for a rate that is not.
         """
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
         if callable(self.pt_optim_args) and not isinstance(self.pt_optim_args, dict):
-            raise ValueError("set_lr sets one rate for all parameters; with per-parameter optim_args set the groups'")
-        self.pt_optim_args = {**self.pt_optim_args, "lr": lr}
+            per_parameter = getattr(self.pt_optim_args, "per_parameter", self.pt_optim_args)
+
+            def optim_args(name: str) -> dict:
+                return {**per_parameter(name), "lr": lr}
+
+            optim_args.per_parameter = per_parameter  # the user's callable, so that rates do not nest
+            self.pt_optim_args = optim_args
+        else:
+            self.pt_optim_args = {**self.pt_optim_args, "lr": lr}
         for state in self._state_waiting_to_be_consumed.values():
             inner = state["optimizer"] if set(state) == {"scheduler", "optimizer"} else state
             for group in inner.get("param_groups", ()):

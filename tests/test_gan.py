@@ -524,12 +524,13 @@ def test_each_loss_fits_two_modes_without_dropping_one(name, make_loss):
     assert_both_modes(fit_two_modes(make_loss, steps=1000, lr=2e-3, batch=100, packing=2 if name != "mmd" else 1))
 
 
-@pytest.mark.parametrize("penalty", [0.0, 10.0])
+@pytest.mark.parametrize("penalty", [0.0, 10.0, "r1"])
 def test_a_step_through_autocast_loss_keeps_float32_parameters_and_the_step_direction(penalty):
     """Training through ``AutocastLoss(loss, "cpu")`` (the networks' products in bfloat16; the discriminator's
-    step, gradient penalty included, inside the autocast forward) runs through SVI and both optimizers, leaves
-    every parameter in float32, and takes Adam's first step (about -lr * sign of the gradient) in the float32
-    step's direction for nearly every entry of G and D."""
+    step, gradient penalty or R1/R2 included, inside the autocast forward) runs through SVI and both optimizers,
+    leaves every parameter in float32, and takes Adam's first step (about -lr * sign of the gradient) in the float32
+    step's direction for nearly every entry of G and D; the R1/R2 penalties it records (a double backward through
+    the bfloat16 products) are the float32 ones to bfloat16's precision."""
     data = torch.cat([torch.randn(64, 2) * 0.2 - 2, torch.randn(64, 2) * 0.2 + 2])
 
     def one_step(autocast):
@@ -545,16 +546,23 @@ def test_a_step_through_autocast_loss_keeps_float32_parameters_and_the_step_dire
                 z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
                 pyro.sample("x", dist.Delta(G(z), event_dim=1), obs=x)
 
-        loss = GANLoss(
-            D, d_optim=d_adam(1e-2), gradient_penalty=penalty, kind="wasserstein" if penalty else "nonsaturating"
-        )
+        if penalty == "r1":
+            loss = GANLoss(D, d_optim=d_adam(1e-2), r1=1.0, r2=0.5)
+        else:
+            kind = "wasserstein" if penalty else "nonsaturating"
+            loss = GANLoss(D, d_optim=d_adam(1e-2), gradient_penalty=penalty, kind=kind)
         svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-2}), AutocastLoss(loss, "cpu") if autocast else loss)
         value = svi.step(data)
         assert math.isfinite(value) and all(math.isfinite(v) for v in loss.history["d_loss"])
         assert all(p.dtype == torch.float32 for p in [*G.parameters(), *D.parameters()])
-        return torch.cat([(p - p0).flatten() for p, p0 in zip([*G.parameters(), *D.parameters()], g0 + d0)])
+        moved = torch.cat([(p - p0).flatten() for p, p0 in zip([*G.parameters(), *D.parameters()], g0 + d0)])
+        return moved, loss.history
 
-    full, low = one_step(False), one_step(True)
+    (full, full_history), (low, low_history) = one_step(False), one_step(True)
+    if penalty == "r1":
+        for key in ("r1", "r2"):
+            assert full_history[key][0] > 0
+            assert low_history[key][0] == pytest.approx(full_history[key][0], rel=0.05), key
     moved = full.abs() > 1e-3  # Adam's first step moves each entry by about lr = 1e-2
     assert moved.float().mean() > 0.9
     agree = (torch.sign(full[moved]) == torch.sign(low[moved])).float().mean()

@@ -227,6 +227,41 @@ def test_set_lr_reaches_stepped_pending_and_future_parameters(tmp_path):
         opt.set_lr(float("nan"))
 
 
+def test_set_lr_keeps_per_parameter_options():
+    """With a callable ``optim_args`` (weight decay on the weights only), ``set_lr`` moves every parameter's rate and
+    keeps the other options: the trajectory equals pyro.optim's per-parameter Adam with the same rates and decays,
+    for the parameters stepped before the rate changes and for one that appears after."""
+    lrs, todo = [0.05, 0.03, 0.03, 0.01, 0.01, 0.005], batches(6)
+
+    def decay(name: str) -> float:
+        return 0.0 if "bias" in name else 0.1
+
+    pyro.clear_param_store()
+    net, model, _ = make(use_extra=lambda step: step >= 3)
+    opt = dopt.Adam(lambda name: {"lr": 1.0, "weight_decay": decay(name)})
+    svi = SVI(model, lambda xy: None, opt, Trace_ELBO())
+    for xy, lr in zip(todo, lrs):
+        opt.set_lr(lr)
+        svi.step(xy)
+    expected = params()
+    groups = {(g["lr"], g["weight_decay"]) for g in opt.optimizer.param_groups}
+    assert groups == {(0.005, 0.0), (0.005, 0.1)}
+    assert opt.pt_optim_args("net.extra.weight") == {"lr": 0.005, "weight_decay": 0.1}  # no nesting of rates
+
+    pyro.clear_param_store()
+    net, model, _ = make(use_extra=lambda step: step >= 3)
+    state = {"i": 0}
+    ref = pyro.optim.Adam(lambda module, name: {"lr": lrs[state["i"]], "weight_decay": decay(name)})
+    svi = SVI(model, lambda xy: None, ref, Trace_ELBO())
+    for i, xy in enumerate(todo):
+        state["i"] = i
+        for obj in ref.optim_objs.values():
+            for group in obj.param_groups:
+                group["lr"] = lrs[i]
+        svi.step(xy)
+    assert_params(params(), expected)
+
+
 def test_bad_options_are_refused():
     for lr in (math.nan, math.inf, -1.0, "fast"):
         with pytest.raises(ValueError, match="lr"):

@@ -103,6 +103,23 @@ def test_rbm_fast_weights_train_and_resume_exactly(rbm_quality, data, tmp_path):
         rbm_quality.parse_args([*opts, "--parallel-tempering", "3"])
 
 
+def test_rbm_bias_decay_sets_the_biases_decay_and_resumes_exactly(rbm_quality, data, tmp_path):
+    """--bias-decay 0 decays the weights only (per datum, so times the 200 images); without it the biases take
+    --weight-decay's; the per-parameter optimizer resumes bit for bit under the per-epoch rate schedule."""
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "3", "--weight-decay", "1e-3", "--bias-decay", "0"]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    rbm_quality.main([*opts, "--checkpoint", full])
+    decay = {k: v["param_groups"][0]["weight_decay"] for k, v in _checkpoint(full)["optim"].items()}
+    assert decay == pytest.approx({"rbm.weight": 0.2, "rbm.visible_bias": 0.0, "rbm.hidden_bias": 0.0})
+    rbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+    rbm_quality.main([*opts[:-2], "--epochs", "1", "--checkpoint", part])
+    assert {v["param_groups"][0]["weight_decay"] for v in _checkpoint(part)["optim"].values()} == pytest.approx({0.2})
+    with pytest.raises(SystemExit):
+        rbm_quality.parse_args([*opts, "--bias-decay", "-1"])
+
+
 def test_rbm_resume_to_more_epochs(rbm_quality, data, tmp_path):
     """A 1-epoch run resumed with --epochs 3 equals a 3-epoch run (rate re-planned from the epoch counter)."""
     opts = [*RBM_ARGS, "--data", data, "--optimizer", "sgd", "--lr", "0.05"]
@@ -242,6 +259,20 @@ def test_dbm_max_norm_and_sparsity_target_hold_and_resume_exactly(dbm_quality, d
     dbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
     dbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
     _assert_same_run(full, part)
+
+
+def test_dbm_scores_the_importance_estimate_beside_the_bound(dbm_quality, data, capsys):
+    """--is-samples K adds DBM.importance_log_prob (minus the same AIS log Z) to each score line: in expectation
+    at least the mean-field bound."""
+    score = ["--ais-betas", "50", "--ais-chains", "8", "--is-samples", "20"]
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "1", "--average-from", "0.5", *score])
+    lines = [r for r in _records(capsys) if r["event"] == "score"]
+    assert [r["model"] for r in lines] == ["raw", "averaged"]
+    for r in lines:
+        assert r["importance_log_likelihood_20"] >= r["log_likelihood_bound"] - 0.05
+        assert r["importance_log_likelihood_20_seconds"] >= 0
+    with pytest.raises(SystemExit):
+        dbm_quality.parse_args([*DBM_ARGS, "--data", data, "--is-samples", "-1"])
 
 
 def test_dbm_dead_units_counts_units_the_data_never_turns_on(dbm_quality, data, tmp_path, capsys):
