@@ -182,6 +182,24 @@ def test_checkpoints_resume_bit_for_bit_across_both_optimizers(tmp_path, writer,
     assert_params(params(), expected)
 
 
+def scheduled_pyro_adam(lrs, todo, decay=lambda name: 0.0) -> dict[str, torch.Tensor]:
+    """The reference by hand: ``pyro.optim.Adam`` with the rate ``lrs[i]`` set on each parameter's optimizer before
+    step ``i`` (the late parameter ``extra`` joins at step 3), and the weight decay ``decay(name)``; the parameters
+    after the steps."""
+    pyro.clear_param_store()
+    _, model, _ = make(use_extra=lambda step: step >= 3)
+    state = {"i": 0}
+    ref = pyro.optim.Adam(lambda module, name: {"lr": lrs[state["i"]], "weight_decay": decay(name)})
+    svi = SVI(model, lambda xy: None, ref, Trace_ELBO())
+    for i, xy in enumerate(todo):
+        state["i"] = i
+        for obj in ref.optim_objs.values():
+            for group in obj.param_groups:
+                group["lr"] = lrs[i]
+        svi.step(xy)
+    return params()
+
+
 def test_set_lr_reaches_stepped_pending_and_future_parameters(tmp_path):
     """A per-epoch schedule by ``set_lr``: the rate reaches the built optimizer, the state a resumed checkpoint holds
     for its first step, and parameters that appear later; the trajectory equals the torch optimizer's with the same
@@ -203,18 +221,7 @@ def test_set_lr_reaches_stepped_pending_and_future_parameters(tmp_path):
     expected = params()
     assert all(g["lr"] == 0.01 for g in opt.optimizer.param_groups)
 
-    pyro.clear_param_store()  # by hand: pyro.optim.Adam with the rates set on each parameter's optimizer
-    net, model, _ = make(use_extra=lambda step: step >= 3)
-    ref = pyro.optim.Adam(lambda module, name: {"lr": lrs[state["i"]]})
-    state = {"i": 0}
-    svi = SVI(model, lambda xy: None, ref, Trace_ELBO())
-    for i, xy in enumerate(todo):
-        state["i"] = i
-        for obj in ref.optim_objs.values():
-            for group in obj.param_groups:
-                group["lr"] = lrs[i]
-        svi.step(xy)
-    assert_params(params(), expected)
+    assert_params(scheduled_pyro_adam(lrs, todo), expected)
 
     pyro.clear_param_store()  # resumed: the loaded state carries lr 0.04, replaced before its first step
     net, model, _ = make(use_extra=lambda step: step >= 0, seed=5)
@@ -248,18 +255,7 @@ def test_set_lr_keeps_per_parameter_options():
     assert groups == {(0.005, 0.0), (0.005, 0.1)}
     assert opt.pt_optim_args("net.extra.weight") == {"lr": 0.005, "weight_decay": 0.1}  # no nesting of rates
 
-    pyro.clear_param_store()
-    net, model, _ = make(use_extra=lambda step: step >= 3)
-    state = {"i": 0}
-    ref = pyro.optim.Adam(lambda module, name: {"lr": lrs[state["i"]], "weight_decay": decay(name)})
-    svi = SVI(model, lambda xy: None, ref, Trace_ELBO())
-    for i, xy in enumerate(todo):
-        state["i"] = i
-        for obj in ref.optim_objs.values():
-            for group in obj.param_groups:
-                group["lr"] = lrs[i]
-        svi.step(xy)
-    assert_params(params(), expected)
+    assert_params(scheduled_pyro_adam(lrs, todo, decay), expected)
 
 
 def test_bad_options_are_refused():

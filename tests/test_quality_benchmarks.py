@@ -115,7 +115,8 @@ def test_rbm_bias_decay_sets_the_biases_decay_and_resumes_exactly(rbm_quality, d
     rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
     _assert_same_run(full, part)
     rbm_quality.main([*opts[:-2], "--epochs", "1", "--checkpoint", part])
-    assert [v["param_groups"][0]["weight_decay"] for v in _checkpoint(part)["optim"].values()] == pytest.approx([0.2] * 3)
+    decays = [v["param_groups"][0]["weight_decay"] for v in _checkpoint(part)["optim"].values()]
+    assert decays == pytest.approx([0.2] * 3)
     with pytest.raises(SystemExit):
         rbm_quality.parse_args([*opts, "--bias-decay", "-1"])
 

@@ -649,7 +649,7 @@ class DBM(PyroModule):
         L, n = self.num_layers, flat.shape[0]
         if L < 2:
             return self._chain_statistic(p, [flat, None]).reshape(v.shape[:-1])
-        means, logits = self._mean_field(p, flat, num_iters, tol)
+        _, logits = self._mean_field(p, flat, num_iters, tol)
         states: list[Tensor | None] = [flat.repeat_interleave(num_samples, 0)] + [None] * L
         log_q = flat.new_zeros(n * num_samples)
         for l in range(2, L + 1, 2):
