@@ -177,23 +177,88 @@ def float32_state(module) -> dict:
     return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
+def add_averaging_arg(ap) -> None:
+    """``--average-from F [F ...]``, shared by the RBM and DBM benchmarks."""
+    ap.add_argument(
+        "--average-from", type=float, nargs="+", default=None, metavar="F",
+        help="Polyak averaging from fraction F of the planned updates; several fractions keep one average each "
+        "(one run, several windows; the first is the 'averaged' model)",
+    )  # fmt: skip
+
+
+def check_averaging_arg(ap, args) -> None:
+    if args.average_from is not None and not all(0 <= f < 1 for f in args.average_from):
+        ap.error("--average-from must be in [0, 1)")
+
+
+def window_label(average_from: list[float], i: int) -> str:
+    """The score label of averaging window ``i``: ``averaged`` for the first, ``averaged_from_F`` for the others."""
+    return "averaged" if i == 0 else f"averaged_from_{average_from[i]:g}"
+
+
+def averages_as_modules(avgs: list) -> dict:
+    """A checkpoint's names of the averaged models: ``avg`` for the first window (as before there were several),
+    ``avg_1``, ``avg_2``, ... for the others."""
+    return {("avg" if i == 0 else f"avg_{i}"): a for i, a in enumerate(avgs)}
+
+
+def averages_state(avgs: list) -> dict:
+    """The averaged models' entries of a ``--save`` file (float32): ``avg`` (the first window's, or None) and
+    ``avg_windows`` (the others')."""
+    return {"avg": float32_state(avgs[0]) if avgs else None, "avg_windows": [float32_state(a) for a in avgs[1:]]}
+
+
+def new_averages(new: Callable[[], torch.nn.Module], count: int) -> list:
+    """``count`` models from ``new()``, one per averaging window. Those after the first are built without drawing from
+    the global random stream, so that extra windows leave the run (and a one-window run as it was) unchanged."""
+    if count == 0:
+        return []
+    first = new()
+    with torch.random.fork_rng(devices=[]):
+        return [first, *(new() for _ in range(count - 1))]
+
+
+def load_averages(saved: dict, new: Callable[[], torch.nn.Module]) -> list:
+    """The averaged models of a ``--save`` file, each a ``new()`` model with the saved state (none without)."""
+    states = [saved["avg"], *saved.get("avg_windows", [])] if saved.get("avg") is not None else []
+    avgs = new_averages(new, len(states))
+    for avg, state in zip(avgs, states):
+        avg.load_state_dict(state)
+    return avgs
+
+
+def score_averages(avgs: list, config: dict, run: dict, score: Callable[[object, str, dict], None]) -> None:
+    """``score(model, label, extra)`` for each averaged model that averaged at least one iterate (files written before
+    there were several windows hold one fraction and one count)."""
+    fractions = config.get("average_from")
+    fractions = [fractions] if not isinstance(fractions, list) else fractions
+    counts = run.get("averaged_windows") or [run.get("averaged")]
+    for i, (model, count) in enumerate(zip(avgs, counts)):
+        if count is None or count > 0:
+            score(model, window_label(fractions, i), {"averaged_updates": count, "average_from": fractions[i]})
+
+
 def averaging_step(
-    run: dict, average_from: float | None, steps_per_epoch: int, fold: Callable[[int], None] | None
+    run: dict, average_from: list[float] | None, steps_per_epoch: int, fold: Callable[[int, int], None] | None
 ) -> Callable[[], None]:
-    """The hook run after each SVI step: counts the updates in ``run["updates"]`` and, within the averaging window
-    (updates past ``average_from`` of the planned ones), folds the current iterate into the running mean by
-    ``fold(count)`` (count 1 overwrites the average). A longer plan that moves the window's start past the current
-    update restarts the average when the window comes."""
+    """The hook run after each SVI step: counts the updates in ``run["updates"]`` and, within each averaging window
+    ``i`` (updates past ``average_from[i]`` of the planned ones), folds the current iterate into that window's
+    running mean by ``fold(i, count)`` (count 1 overwrites the average). ``run["averaged_windows"]`` holds the
+    windows' counts and ``run["averaged"]`` the first's. A longer plan that moves a window's start past the current
+    update restarts its average when the window comes."""
 
     def after_step() -> None:
         run["updates"] += 1
         if fold is None:
             return
-        if run["updates"] > average_from * run["planned"] * steps_per_epoch:
-            run["averaged"] += 1
-            fold(run["averaged"])
-        else:
-            run["averaged"] = 0
+        counts = run.get("averaged_windows") or [run["averaged"]] + [0] * (len(average_from) - 1)
+        for i, fraction in enumerate(average_from):
+            if run["updates"] > fraction * run["planned"] * steps_per_epoch:
+                counts[i] += 1
+                fold(i, counts[i])
+            else:
+                counts[i] = 0
+        run.update(averaged=counts[0], averaged_windows=counts)
 
     return after_step
 

@@ -26,8 +26,9 @@ Options beyond the model and optimizer settings:
   the first SVI step; under ``--steps-schedule`` an update is costed as 1 + sweeps sweeps);
   training also stops at the end of the epoch in which the budget is exceeded.
 * ``--schedule {exponential,linear}`` and ``--steps-schedule START END``: as in ``rbm_quality.py``.
-* ``--average-from F``: average the iterates from fraction F of the planned updates on (restarting
-  if a longer plan moves the window's start past the current update).
+* ``--average-from F [F ...]``: average the iterates from fraction F of the planned updates on (restarting
+  if a longer plan moves the window's start past the current update); several fractions keep one
+  average each, scored as ``averaged`` (the first) and ``averaged_from_F``.
 * ``--checkpoint PATH``: an atomic checkpoint (``dgm_ppl.save_checkpoint``) at the end of every epoch
   of the joint training: DBM, chains, averaged DBM, optimizer state, RNG states, counters, planned
   epochs, training seconds and config. ``--resume PATH`` with such a checkpoint continues exactly
@@ -58,7 +59,7 @@ first 1,000 training images is below 0.01, and ``dead_units_chain_activation``: 
 units (``null`` when none is dead). A unit the data never turns on but the chains do is pushed further down by the SML
 gradient.
 
-Prints one JSON line per epoch and one per score (``model`` = ``raw`` or ``averaged``).
+Prints one JSON line per epoch and one per score (``model`` = ``raw``, ``averaged`` or ``averaged_from_F``).
 """
 
 from __future__ import annotations
@@ -71,17 +72,24 @@ import pyro
 import torch
 from _training import (
     StepHook,
+    add_averaging_arg,
     add_regularizer_args,
     ais_score,
+    averages_as_modules,
+    averages_state,
     averaging_step,
+    check_averaging_arg,
     check_regularizer_args,
     emit,
     float32_state,
     gibbs_steps,
     learning_rate,
+    load_averages,
+    new_averages,
     optional_modules,
     per_parameter_args,
     replan,
+    score_averages,
     sparsity_target,
     typical_epoch_seconds,
     with_max_norm,
@@ -138,7 +146,7 @@ def parse_args(argv=None):
     )
     ap.add_argument("--no-center", action="store_true")
     add_regularizer_args(ap)
-    ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
+    add_averaging_arg(ap)
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
     ap.add_argument("--checkpoint", help="write a checkpoint here at the end of every epoch")
     ap.add_argument(
@@ -171,8 +179,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.epochs is None and args.time_budget is None:
         args.epochs = 60
-    if args.average_from is not None and not 0 <= args.average_from < 1:
-        ap.error("--average-from must be in [0, 1)")
+    check_averaging_arg(ap, args)
     if not args.max_loss_change >= 0:
         ap.error("--max-loss-change must be >= 0")
     check_regularizer_args(ap, args)
@@ -223,20 +230,19 @@ def main(argv=None):
 
     dbm = DBM(sizes, centered=not args.no_center, name="dbm").to(device)
     dbm.init_from_data(train_x)
-    avg = None
+    avgs, config = [], vars(args)
     run = dict(epoch=0, planned=args.epochs or 10**9, updates=0, averaged=0, pretrain_seconds=0.0, train_seconds=0.0)
     if args.load:
         saved = torch.load(args.load, map_location=device, weights_only=False)
         dbm.load_state_dict(saved["dbm"])
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
         chains.load_state_dict(saved["chains"])
-        if saved.get("avg") is not None:
-            avg = new_average(dbm)
-            avg.load_state_dict(saved["avg"])
+        avgs, config = load_averages(saved, lambda: new_average(dbm)), saved["config"]
         run.update(saved.get("run", {"epoch": saved["config"].get("epochs"), "planned": saved["config"].get("epochs")}))
         emit(**common, event="loaded", path=args.load, config=saved["config"])
     else:
-        avg, run, chains = train_dbm(args, dbm, train_x, n, common, run)
+        avgs, run, chains = train_dbm(args, dbm, train_x, n, common, run)
+    avg = avgs[0] if avgs else None  # the first window's: what callers (and the tests) take as "the" average
     if args.no_score:
         return dbm, chains, avg, run
     extra = dict(
@@ -256,11 +262,10 @@ def main(argv=None):
         dbm, "raw", args, train_x, test_x, common, extra, reverse_from=chains.states, key=BOUND, train_points=10000,
         estimators=estimators(dbm),
     )  # fmt: skip
-    if avg is not None and run.get("averaged", 1) > 0:
-        ais_score(
-            avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")},
-            key=BOUND, train_points=10000, estimators=estimators(avg),
-        )  # fmt: skip
+    score_averages(avgs, config, run, lambda model, label, more: ais_score(
+        model, label, args, train_x, test_x, common, {**extra, **more}, key=BOUND, train_points=10000,
+        estimators=estimators(model),
+    ))  # fmt: skip
     return dbm, chains, avg, run
 
 
@@ -288,11 +293,11 @@ def train_dbm(args, dbm, train_x, n, common, run):
     sparsity = sparsity_target(args, list(dbm.layer_sizes[1:]), device)
     # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
     optim = Adam(per_parameter_args(args, n, lr=args.lr))
-    avg = new_average(dbm) if args.average_from is not None else None
+    avgs = new_averages(lambda: new_average(dbm), len(args.average_from or []))
     saved = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
     if saved is not None and is_checkpoint(saved):  # exact continuation
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
-        modules = optional_modules(dbm=dbm, chains=chains, avg=avg, sparsity=sparsity)
+        modules = optional_modules(dbm=dbm, chains=chains, sparsity=sparsity, **averages_as_modules(avgs))
         run.update(load_checkpoint(args.resume, modules, optim, map_location=device)["run"])
         if args.time_budget is None:
             run["planned"] = args.epochs
@@ -318,7 +323,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
         activity = dead_units(dbm, chains, probe, args.mean_field_iters)
         emit(**common, event="pretrained", seconds=round(run["pretrain_seconds"], 1), **activity)
-    modules = optional_modules(dbm=dbm, chains=chains, avg=avg, sparsity=sparsity)
+    modules = optional_modules(dbm=dbm, chains=chains, sparsity=sparsity, **averages_as_modules(avgs))
 
     def model(batch):
         with pyro.plate("data", n, subsample=batch):
@@ -328,7 +333,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
     loss = Trace_ELBO() if args.autocast is None else AutocastLoss(Trace_ELBO(), device.type, AUTOCAST[args.autocast])
     svi = SVI(model, lambda batch: None, optim, loss)
 
-    fold = None if avg is None else (lambda count: accumulate(avg, dbm, count))
+    fold = (lambda i, count: accumulate(avgs[i], dbm, count)) if avgs else None
     weights = [getattr(dbm, f"weight_{l}") for l in range(dbm.num_layers)]
     after_step = averaging_step(run, args.average_from, steps_per_epoch, fold)
     stepper = StepHook(svi, with_max_norm(after_step, weights, args.max_norm))
@@ -367,12 +372,12 @@ def train_dbm(args, dbm, train_x, n, common, run):
             state = {
                 "dbm": float32_state(dbm),
                 "chains": float32_state(chains),
-                "avg": None if avg is None else float32_state(avg),
+                **averages_state(avgs),
                 "config": vars(args),
                 "run": dict(run),
             }
             torch.save(state, args.save)
-    return avg, run, chains
+    return avgs, run, chains
 
 
 if __name__ == "__main__":

@@ -38,9 +38,11 @@ Options beyond the model and optimizer settings:
   rate LR and decay by ``--fast-decay`` (default 0.95) every update.
 * ``--parallel-tempering K``: K replicas (betas ``--pt-spacing`` linear from 0 or geometric from
   ``--pt-min-beta``, on the path from the data's base-rate model) instead of persistent chains.
-* ``--average-from F``: average the iterates from fraction F of the planned updates on (0.5: the last
-  half); the running mean of the uncentered (W, b, c) is updated after every SVI step (and restarts
-  if a longer plan moves the window's start past the current update).
+* ``--average-from F [F ...]``: average the iterates from fraction F of the planned updates on (0.5: the
+  last half); the running mean of the uncentered (W, b, c) is updated after every SVI step (and restarts
+  if a longer plan moves the window's start past the current update). Several fractions keep one
+  average each, so one run measures several windows: the first is scored as ``averaged``, the others as
+  ``averaged_from_F``.
 * ``--checkpoint PATH``: an atomic checkpoint (``dgm_ppl.save_checkpoint``) at the end of every epoch:
   the RBM, the chains, the averaged RBM, the optimizer state (with its current learning rate), the
   RNG states, the epoch and update counters, the planned epochs, the training seconds and the config.
@@ -59,7 +61,8 @@ Options beyond the model and optimizer settings:
   sweeps and budget, copy it into a non-centered dgm_ppl ``BernoulliRBM`` (free energies checked to
   1e-4) and score it with the same AIS (``model="rbms"``).
 
-Prints one JSON line per epoch and one per score (``model`` = ``raw``, ``averaged`` or ``rbms``).
+Prints one JSON line per epoch and one per score (``model`` = ``raw``, ``averaged``, ``averaged_from_F`` or
+``rbms``).
 """
 
 from __future__ import annotations
@@ -75,17 +78,24 @@ import pyro
 import torch
 from _training import (
     StepHook,
+    add_averaging_arg,
     add_regularizer_args,
     ais_score,
+    averages_as_modules,
+    averages_state,
     averaging_step,
+    check_averaging_arg,
     check_regularizer_args,
     emit,
     float32_state,
     gibbs_steps,
     learning_rate,
+    load_averages,
+    new_averages,
     optional_modules,
     per_parameter_args,
     replan,
+    score_averages,
     sparsity_target,
     tempering_betas,
     typical_epoch_seconds,
@@ -137,7 +147,7 @@ def parse_args(argv=None):
         "--matmul-dtype", choices=["bfloat16", "float16"], help="precision of the training path's matrix products"
     )
     add_regularizer_args(ap)
-    ap.add_argument("--average-from", type=float, default=None, metavar="F", help="Polyak averaging from fraction F")
+    add_averaging_arg(ap)
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training seconds (no AIS)")
     ap.add_argument("--checkpoint", help="write a checkpoint here at the end of every epoch")
     ap.add_argument("--resume", help="continue exactly from a checkpoint written by --checkpoint")
@@ -158,8 +168,7 @@ def parse_args(argv=None):
         args.epochs = 170
     if args.parallel_tempering == 1 or args.parallel_tempering < 0:
         ap.error("--parallel-tempering needs K >= 2 replicas")
-    if args.average_from is not None and not 0 <= args.average_from < 1:
-        ap.error("--average-from must be in [0, 1)")
+    check_averaging_arg(ap, args)
     if args.steps_schedule and min(args.steps_schedule) < 1:
         ap.error("--steps-schedule needs positive sweep counts")
     if args.fast_weights < 0 or not 0 <= args.fast_decay < 1:
@@ -232,7 +241,8 @@ def accumulate(avg: BernoulliRBM, rbm: BernoulliRBM, count: int) -> None:
 # ------------------------------------------------------------------------------------------------ scoring
 # ------------------------------------------------------------------------------------------------ training
 def train_dgm(args, rbm, chains, train_x, common):
-    """Train ``rbm`` in place; returns the averaged RBM (or None) and the run's counters."""
+    """Train ``rbm`` in place; returns the averaged RBMs (one per ``--average-from`` window; empty without) and the
+    run's counters."""
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / args.batch_size)
     # The SVI gradient is N times the per-datum one: scale the per-datum settings accordingly.
@@ -241,11 +251,11 @@ def train_dgm(args, rbm, chains, train_x, common):
     else:
         optim = SGD(per_parameter_args(args, n, lr=args.lr / n, momentum=args.momentum))
     lr_scale = 1.0 if args.optimizer == "adam" else 1.0 / n
-    avg = new_average(rbm) if args.average_from is not None else None
+    avgs = new_averages(lambda: new_average(rbm), len(args.average_from or []))
     # Under a time budget without --epochs the plan is made at the end of the first epoch.
     run = dict(epoch=0, planned=args.epochs or 10**9, updates=0, averaged=0, train_seconds=0.0, last_epoch_seconds=None)
     sparsity = sparsity_target(args, [rbm.n_hidden], train_x.device)
-    modules = optional_modules(rbm=rbm, chains=chains, avg=avg, sparsity=sparsity)
+    modules = optional_modules(rbm=rbm, chains=chains, sparsity=sparsity, **averages_as_modules(avgs))
     if args.resume:
         saved = load_checkpoint(args.resume, modules, optim, map_location=train_x.device)
         run.update(saved["run"])
@@ -259,7 +269,7 @@ def train_dgm(args, rbm, chains, train_x, common):
 
     svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
 
-    fold = None if avg is None else (lambda count: accumulate(avg, rbm, count))
+    fold = (lambda i, count: accumulate(avgs[i], rbm, count)) if avgs else None
     after_step = averaging_step(run, args.average_from, steps_per_epoch, fold)
     stepper = StepHook(svi, with_max_norm(after_step, [rbm.weight], args.max_norm))
     first_epoch = True
@@ -292,7 +302,7 @@ def train_dgm(args, rbm, chains, train_x, common):
         )
         if args.checkpoint:
             save_checkpoint(args.checkpoint, modules, optim, run=dict(run), config=vars(args))
-    return avg, run
+    return avgs, run
 
 
 def main(argv=None):
@@ -319,7 +329,7 @@ def main(argv=None):
     ).to(device)
     rbm.init_from_data(train_x)
     chains = make_chains(rbm, args, train_x, config)
-    avg = None
+    avgs = []
     run = dict(epoch=config.get("epochs"), planned=config.get("epochs"), train_seconds=0.0)
     if args.load:
         rbm.load_state_dict(saved["rbm"])
@@ -327,22 +337,21 @@ def main(argv=None):
             chains.load_state_dict(saved["chains"])
         else:  # a --peer file: no chains, no reverse AIS
             chains = None
-        if saved.get("avg") is not None:
-            avg = new_average(rbm)
-            avg.load_state_dict(saved["avg"])
+        avgs = load_averages(saved, lambda: new_average(rbm))
         run.update(saved.get("run", {}))
         emit(**common, event="loaded", path=args.load, config=saved["config"])
     else:
-        avg, run = train_dgm(args, rbm, chains, train_x, common)
+        avgs, run = train_dgm(args, rbm, chains, train_x, common)
         if args.save:
             state = {
                 "rbm": float32_state(rbm),
                 "chains": float32_state(chains),
-                "avg": None if avg is None else float32_state(avg),
+                **averages_state(avgs),
                 "config": config,
                 "run": run,
             }
             torch.save(state, args.save)
+    avg = avgs[0] if avgs else None  # the first window's: what callers (and the tests) take as "the" average
     if args.no_score:
         return rbm, chains, avg, run
     extra = dict(
@@ -355,8 +364,9 @@ def main(argv=None):
         rbm, config.get("peer") or "raw", args, train_x, test_x, common, extra,
         reverse_from=lambda: chains.initial_samples(chains.num_chains),
     )  # fmt: skip
-    if avg is not None and run.get("averaged", 1) > 0:
-        ais_score(avg, "averaged", args, train_x, test_x, common, {**extra, "averaged_updates": run.get("averaged")})
+    score_averages(avgs, config, run, lambda model, label, more: ais_score(
+        model, label, args, train_x, test_x, common, {**extra, **more}
+    ))  # fmt: skip
     return rbm, chains, avg, run
 
 

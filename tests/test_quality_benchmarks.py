@@ -74,6 +74,38 @@ def test_rbm_resume_is_exact(rbm_quality, data, tmp_path):
     assert not torch.equal(avg.weight, torch.zeros_like(avg.weight))
 
 
+def test_rbm_several_averaging_windows_are_each_the_run_with_that_window_alone(rbm_quality, data, tmp_path, capsys):
+    """``--average-from 0.5 0.2`` keeps two averages, each bit for bit the one a run with that window alone keeps
+    (averaging draws no random numbers); a run stopped and resumed keeps the same; ``--save``/``--load`` score both,
+    labelled by their windows; a fraction outside [0, 1) is refused."""
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "3"]
+    full, part, saved = (str(tmp_path / name) for name in ("full.ckpt", "part.ckpt", "rbm.pt"))
+    _, _, avg, run = rbm_quality.main([*opts, "--average-from", "0.5", "0.2", "--checkpoint", full, "--save", saved])
+    assert run["averaged_windows"] == [6, 10] and run["averaged"] == 6  # of 12 updates: past 6 and past 2.4
+    modules = _checkpoint(full)["modules"]
+    for key, fraction in (("avg", "0.5"), ("avg_1", "0.2")):
+        _, _, alone, alone_run = rbm_quality.main([*opts, "--average-from", fraction])
+        assert alone_run["averaged"] == run["averaged_windows"][key == "avg_1"]
+        for name, value in alone.state_dict().items():
+            if torch.is_tensor(value):
+                assert torch.equal(modules[key][name], value), f"{key}.{name}"
+    assert torch.equal(avg.weight, modules["avg"]["weight"])  # the first window's is "the" average
+    rbm_quality.main([*opts, "--average-from", "0.5", "0.2", "--checkpoint", part, "--stop-after", "1"])
+    rbm_quality.main([*opts, "--average-from", "0.5", "0.2", "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+    assert _checkpoint(part)["extra"]["run"]["averaged_windows"] == [6, 10]
+    capsys.readouterr()
+    score = ["--ais-betas", "50", "--ais-chains", "8", "--threads", "1"]
+    _, _, loaded, _ = rbm_quality.main(["--data", data, "--load", saved, *score])
+    assert torch.equal(loaded.weight, avg.weight)
+    lines = [r for r in _records(capsys) if r["event"] == "score"]
+    assert [r["model"] for r in lines] == ["raw", "averaged", "averaged_from_0.2"]
+    assert [(r["average_from"], r["averaged_updates"]) for r in lines[1:]] == [(0.5, 6), (0.2, 10)]
+    assert lines[1]["log_likelihood"] != lines[2]["log_likelihood"]
+    with pytest.raises(SystemExit):
+        rbm_quality.main([*opts, "--average-from", "0.5", "1.0"])
+
+
 def test_rbm_max_norm_and_sparsity_target_hold_and_resume_exactly(rbm_quality, data, tmp_path):
     regular = ["--max-norm", "0.2", "--sparsity-targets", "0.1", "--sparsity-costs", "0.01"]
     opts = [*RBM_ARGS, "--data", data, "--epochs", "3", "--average-from", "0.3", *regular]
@@ -224,10 +256,13 @@ def test_pt_ladder_reports_swap_rates(rbm_quality, data, tmp_path):
 
 
 def test_dbm_resume_is_exact(dbm_quality, data, tmp_path):
-    opts = [*DBM_ARGS, "--data", data, "--epochs", "3", "--average-from", "0.3", "--no-score"]
+    """3 epochs in one run == 1 epoch, stopped, then resumed to 3, with two averaging windows."""
+    opts = [*DBM_ARGS, "--data", data, "--epochs", "3", "--average-from", "0.3", "0.6", "--no-score"]
     full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
     _, _, avg, run = dbm_quality.main([*opts, "--checkpoint", full])
-    assert run["averaged"] == 9 and avg is not None
+    assert run["averaged_windows"] == [9, 5] and run["averaged"] == 9 and avg is not None  # of 12: past 3.6, 7.2
+    averages = _checkpoint(full)["modules"]
+    assert not torch.equal(averages["avg"]["weight_0"], averages["avg_1"]["weight_0"])
     dbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
     dbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
     _assert_same_run(full, part)
@@ -266,9 +301,10 @@ def test_dbm_scores_the_importance_estimate_beside_the_bound(dbm_quality, data, 
     """--is-samples K adds DBM.importance_log_prob (minus the same AIS log Z) to each score line: in expectation
     at least the mean-field bound."""
     score = ["--ais-betas", "50", "--ais-chains", "8", "--is-samples", "20"]
-    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "1", "--average-from", "0.5", *score])
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "1", "--average-from", "0.5", "0.25", *score])
     lines = [r for r in _records(capsys) if r["event"] == "score"]
-    assert [r["model"] for r in lines] == ["raw", "averaged"]
+    assert [r["model"] for r in lines] == ["raw", "averaged", "averaged_from_0.25"]
+    assert [r["averaged_updates"] for r in lines[1:]] == [2, 3]  # of 4 updates: past 2 and past 1
     for r in lines:
         assert r["importance_log_likelihood_20"] >= r["log_likelihood_bound"] - 0.05
         assert r["importance_log_likelihood_20_seconds"] >= 0
