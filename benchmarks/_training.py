@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -160,6 +161,16 @@ def typical_epoch_seconds(seconds: float, hook: StepHook, first_epoch: bool, ste
     if not first_epoch or steps_per_epoch < 2 or hook.first_step_seconds is None:
         return seconds
     return (seconds - hook.first_step_seconds) * steps_per_epoch / (steps_per_epoch - 1)
+
+
+def steady_epoch_seconds(run: dict, seconds: float, steps: int, window: int = 5) -> float:
+    """The epoch time to plan on: the median, over the last ``window`` epochs, of an epoch's time per unit of an
+    update's cost (1 + sweeps), times the cost at ``steps`` sweeps. One epoch slowed by another process then does not
+    swing the plan, and the rate schedule and averaging window with it; a lasting change moves it within a few epochs.
+    The recent times live in ``run["recent_epoch_units"]``, and so in the checkpoint."""
+    recent = [*run.get("recent_epoch_units", []), seconds / (1 + steps)][-window:]
+    run["recent_epoch_units"] = recent
+    return statistics.median(recent) * (1 + steps)
 
 
 def tempering_betas(k: int, spacing: str, lowest: float) -> torch.Tensor:

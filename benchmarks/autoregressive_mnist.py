@@ -11,11 +11,11 @@ and an empty guide, so ``SVI(model, guide, dgm_ppl.optim.Adam, Trace_ELBO())`` i
 (batch ``--batch-size``). The output biases start at the pixel log-odds; the learning rate decays exponentially
 from ``--lr`` to ``--final-lr`` over the planned epochs (``_training.learning_rate``).
 
-``--time-budget SECONDS`` plans the epochs to fit (``_training.replan``, from the measured epoch time, re-planned after
-every epoch), so that the learning-rate decay ends within the budget; ``--epochs`` caps the plan. ``--checkpoint PATH``
-writes the model, the optimizer, the RNG states and the counters after every epoch (atomically); ``--resume`` (with
-``--checkpoint``) continues that run exactly: E epochs in one run, or k epochs then a resumed run, give the same
-parameters bit for bit (for a fixed plan, i.e. ``--epochs`` without ``--time-budget``).
+``--time-budget SECONDS`` plans the epochs to fit (``_training.replan``, from the median time of the last five epochs,
+re-planned after every epoch), so that the learning-rate decay ends within the budget; ``--epochs`` caps the plan.
+``--checkpoint PATH`` writes the model, the optimizer, the RNG states and the counters after every epoch (atomically);
+``--resume`` (with ``--checkpoint``) continues that run exactly: E epochs in one run, or k epochs then a resumed run,
+give the same parameters bit for bit (for a fixed plan, i.e. ``--epochs`` without ``--time-budget``).
 
 Score: the exact mean log p(x) (nats per image) of the first ``--eval-points`` images of ``--split`` (``valid``,
 10,000) and of the first ``--train-points`` training images, and of the independent-pixel baseline.
@@ -43,7 +43,14 @@ import time
 
 import pyro
 import torch
-from _training import StepHook, emit, learning_rate, replan, typical_epoch_seconds  # benchmarks/_training.py
+from _training import (  # benchmarks/_training.py
+    StepHook,
+    emit,
+    learning_rate,
+    replan,
+    steady_epoch_seconds,
+    typical_epoch_seconds,
+)
 from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl import load_checkpoint, save_checkpoint
@@ -188,6 +195,7 @@ def main(argv=None):
             run["mask_index"] = ar.mask_index
         if args.time_budget is not None:
             typical = typical_epoch_seconds(seconds, stepper, first_epoch, steps_per_epoch)
+            typical = steady_epoch_seconds(run, typical, 0)
             run["planned"] = replan(args, run["epoch"], run["train_seconds"], typical, 0)
         first_epoch = False
         options = {"ensemble": True} if isinstance(ar, MADE) and ar.num_masks > 1 else {}

@@ -21,7 +21,7 @@ Options beyond the model and optimizer settings:
 
 * ``--time-budget S``: seconds of training, pretraining included (AIS excluded). At the end of every
   epoch the planned number of epochs is set to those done plus as many as the remaining budget
-  allows at the last epoch's speed (``--epochs``, when given, caps it), so that the learning-rate
+  allows at the median speed of the last five epochs (``--epochs``, when given, caps it), so that the learning-rate
   decay and the averaging window follow the budget (the epoch time excludes the warm-up of
   the first SVI step; under ``--steps-schedule`` an update is costed as 1 + sweeps sweeps);
   training also stops at the end of the epoch in which the budget is exceeded.
@@ -91,6 +91,7 @@ from _training import (
     replan,
     score_averages,
     sparsity_target,
+    steady_epoch_seconds,
     typical_epoch_seconds,
     with_max_norm,
 )
@@ -352,6 +353,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
             elapsed = run["pretrain_seconds"] + run["train_seconds"]
             over = elapsed >= args.time_budget
             typical = typical_epoch_seconds(seconds, stepper, first_epoch, steps_per_epoch)
+            typical = steady_epoch_seconds(run, typical, chains.steps)
             run["planned"] = run["epoch"] if over else replan(args, run["epoch"], elapsed, typical, chains.steps)
         first_epoch = False
         emit(

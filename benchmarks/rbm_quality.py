@@ -21,8 +21,8 @@ chains; the averaged model, when there is one, is scored the same way (without r
 Options beyond the model and optimizer settings:
 
 * ``--time-budget S``: seconds of training (AIS excluded). At the end of every epoch the planned
-  number of epochs is set to the epochs done plus as many as the remaining budget allows at the last
-  epoch's speed (``--epochs``, when given, caps it), so that the learning-rate decay to ``--final-lr``,
+  number of epochs is set to the epochs done plus as many as the remaining budget allows at the median
+  speed of the last five epochs (``--epochs``, when given, caps it), so that the learning-rate decay to ``--final-lr``,
   the sweep schedule and the averaging window follow the budget (the epoch time excludes the warm-up of
   the first SVI step; under ``--steps-schedule`` an update is costed as 1 + sweeps sweeps);
   training also stops at the end of the epoch in which the budget is exceeded.
@@ -97,6 +97,7 @@ from _training import (
     replan,
     score_averages,
     sparsity_target,
+    steady_epoch_seconds,
     tempering_betas,
     typical_epoch_seconds,
     with_max_norm,
@@ -287,6 +288,7 @@ def train_dgm(args, rbm, chains, train_x, common):
                 run["planned"] = run["epoch"]
             else:
                 typical = typical_epoch_seconds(seconds, stepper, first_epoch, steps_per_epoch)
+                typical = steady_epoch_seconds(run, typical, chains.steps)
                 run["planned"] = replan(args, run["epoch"], run["train_seconds"], typical, chains.steps)
         first_epoch = False
         emit(

@@ -370,6 +370,16 @@ def test_rbm_load_old_save_format(rbm_quality, data, tmp_path):
     assert avg is None and torch.equal(rbm.weight, state["rbm"]["weight"])
 
 
+def test_the_plan_follows_the_median_epoch_so_one_slow_epoch_does_not_swing_it(rbm_quality):
+    """``steady_epoch_seconds``: the median of the last 5 epochs' time per unit of an update's cost (1 + sweeps)."""
+    steady, run = rbm_quality.steady_epoch_seconds, {}
+    assert [steady(run, s, 1) for s in (10.0, 10.0, 10.0)] == [10.0, 10.0, 10.0]
+    assert steady(run, 30.0, 1) == 10.0  # another process slowed one epoch: the plan does not move
+    assert steady(run, 30.0, 1) == 10.0 and steady(run, 30.0, 1) == 30.0  # a lasting slowdown moves it
+    assert run["recent_epoch_units"] == [5.0, 5.0, 15.0, 15.0, 15.0]  # the last 5, per unit of cost (1 + 1 sweep)
+    assert steady({}, 12.0, 2) == 12.0 and steady({"recent_epoch_units": [2.0, 2.0]}, 12.0, 2) == pytest.approx(9.0)
+
+
 def test_replan_fits_the_budget(rbm_quality):
     from types import SimpleNamespace
 
