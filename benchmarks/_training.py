@@ -19,6 +19,7 @@ from dgm_ppl.energy import (
     max_norm_,
     reverse_ais_log_partition,
 )
+from dgm_ppl.optim import Adam, AdamW
 
 
 def add_regularizer_args(ap) -> None:
@@ -49,6 +50,16 @@ def check_regularizer_args(ap, args) -> None:
         ap.error("--bias-decay must be >= 0")
 
 
+def adam(args, n: int, lr: float):
+    """``--optimizer adam``: Adam with ``--weight-decay`` as an L2 term per datum, which Adam divides by the root of
+    its second moment like the gradient, so it pulls hardest on the parameters whose gradient is smallest;
+    ``--optimizer adamw``: AdamW (Loshchilov & Hutter 2019), whose decay is decoupled from the gradient: every update
+    multiplies a weight by ``1 - lr * WD``, the same pull for every weight, as Hinton's weight cost does under SGD."""
+    if args.optimizer == "adamw":
+        return AdamW(per_parameter_args(args, 1, lr=lr))
+    return Adam(per_parameter_args(args, n, lr=lr))
+
+
 def is_bias(name: str) -> bool:
     """Whether the parameter called ``name`` (as ``named_parameters`` spells it) is a bias rather than a weight."""
     return "bias" in name.rsplit(".", 1)[-1]
@@ -56,8 +67,9 @@ def is_bias(name: str) -> bool:
 
 def per_parameter_args(args, n: int, **fixed) -> Callable[[str], dict]:
     """Pyro optimizer arguments per parameter name: ``fixed`` plus the weight decay, ``--weight-decay`` on the
-    weights and ``--bias-decay`` (default the same) on the biases, both per datum, so times ``n``: the SVI gradient
-    is ``n`` times the per-datum one."""
+    weights and ``--bias-decay`` (default the same) on the biases, both times ``n``: for an L2 term per datum ``n``
+    is the training set's size, since the SVI gradient is ``n`` times the per-datum one; for AdamW's decoupled decay
+    (a shrink of ``lr * decay`` per update, whatever the gradient's scale) ``n`` is 1."""
     bias_decay = args.weight_decay if args.bias_decay is None else args.bias_decay
 
     def optim_args(name: str) -> dict:
@@ -250,26 +262,35 @@ def score_averages(avgs: list, config: dict, run: dict, score: Callable[[object,
 
 
 def averaging_step(
-    run: dict, average_from: list[float] | None, steps_per_epoch: int, fold: Callable[[int, int], None] | None
+    run: dict,
+    average_from: list[float] | None,
+    steps_per_epoch: int,
+    fold: Callable[[list[tuple[int, int]]], None] | None,
 ) -> Callable[[], None]:
-    """The hook run after each SVI step: counts the updates in ``run["updates"]`` and, within each averaging window
-    ``i`` (updates past ``average_from[i]`` of the planned ones), folds the current iterate into that window's
-    running mean by ``fold(i, count)`` (count 1 overwrites the average). ``run["averaged_windows"]`` holds the
-    windows' counts and ``run["averaged"]`` the first's. A longer plan that moves a window's start past the current
-    update restarts its average when the window comes."""
+    """The hook run after each SVI step: counts the updates in ``run["updates"]`` and folds the current iterate into
+    the running mean of every averaging window it falls in (updates past ``average_from[i]`` of the planned ones) by
+    one call ``fold([(i, count), ...])``, so that the iterate's parameters are computed once per step however many
+    windows are open (count 1 overwrites the average). ``run["averaged_windows"]`` holds the windows' counts and
+    ``run["averaged"]`` the first's. A longer plan that moves a window's start past the current update restarts its
+    average when the window comes."""
+    if fold is not None and not run.get("averaged_windows"):  # a fresh run, or a checkpoint of one window's count
+        run["averaged_windows"] = [run["averaged"]] + [0] * (len(average_from) - 1)
 
     def after_step() -> None:
         run["updates"] += 1
         if fold is None:
             return
-        counts = run.get("averaged_windows") or [run["averaged"]] + [0] * (len(average_from) - 1)
+        counts = run["averaged_windows"]
+        due = []
         for i, fraction in enumerate(average_from):
             if run["updates"] > fraction * run["planned"] * steps_per_epoch:
                 counts[i] += 1
-                fold(i, counts[i])
+                due.append((i, counts[i]))
             else:
                 counts[i] = 0
-        run.update(averaged=counts[0], averaged_windows=counts)
+        if due:
+            fold(due)
+        run["averaged"] = counts[0]
 
     return after_step
 

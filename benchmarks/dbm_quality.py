@@ -46,6 +46,8 @@ Options beyond the model and optimizer settings:
 * ``--sparsity-targets P [P ...]``, ``--sparsity-costs C [C ...]`` (default 1e-3), ``--sparsity-damping D``
   (default 0.9): a ``dgm_ppl.energy.SparsityTarget`` on the hidden layers (one value for all, or one per layer),
   checkpointed with the run.
+* ``--optimizer adamw``: AdamW for the joint training, whose ``--weight-decay`` (and ``--bias-decay``) is
+  decoupled: every update multiplies a weight by ``1 - lr * WD`` (under ``adam`` it is an L2 term per datum).
 * ``--pretrain-weight-decay W``: Adam's L2 term (per datum) in the RBM pretraining (default 0).
 * ``--autocast bfloat16``: the joint training through ``dgm_ppl.infer.AutocastLoss``. The DBM's SML path
   (mean field, chains' sweeps, gradient) runs in full precision under it, so the run equals the float32 one: with
@@ -72,6 +74,7 @@ import pyro
 import torch
 from _training import (
     StepHook,
+    adam,
     add_averaging_arg,
     add_regularizer_args,
     ais_score,
@@ -87,7 +90,6 @@ from _training import (
     load_averages,
     new_averages,
     optional_modules,
-    per_parameter_args,
     replan,
     score_averages,
     sparsity_target,
@@ -101,7 +103,6 @@ from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
 from dgm_ppl.energy import DBM, PersistentChains
 from dgm_ppl.infer import AutocastLoss, train
-from dgm_ppl.optim import Adam
 
 DEAD_UNIT = 0.01  # a hidden unit whose mean activation on the data is below this is counted as dead
 PROBE_IMAGES = 1000
@@ -145,6 +146,10 @@ def parse_args(argv=None):
     ap.add_argument(
         "--weight-decay", type=float, default=1e-5, help="per datum L2 (on the biases too, unless --bias-decay)"
     )
+    ap.add_argument(
+        "--optimizer", choices=["adam", "adamw"], default="adam",
+        help="adamw: --weight-decay is decoupled, a shrink of lr * WD per update",
+    )  # fmt: skip
     ap.add_argument("--no-center", action="store_true")
     add_regularizer_args(ap)
     add_averaging_arg(ap)
@@ -200,13 +205,16 @@ def new_average(dbm: DBM) -> DBM:
 
 
 @torch.no_grad()
-def accumulate(avg: DBM, dbm: DBM, count: int) -> None:
-    """Fold the current uncentered weights and biases of ``dbm`` into the running mean of ``count - 1`` iterates."""
+def accumulate(avgs: list[DBM], dbm: DBM, due: list[tuple[int, int]]) -> None:
+    """Fold the current uncentered weights and biases of ``dbm``, computed once, into each running mean ``avgs[i]``
+    of ``count - 1`` iterates, for every ``(i, count)`` in ``due``."""
     p = dbm.params()
-    for l, w in enumerate(p.weights):
-        getattr(avg, f"weight_{l}").add_(w.detach() - getattr(avg, f"weight_{l}"), alpha=1.0 / count)
-    for l, b in enumerate(p.biases):
-        getattr(avg, f"bias_{l}").add_(b.detach() - getattr(avg, f"bias_{l}"), alpha=1.0 / count)
+    for i, count in due:
+        avg = avgs[i]
+        for l, w in enumerate(p.weights):
+            getattr(avg, f"weight_{l}").add_(w.detach() - getattr(avg, f"weight_{l}"), alpha=1.0 / count)
+        for l, b in enumerate(p.biases):
+            getattr(avg, f"bias_{l}").add_(b.detach() - getattr(avg, f"bias_{l}"), alpha=1.0 / count)
 
 
 BOUND = "log_likelihood_bound"  # a DBM is scored by its variational bound
@@ -293,7 +301,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
     probe = train_x[:PROBE_IMAGES]  # the fixed images on which dead units are counted
     sparsity = sparsity_target(args, list(dbm.layer_sizes[1:]), device)
     # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
-    optim = Adam(per_parameter_args(args, n, lr=args.lr))
+    optim = adam(args, n, lr=args.lr)
     avgs = new_averages(lambda: new_average(dbm), len(args.average_from or []))
     saved = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
     if saved is not None and is_checkpoint(saved):  # exact continuation
@@ -334,7 +342,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
     loss = Trace_ELBO() if args.autocast is None else AutocastLoss(Trace_ELBO(), device.type, AUTOCAST[args.autocast])
     svi = SVI(model, lambda batch: None, optim, loss)
 
-    fold = (lambda i, count: accumulate(avgs[i], dbm, count)) if avgs else None
+    fold = (lambda due: accumulate(avgs, dbm, due)) if avgs else None
     weights = [getattr(dbm, f"weight_{l}") for l in range(dbm.num_layers)]
     after_step = averaging_step(run, args.average_from, steps_per_epoch, fold)
     stepper = StepHook(svi, with_max_norm(after_step, weights, args.max_norm))

@@ -26,6 +26,9 @@ Options beyond the model and optimizer settings:
   the sweep schedule and the averaging window follow the budget (the epoch time excludes the warm-up of
   the first SVI step; under ``--steps-schedule`` an update is costed as 1 + sweeps sweeps);
   training also stops at the end of the epoch in which the budget is exceeded.
+* ``--optimizer adamw``: AdamW, whose ``--weight-decay`` (and ``--bias-decay``) is decoupled from the gradient:
+  every update multiplies a weight by ``1 - lr * WD``. Under ``adam`` the decay is an L2 term per datum that
+  Adam divides by the root of its second moment, so it pulls hardest on the weights with the smallest gradient.
 * ``--schedule {exponential,linear}``: the learning rate of epoch e is ``lr (final/lr)^(e/(P-1))`` or
   ``lr + (final - lr) e/(P-1)`` with P the planned epochs.
 * ``--steps-schedule START END``: Gibbs sweeps per update rising linearly (rounded) from START in the
@@ -78,6 +81,7 @@ import pyro
 import torch
 from _training import (
     StepHook,
+    adam,
     add_averaging_arg,
     add_regularizer_args,
     ais_score,
@@ -113,7 +117,7 @@ from dgm_ppl.energy import (
     PersistentChains,
 )
 from dgm_ppl.infer import train
-from dgm_ppl.optim import SGD, Adam
+from dgm_ppl.optim import SGD
 
 
 def parse_args(argv=None):
@@ -135,7 +139,10 @@ def parse_args(argv=None):
     ap.add_argument("--parallel-tempering", type=int, default=0, metavar="K", help="K tempered replicas (K >= 2)")
     ap.add_argument("--pt-spacing", choices=["linear", "geometric"], default="linear")
     ap.add_argument("--pt-min-beta", type=float, default=None, help="lowest beta (default 0; geometric: 0.05)")
-    ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    ap.add_argument(
+        "--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
+        help="adamw: --weight-decay is decoupled, a shrink of lr * WD per update",
+    )  # fmt: skip
     ap.add_argument("--momentum", type=float, default=0.9, help="for --optimizer sgd")
     ap.add_argument("--lr", type=float, default=3e-3, help="per datum for sgd")
     ap.add_argument("--final-lr", type=float, default=1e-5)
@@ -232,11 +239,14 @@ def new_average(rbm) -> BernoulliRBM:
 
 
 @torch.no_grad()
-def accumulate(avg: BernoulliRBM, rbm: BernoulliRBM, count: int) -> None:
-    """Fold the current uncentered (W, b, c) of ``rbm`` into the running mean of ``count - 1`` iterates."""
+def accumulate(avgs: list[BernoulliRBM], rbm: BernoulliRBM, due: list[tuple[int, int]]) -> None:
+    """Fold the current uncentered (W, b, c) of ``rbm``, computed once, into each running mean ``avgs[i]`` of
+    ``count - 1`` iterates, for every ``(i, count)`` in ``due``."""
     p = rbm.params()
-    for dst, src in ((avg.weight, p.weight), (avg.visible_bias, p.visible_bias), (avg.hidden_bias, p.hidden_bias)):
-        dst.add_(src.detach() - dst, alpha=1.0 / count)
+    for i, count in due:
+        avg = avgs[i]
+        for dst, src in ((avg.weight, p.weight), (avg.visible_bias, p.visible_bias), (avg.hidden_bias, p.hidden_bias)):
+            dst.add_(src.detach() - dst, alpha=1.0 / count)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -247,11 +257,11 @@ def train_dgm(args, rbm, chains, train_x, common):
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / args.batch_size)
     # The SVI gradient is N times the per-datum one: scale the per-datum settings accordingly.
-    if args.optimizer == "adam":
-        optim = Adam(per_parameter_args(args, n, lr=args.lr))
+    if args.optimizer in ("adam", "adamw"):
+        optim = adam(args, n, lr=args.lr)
     else:
         optim = SGD(per_parameter_args(args, n, lr=args.lr / n, momentum=args.momentum))
-    lr_scale = 1.0 if args.optimizer == "adam" else 1.0 / n
+    lr_scale = 1.0 / n if args.optimizer == "sgd" else 1.0
     avgs = new_averages(lambda: new_average(rbm), len(args.average_from or []))
     # Under a time budget without --epochs the plan is made at the end of the first epoch.
     run = dict(epoch=0, planned=args.epochs or 10**9, updates=0, averaged=0, train_seconds=0.0, last_epoch_seconds=None)
@@ -270,7 +280,7 @@ def train_dgm(args, rbm, chains, train_x, common):
 
     svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
 
-    fold = (lambda i, count: accumulate(avgs[i], rbm, count)) if avgs else None
+    fold = (lambda due: accumulate(avgs, rbm, due)) if avgs else None
     after_step = averaging_step(run, args.average_from, steps_per_epoch, fold)
     stepper = StepHook(svi, with_max_norm(after_step, [rbm.weight], args.max_norm))
     first_epoch = True

@@ -153,6 +153,38 @@ def test_rbm_bias_decay_sets_the_biases_decay_and_resumes_exactly(rbm_quality, d
         rbm_quality.parse_args([*opts, "--bias-decay", "-1"])
 
 
+def test_adamw_decouples_the_weight_decay_and_resumes_exactly(rbm_quality, dbm_quality, data, tmp_path):
+    """--optimizer adamw: the decay is AdamW's, decoupled and not scaled by the data's size (1e-2 stays 1e-2, where
+    Adam's L2 per datum is times the 200 images), biases free under --bias-decay 0; one update shrinks a weight by
+    exactly lr * WD on top of Adam's step; the RBM run resumes bit for bit, and the DBM takes the option too."""
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "3", "--optimizer", "adamw", "--weight-decay", "1e-2"]
+    opts += ["--bias-decay", "0"]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    rbm_quality.main([*opts, "--checkpoint", full])
+    groups = {k: v["param_groups"][0] for k, v in _checkpoint(full)["optim"].items()}
+    assert {k: g["weight_decay"] for k, g in groups.items()} == pytest.approx(
+        {"rbm.weight": 1e-2, "rbm.visible_bias": 0.0, "rbm.hidden_bias": 0.0}
+    )
+    assert all(g["decoupled_weight_decay"] for g in groups.values())
+    rbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+
+    one = [*RBM_ARGS, "--data", data, "--epochs", "1", "--batch-size", "200", "--optimizer", "adamw"]
+    start = rbm_quality.main([*one, "--lr", "0", "--schedule", "linear"])[0].weight.detach()  # the seed's start
+    plain = rbm_quality.main([*one, "--lr", "0.01", "--final-lr", "0.01", "--weight-decay", "0"])[0].weight.detach()
+    decayed = rbm_quality.main([*one, "--lr", "0.01", "--final-lr", "0.01", "--weight-decay", "0.5"])[0].weight
+    assert not torch.equal(plain, start)
+    torch.testing.assert_close(decayed.detach() - plain, -0.01 * 0.5 * start, atol=1e-6, rtol=0)
+
+    dbm_ckpt = str(tmp_path / "dbm.ckpt")
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "1", "--optimizer", "adamw", "--weight-decay", "1e-2",
+                      "--bias-decay", "0", "--no-score", "--checkpoint", dbm_ckpt])  # fmt: skip
+    groups = {k: v["param_groups"][0] for k, v in _checkpoint(dbm_ckpt)["optim"].items()}
+    assert all(g["decoupled_weight_decay"] for g in groups.values())
+    assert {g["weight_decay"] for k, g in groups.items() if "weight" in k} == {1e-2}
+
+
 def test_rbm_resume_to_more_epochs(rbm_quality, data, tmp_path):
     """A 1-epoch run resumed with --epochs 3 equals a 3-epoch run (rate re-planned from the epoch counter)."""
     opts = [*RBM_ARGS, "--data", data, "--optimizer", "sgd", "--lr", "0.05"]
