@@ -29,6 +29,8 @@ Options beyond the model and optimizer settings:
 * ``--optimizer adamw``: AdamW, whose ``--weight-decay`` (and ``--bias-decay``) is decoupled from the gradient:
   every update multiplies a weight by ``1 - lr * WD``. Under ``adam`` the decay is an L2 term per datum that
   Adam divides by the root of its second moment, so it pulls hardest on the weights with the smallest gradient.
+* ``--train-size N``: train on the first N images of the training split (the base-rate model of the AIS and the
+  train score use them too; ``--load`` takes N from the saved config), to measure what more data is worth.
 * ``--schedule {exponential,linear}``: the learning rate of epoch e is ``lr (final/lr)^(e/(P-1))`` or
   ``lr + (final - lr) e/(P-1)`` with P the planned epochs.
 * ``--steps-schedule START END``: Gibbs sweeps per update rising linearly (rounded) from START in the
@@ -124,6 +126,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help=".npz with 'train' and the scored split (N x 784, binary)")
     ap.add_argument("--split", default="valid")
+    ap.add_argument("--train-size", type=int, default=None, metavar="N", help="train on the first N training images")
     ap.add_argument("--hidden", type=int, default=500)
     ap.add_argument(
         "--epochs", type=int, default=None, help="epochs (default 170); with --time-budget a cap (default none)"
@@ -317,6 +320,15 @@ def train_dgm(args, rbm, chains, train_x, common):
     return avgs, run
 
 
+def training_subset(train_x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The first ``size`` training images (all of them when ``size`` is None)."""
+    if size is None:
+        return train_x
+    if not 1 <= size <= train_x.shape[0]:
+        raise SystemExit(f"--train-size {size}: the training split has {train_x.shape[0]} images")
+    return train_x[:size]
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -327,14 +339,15 @@ def main(argv=None):
     train_x = load_binarized_mnist(args.data, "train").to(device)
     test_x = load_binarized_mnist(args.data, args.split).to(device)
     common = dict(benchmark="rbm_quality", hidden=args.hidden, device=str(device), threads=torch.get_num_threads())
-    if args.peer:
-        return run_peer(args, train_x, test_x, common)
-
     config = vars(args)
     if args.load:
         saved = torch.load(args.load, map_location=device, weights_only=False)
         config = {**config, **saved["config"]}
         common["hidden"] = config["hidden"]
+    train_x = training_subset(train_x, config.get("train_size"))
+    if args.peer:
+        return run_peer(args, train_x, test_x, common)
+
     low = config.get("matmul_dtype")
     rbm = BernoulliRBM(
         784, config["hidden"], centered=not config["no_center"], name="rbm", matmul_dtype=low and getattr(torch, low)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import benchmark_script, tiny_mnist
@@ -221,6 +222,24 @@ def test_rbm_time_budget_plans_epochs(rbm_quality, data, capsys):
     assert run["epoch"] == run["planned"] == 4  # --epochs caps the plan the budget would allow
     rates = [r["lr"] for r in _records(capsys) if r["event"] == "epoch"]
     assert rates[0] == 3e-3 and rates[-1] == pytest.approx(1e-5)
+
+
+def test_rbm_train_size_is_the_run_on_a_split_of_that_many_images(rbm_quality, data, tmp_path):
+    """--train-size 100 trains on the first 100 training images: bit for bit the run on a file that holds only
+    those, with half the updates of the full 200; a size outside the split is refused."""
+    arrays = dict(np.load(data))
+    small = str(tmp_path / "small.npz")
+    np.savez(small, train=arrays["train"][:100], valid=arrays["valid"])
+    opts = [*RBM_ARGS, "--epochs", "2", "--average-from", "0.5"]
+    sub, _, sub_avg, run = rbm_quality.main([*opts, "--data", data, "--train-size", "100"])
+    ref, _, ref_avg, _ = rbm_quality.main([*opts, "--data", small])
+    assert run["updates"] == 2 * 2  # two minibatches of 50 per epoch
+    for a, b in ((sub, ref), (sub_avg, ref_avg)):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), name
+    for size in ("0", "201"):
+        with pytest.raises(SystemExit, match="training split has 200"):
+            rbm_quality.main([*opts, "--data", data, "--train-size", size])
 
 
 def test_rbm_save_load_scores_raw_and_averaged(rbm_quality, data, tmp_path, capsys):
