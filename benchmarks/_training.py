@@ -19,7 +19,7 @@ from dgm_ppl.energy import (
     max_norm_,
     reverse_ais_log_partition,
 )
-from dgm_ppl.optim import Adam, AdamW
+from dgm_ppl.optim import SGD, Adam, AdamW
 
 
 def add_regularizer_args(ap) -> None:
@@ -50,14 +50,33 @@ def check_regularizer_args(ap, args) -> None:
         ap.error("--bias-decay must be >= 0")
 
 
-def adam(args, n: int, lr: float):
-    """``--optimizer adam``: Adam with ``--weight-decay`` as an L2 term per datum, which Adam divides by the root of
-    its second moment like the gradient, so it pulls hardest on the parameters whose gradient is smallest;
-    ``--optimizer adamw``: AdamW (Loshchilov & Hutter 2019), whose decay is decoupled from the gradient: every update
-    multiplies a weight by ``1 - lr * WD``, the same pull for every weight, as Hinton's weight cost does under SGD."""
+def optimizer(args, n: int, lr: float):
+    """The Pyro optimizer that ``--optimizer`` names, with ``--weight-decay`` and ``--bias-decay``.
+
+    ``adam``: Adam with the decay as an L2 term per datum, which Adam divides by the root of its second moment like
+    the gradient, so it pulls hardest on the parameters whose gradient is smallest. ``adamw``: AdamW (Loshchilov &
+    Hutter 2019), whose decay is decoupled from the gradient: every update multiplies a weight by ``1 - lr * WD``, the
+    same pull for every weight, as Hinton's weight cost does under SGD. ``sgd``: SGD with ``--momentum`` and the L2
+    term per datum; ``lr`` is then per datum (divided by ``n``, since the SVI gradient is ``n`` times the per-datum
+    one)."""
     if args.optimizer == "adamw":
         return AdamW(per_parameter_args(args, 1, lr=lr))
+    if args.optimizer == "sgd":
+        return SGD(per_parameter_args(args, n, lr=lr / n, momentum=args.momentum))
     return Adam(per_parameter_args(args, n, lr=lr))
+
+
+def check_resumed_optimizer(args, config: dict, path: str) -> None:
+    """Refuse to continue a checkpoint that was written under another ``--optimizer``: its state (moments, momentum)
+    belongs to that optimizer, and Adam's and AdamW's would load into each other silently while decaying the weights
+    differently. ``config`` is the checkpoint's (it is checked after the load, which changes nothing on disk);
+    checkpoints written before ``--optimizer`` existed were Adam's."""
+    written = config.get("optimizer", "adam")
+    if written != args.optimizer:
+        raise ValueError(
+            f"{path} was written with --optimizer {written}: resume it with --optimizer {written} "
+            f"(not {args.optimizer}), or start a new run"
+        )
 
 
 def is_bias(name: str) -> bool:
@@ -259,6 +278,29 @@ def score_averages(avgs: list, config: dict, run: dict, score: Callable[[object,
     for i, (model, count) in enumerate(zip(avgs, counts)):
         if count is None or count > 0:
             score(model, window_label(fractions, i), {"averaged_updates": count, "average_from": fractions[i]})
+
+
+def zeroed(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every parameter set to zero (an empty running mean)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    return module
+
+
+@torch.no_grad()
+def fold_into_averages(
+    avgs: list,
+    current: list[torch.Tensor],
+    averaged: Callable[[torch.nn.Module], list[torch.Tensor]],
+    due: list[tuple[int, int]],
+) -> None:
+    r"""Polyak averaging: for every ``(i, count)`` in ``due``, fold the iterate's tensors ``current`` into the running
+    mean of ``count - 1`` iterates that ``averaged(avgs[i])`` holds, in the same order:
+    :math:`\bar\theta \leftarrow \bar\theta + (\theta - \bar\theta) / \text{count}` (count 1 overwrites)."""
+    for i, count in due:
+        for dst, src in zip(averaged(avgs[i]), current, strict=True):
+            dst.add_(src.detach() - dst, alpha=1.0 / count)
 
 
 def averaging_step(

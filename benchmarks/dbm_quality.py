@@ -74,7 +74,6 @@ import pyro
 import torch
 from _training import (
     StepHook,
-    adam,
     add_averaging_arg,
     add_regularizer_args,
     ais_score,
@@ -83,12 +82,15 @@ from _training import (
     averaging_step,
     check_averaging_arg,
     check_regularizer_args,
+    check_resumed_optimizer,
     emit,
     float32_state,
+    fold_into_averages,
     gibbs_steps,
     learning_rate,
     load_averages,
     new_averages,
+    optimizer,
     optional_modules,
     replan,
     score_averages,
@@ -96,6 +98,7 @@ from _training import (
     steady_epoch_seconds,
     typical_epoch_seconds,
     with_max_norm,
+    zeroed,
 )
 from pyro.infer import SVI, Trace_ELBO
 
@@ -197,24 +200,20 @@ def parse_args(argv=None):
 
 
 def new_average(dbm: DBM) -> DBM:
-    avg = DBM(dbm.layer_sizes, centered=False, name="dbm_avg").to(dbm.weight_0)
-    with torch.no_grad():
-        for p in avg.parameters():
-            p.zero_()
-    return avg
+    return zeroed(DBM(dbm.layer_sizes, centered=False, name="dbm_avg").to(dbm.weight_0))
 
 
-@torch.no_grad()
 def accumulate(avgs: list[DBM], dbm: DBM, due: list[tuple[int, int]]) -> None:
-    """Fold the current uncentered weights and biases of ``dbm``, computed once, into each running mean ``avgs[i]``
-    of ``count - 1`` iterates, for every ``(i, count)`` in ``due``."""
+    """Fold the current uncentered weights and biases of ``dbm``, computed once, into the running means ``due``
+    names."""
     p = dbm.params()
-    for i, count in due:
-        avg = avgs[i]
-        for l, w in enumerate(p.weights):
-            getattr(avg, f"weight_{l}").add_(w.detach() - getattr(avg, f"weight_{l}"), alpha=1.0 / count)
-        for l, b in enumerate(p.biases):
-            getattr(avg, f"bias_{l}").add_(b.detach() - getattr(avg, f"bias_{l}"), alpha=1.0 / count)
+    layers, depth = range(len(p.weights)), range(len(p.biases))
+    fold_into_averages(
+        avgs,
+        [*p.weights, *p.biases],
+        lambda a: [*(getattr(a, f"weight_{l}") for l in layers), *(getattr(a, f"bias_{l}") for l in depth)],
+        due,
+    )
 
 
 BOUND = "log_likelihood_bound"  # a DBM is scored by its variational bound
@@ -301,13 +300,15 @@ def train_dbm(args, dbm, train_x, n, common, run):
     probe = train_x[:PROBE_IMAGES]  # the fixed images on which dead units are counted
     sparsity = sparsity_target(args, list(dbm.layer_sizes[1:]), device)
     # The SVI gradient is N times the per-datum one: scale the per-datum weight decay accordingly.
-    optim = adam(args, n, lr=args.lr)
+    optim = optimizer(args, n, lr=args.lr)
     avgs = new_averages(lambda: new_average(dbm), len(args.average_from or []))
     saved = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
     if saved is not None and is_checkpoint(saved):  # exact continuation
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
         modules = optional_modules(dbm=dbm, chains=chains, sparsity=sparsity, **averages_as_modules(avgs))
-        run.update(load_checkpoint(args.resume, modules, optim, map_location=device)["run"])
+        written = load_checkpoint(args.resume, modules, optim, map_location=device)
+        check_resumed_optimizer(args, written.get("config", {}), args.resume)
+        run.update(written["run"])
         if args.time_budget is None:
             run["planned"] = args.epochs
         emit(**common, event="resumed", path=args.resume, epoch=run["epoch"], planned_epochs=run["planned"])

@@ -83,7 +83,6 @@ import pyro
 import torch
 from _training import (
     StepHook,
-    adam,
     add_averaging_arg,
     add_regularizer_args,
     ais_score,
@@ -92,14 +91,16 @@ from _training import (
     averaging_step,
     check_averaging_arg,
     check_regularizer_args,
+    check_resumed_optimizer,
     emit,
     float32_state,
+    fold_into_averages,
     gibbs_steps,
     learning_rate,
     load_averages,
     new_averages,
+    optimizer,
     optional_modules,
-    per_parameter_args,
     replan,
     score_averages,
     sparsity_target,
@@ -107,6 +108,7 @@ from _training import (
     tempering_betas,
     typical_epoch_seconds,
     with_max_norm,
+    zeroed,
 )
 from pyro.infer import SVI, Trace_ELBO
 
@@ -119,7 +121,6 @@ from dgm_ppl.energy import (
     PersistentChains,
 )
 from dgm_ppl.infer import train
-from dgm_ppl.optim import SGD
 
 
 def parse_args(argv=None):
@@ -234,22 +235,15 @@ def swap_rates(chains) -> dict:
 
 
 def new_average(rbm) -> BernoulliRBM:
-    avg = BernoulliRBM(rbm.n_visible, rbm.n_hidden, centered=False, name="rbm_avg").to(rbm.weight)
-    with torch.no_grad():
-        for p in avg.parameters():
-            p.zero_()
-    return avg
+    return zeroed(BernoulliRBM(rbm.n_visible, rbm.n_hidden, centered=False, name="rbm_avg").to(rbm.weight))
 
 
-@torch.no_grad()
 def accumulate(avgs: list[BernoulliRBM], rbm: BernoulliRBM, due: list[tuple[int, int]]) -> None:
-    """Fold the current uncentered (W, b, c) of ``rbm``, computed once, into each running mean ``avgs[i]`` of
-    ``count - 1`` iterates, for every ``(i, count)`` in ``due``."""
+    """Fold the current uncentered (W, b, c) of ``rbm``, computed once, into the running means ``due`` names."""
     p = rbm.params()
-    for i, count in due:
-        avg = avgs[i]
-        for dst, src in ((avg.weight, p.weight), (avg.visible_bias, p.visible_bias), (avg.hidden_bias, p.hidden_bias)):
-            dst.add_(src.detach() - dst, alpha=1.0 / count)
+    fold_into_averages(
+        avgs, [p.weight, p.visible_bias, p.hidden_bias], lambda a: [a.weight, a.visible_bias, a.hidden_bias], due
+    )
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -260,10 +254,7 @@ def train_dgm(args, rbm, chains, train_x, common):
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / args.batch_size)
     # The SVI gradient is N times the per-datum one: scale the per-datum settings accordingly.
-    if args.optimizer in ("adam", "adamw"):
-        optim = adam(args, n, lr=args.lr)
-    else:
-        optim = SGD(per_parameter_args(args, n, lr=args.lr / n, momentum=args.momentum))
+    optim = optimizer(args, n, lr=args.lr)
     lr_scale = 1.0 / n if args.optimizer == "sgd" else 1.0
     avgs = new_averages(lambda: new_average(rbm), len(args.average_from or []))
     # Under a time budget without --epochs the plan is made at the end of the first epoch.
@@ -272,6 +263,7 @@ def train_dgm(args, rbm, chains, train_x, common):
     modules = optional_modules(rbm=rbm, chains=chains, sparsity=sparsity, **averages_as_modules(avgs))
     if args.resume:
         saved = load_checkpoint(args.resume, modules, optim, map_location=train_x.device)
+        check_resumed_optimizer(args, saved.get("config", {}), args.resume)
         run.update(saved["run"])
         if args.time_budget is None:
             run["planned"] = args.epochs

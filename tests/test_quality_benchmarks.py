@@ -186,6 +186,34 @@ def test_adamw_decouples_the_weight_decay_and_resumes_exactly(rbm_quality, dbm_q
     assert {g["weight_decay"] for k, g in groups.items() if "weight" in k} == {1e-2}
 
 
+def test_resuming_under_another_optimizer_is_refused_and_loses_nothing(rbm_quality, dbm_quality, data, tmp_path):
+    """A checkpoint continues only under the --optimizer that wrote it (Adam's and AdamW's states would load into
+    each other silently); the refusal names the right option and leaves the file as it was."""
+    ckpt = str(tmp_path / "adamw.ckpt")
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "2", "--weight-decay", "1e-2", "--checkpoint", ckpt]
+    rbm_quality.main([*opts, "--optimizer", "adamw", "--stop-after", "1"])
+    before = open(ckpt, "rb").read()
+    for other in ("adam", "sgd"):
+        with pytest.raises(ValueError, match="written with --optimizer adamw: resume it with --optimizer adamw"):
+            rbm_quality.main([*opts, "--optimizer", other, "--resume", ckpt])
+    assert open(ckpt, "rb").read() == before
+    rbm_quality.main([*opts, "--optimizer", "adamw", "--resume", ckpt])  # the right one continues
+
+    old = str(tmp_path / "old.ckpt")  # a checkpoint from before --optimizer: Adam's
+    rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "2", "--checkpoint", old, "--stop-after", "1"])
+    saved = torch.load(old, weights_only=False)
+    del saved["extra"]["config"]["optimizer"]
+    torch.save(saved, old)
+    with pytest.raises(ValueError, match="written with --optimizer adam:"):
+        rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "2", "--optimizer", "adamw", "--resume", old])
+
+    dbm_ckpt = str(tmp_path / "dbm.ckpt")
+    dbm_opts = [*DBM_ARGS, "--data", data, "--epochs", "2", "--no-score", "--checkpoint", dbm_ckpt]
+    dbm_quality.main([*dbm_opts, "--stop-after", "1"])
+    with pytest.raises(ValueError, match="written with --optimizer adam: resume it with --optimizer adam "):
+        dbm_quality.main([*dbm_opts, "--optimizer", "adamw", "--resume", dbm_ckpt])
+
+
 def test_rbm_resume_to_more_epochs(rbm_quality, data, tmp_path):
     """A 1-epoch run resumed with --epochs 3 equals a 3-epoch run (rate re-planned from the epoch counter)."""
     opts = [*RBM_ARGS, "--data", data, "--optimizer", "sgd", "--lr", "0.05"]
