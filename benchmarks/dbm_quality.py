@@ -53,13 +53,19 @@ Options beyond the model and optimizer settings:
   (mean field, chains' sweeps, gradient) runs in full precision under it, so the run equals the float32 one: with
   the mean field and the sweeps in bfloat16 a 60-minute run ended 8 nats behind float32 (README).
 * ``--save PATH`` (rewritten every epoch) holds the float32 state dicts of the DBM, chains and
-  averaged DBM and the config; ``--load PATH`` scores it (both models) on ``--split``. ``--no-score``
-  skips AIS.
+  averaged DBM and the config; ``--load PATH`` scores it (both models) on ``--split``, with the layer sizes,
+  parametrization and chains it was saved with. ``--no-score`` skips AIS.
 
 Every epoch line also carries ``dead_units``: per hidden layer, the fraction of units whose mean-field mean on the
 first 1,000 training images is below 0.01, and ``dead_units_chain_activation``: the chains' mean activation of those
 units (``null`` when none is dead). A unit the data never turns on but the chains do is pushed further down by the SML
 gradient.
+
+``--load PATH`` also prints a ``layers`` line per model, raw and averaged (``layer_usage``): how much each weight
+matrix carries (the 10th, 50th and 90th percentiles of its columns' norms, and the median over the units above of the
+standard deviation of their input from below across the same 1,000 images: about 0 for a unit that acts as a bias),
+and how far the training's ``--mean-field-iters`` sweeps are from the mean field's fixed point (200 sweeps). With
+``--no-score`` it is a quick diagnosis of a saved DBM.
 
 Prints one JSON line per epoch and one per score (``model`` = ``raw``, ``averaged`` or ``averaged_from_F``).
 """
@@ -123,6 +129,33 @@ def dead_units(dbm, chains, probe, mean_field_iters: int) -> dict:
         fractions.append(round(float(dead.float().mean()), 3))
         chain_activation.append(round(float(states.mean(0)[dead].mean()), 4) if bool(dead.any()) else None)
     return {"dead_units": fractions, "dead_units_chain_activation": chain_activation}
+
+
+@torch.no_grad()
+def layer_usage(dbm: DBM, probe: torch.Tensor, mean_field_iters: int, fixed_point_iters: int = 200) -> dict:
+    """How much each layer of ``dbm`` is used on the images ``probe``, and how far ``mean_field_iters`` mean-field
+    sweeps are from ``fixed_point_iters``.
+
+    :returns: ``weight_column_norms`` (per weight matrix, the 10th, 50th and 90th percentiles of the norms of its
+        columns, in the uncentered parameters), ``input_sd`` (per hidden layer, the median over its units of the
+        standard deviation across ``probe`` of the input from the layer below, the layer below at its mean-field
+        means), ``dead_units`` (as in the epoch lines), ``mean_field_max_change`` (the largest change of any mean
+        from ``mean_field_iters`` sweeps to ``fixed_point_iters``) and ``mean_field_bound_gain`` (the mean bound's
+        gain, nats per image, from those further sweeps)."""
+    p = dbm.params()
+    fixed = dbm.mean_field(probe, num_iters=fixed_point_iters, tol=None)
+    short = dbm.mean_field(probe, num_iters=mean_field_iters, tol=None)
+    below = [probe, *fixed[:-1]]
+    q = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    bounds = [dbm.variational_bound(probe, num_iters=k, tol=None).mean() for k in (mean_field_iters, fixed_point_iters)]
+    return {
+        "weight_column_norms": [[round(v, 3) for v in torch.quantile(w.norm(dim=0).double().cpu(), q).tolist()]
+                                for w in p.weights],
+        "input_sd": [round(float((x @ w).std(0).median()), 3) for x, w in zip(below, p.weights)],
+        "dead_units": [round(float((m.mean(0) < DEAD_UNIT).float().mean()), 3) for m in fixed],
+        "mean_field_max_change": float(max((a - b).abs().max() for a, b in zip(short, fixed))),
+        "mean_field_bound_gain": float(bounds[1] - bounds[0]),
+    }  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -233,21 +266,28 @@ def main(argv=None):
     train_x = load_binarized_mnist(args.data, "train").to(device)
     test_x = load_binarized_mnist(args.data, args.split).to(device)
     n = train_x.shape[0]
-    sizes = [784, *args.layers]
+    saved = torch.load(args.load, map_location=device, weights_only=False) if args.load else None
+    if saved is not None:  # a saved DBM keeps its own sizes and parametrization, whatever --layers says
+        weights = [saved["dbm"][f"weight_{l}"] for l in range(sum(k.startswith("weight_") for k in saved["dbm"]))]
+        sizes, centered = [weights[0].shape[0], *(w.shape[1] for w in weights)], not saved["config"].get("no_center")
+    else:
+        sizes, centered = [784, *args.layers], not args.no_center
     common = dict(benchmark="dbm_quality", layers=sizes, device=str(device), threads=torch.get_num_threads())
 
-    dbm = DBM(sizes, centered=not args.no_center, name="dbm").to(device)
+    dbm = DBM(sizes, centered=centered, name="dbm").to(device)
     dbm.init_from_data(train_x)
     avgs, config = [], vars(args)
     run = dict(epoch=0, planned=args.epochs or 10**9, updates=0, averaged=0, pretrain_seconds=0.0, train_seconds=0.0)
-    if args.load:
-        saved = torch.load(args.load, map_location=device, weights_only=False)
+    if saved is not None:
         dbm.load_state_dict(saved["dbm"])
-        chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
+        chains = PersistentChains(dbm, num_chains=len(saved["chains"]["state"]), steps=args.steps)  # the file's count
         chains.load_state_dict(saved["chains"])
         avgs, config = load_averages(saved, lambda: new_average(dbm)), saved["config"]
         run.update(saved.get("run", {"epoch": saved["config"].get("epochs"), "planned": saved["config"].get("epochs")}))
         emit(**common, event="loaded", path=args.load, config=saved["config"])
+        for label, model in [("raw", dbm), *(("averaged", a) for a in avgs[:1])]:
+            usage = layer_usage(model, train_x[:PROBE_IMAGES], args.mean_field_iters)
+            emit(**common, event="layers", model=label, **usage)
     else:
         avgs, run, chains = train_dbm(args, dbm, train_x, n, common, run)
     avg = avgs[0] if avgs else None  # the first window's: what callers (and the tests) take as "the" average

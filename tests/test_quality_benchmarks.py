@@ -214,6 +214,31 @@ def test_resuming_under_another_optimizer_is_refused_and_loses_nothing(rbm_quali
         dbm_quality.main([*dbm_opts, "--optimizer", "adamw", "--resume", dbm_ckpt])
 
 
+def test_dbm_load_reports_how_much_each_layer_is_used(dbm_quality, data, tmp_path, capsys):
+    """``--load`` prints a ``layers`` line per model: the weight columns' norm percentiles, the spread of each layer's
+    input from below (0 when the weights between them are 0), the dead units, and the mean field's distance from
+    its fixed point (0 when the training's sweeps are the fixed point's)."""
+    path = str(tmp_path / "dbm.pt")
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "2", "--average-from", "0.5", "--no-score",
+                      "--save", path])  # fmt: skip
+    capsys.readouterr()
+    dbm_quality.main(["--data", data, "--threads", "1", "--load", path, "--no-score"])  # the file's sizes
+    lines = [r for r in _records(capsys) if r["event"] == "layers"]
+    assert [r["model"] for r in lines] == ["raw", "averaged"] and lines[0]["layers"] == [784, 12, 8]
+    for r in lines:
+        assert len(r["weight_column_norms"]) == len(r["input_sd"]) == len(r["dead_units"]) == 2
+        assert all(0 < a <= b <= c for a, b, c in r["weight_column_norms"]) and all(sd > 0 for sd in r["input_sd"])
+        assert r["mean_field_max_change"] >= 0
+
+    saved = torch.load(path, weights_only=False)
+    saved["dbm"]["weight_1"].zero_()  # no h1-h2 weights: the top layer's input is its bias alone
+    torch.save(saved, path)
+    dbm_quality.main(["--data", data, "--threads", "1", "--load", path, "--no-score", "--mean-field-iters", "200"])
+    raw = next(r for r in _records(capsys) if r["event"] == "layers" and r["model"] == "raw")
+    assert raw["weight_column_norms"][1] == [0.0, 0.0, 0.0] and raw["input_sd"][1] == 0.0 and raw["input_sd"][0] > 0
+    assert raw["mean_field_max_change"] == 0.0 and raw["mean_field_bound_gain"] == 0.0
+
+
 def test_rbm_resume_to_more_epochs(rbm_quality, data, tmp_path):
     """A 1-epoch run resumed with --epochs 3 equals a 3-epoch run (rate re-planned from the epoch counter)."""
     opts = [*RBM_ARGS, "--data", data, "--optimizer", "sgd", "--lr", "0.05"]
