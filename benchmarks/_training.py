@@ -290,16 +290,15 @@ def zeroed(module: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def fold_into_averages(
-    avgs: list,
-    current: list[torch.Tensor],
-    averaged: Callable[[torch.nn.Module], list[torch.Tensor]],
-    due: list[tuple[int, int]],
+    avgs: list, model, tensors: Callable[[object], list[torch.Tensor]], due: list[tuple[int, int]]
 ) -> None:
-    r"""Polyak averaging: for every ``(i, count)`` in ``due``, fold the iterate's tensors ``current`` into the running
-    mean of ``count - 1`` iterates that ``averaged(avgs[i])`` holds, in the same order:
+    r"""Polyak averaging: for every ``(i, count)`` in ``due``, fold the iterate's parameters in standard (uncentered)
+    form, ``tensors(model.params())`` computed once, into the running mean of ``count - 1`` iterates that the
+    uncentered ``avgs[i]`` holds, whose ``params()`` are its own tensors:
     :math:`\bar\theta \leftarrow \bar\theta + (\theta - \bar\theta) / \text{count}` (count 1 overwrites)."""
+    current = tensors(model.params())
     for i, count in due:
-        for dst, src in zip(averaged(avgs[i]), current, strict=True):
+        for dst, src in zip(tensors(avgs[i].params()), current, strict=True):
             dst.add_(src.detach() - dst, alpha=1.0 / count)
 
 

@@ -236,17 +236,9 @@ def new_average(dbm: DBM) -> DBM:
     return zeroed(DBM(dbm.layer_sizes, centered=False, name="dbm_avg").to(dbm.weight_0))
 
 
-def accumulate(avgs: list[DBM], dbm: DBM, due: list[tuple[int, int]]) -> None:
-    """Fold the current uncentered weights and biases of ``dbm``, computed once, into the running means ``due``
-    names."""
-    p = dbm.params()
-    layers, depth = range(len(p.weights)), range(len(p.biases))
-    fold_into_averages(
-        avgs,
-        [*p.weights, *p.biases],
-        lambda a: [*(getattr(a, f"weight_{l}") for l in layers), *(getattr(a, f"bias_{l}") for l in depth)],
-        due,
-    )
+def standard_tensors(p) -> list[torch.Tensor]:
+    """The averaged tensors of a DBM's standard-form parameters ``p``: its weights, then its biases."""
+    return [*p.weights, *p.biases]
 
 
 BOUND = "log_likelihood_bound"  # a DBM is scored by its variational bound
@@ -383,7 +375,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
     loss = Trace_ELBO() if args.autocast is None else AutocastLoss(Trace_ELBO(), device.type, AUTOCAST[args.autocast])
     svi = SVI(model, lambda batch: None, optim, loss)
 
-    fold = (lambda due: accumulate(avgs, dbm, due)) if avgs else None
+    fold = (lambda due: fold_into_averages(avgs, dbm, standard_tensors, due)) if avgs else None
     weights = [getattr(dbm, f"weight_{l}") for l in range(dbm.num_layers)]
     after_step = averaging_step(run, args.average_from, steps_per_epoch, fold)
     stepper = StepHook(svi, with_max_norm(after_step, weights, args.max_norm))

@@ -238,12 +238,9 @@ def new_average(rbm) -> BernoulliRBM:
     return zeroed(BernoulliRBM(rbm.n_visible, rbm.n_hidden, centered=False, name="rbm_avg").to(rbm.weight))
 
 
-def accumulate(avgs: list[BernoulliRBM], rbm: BernoulliRBM, due: list[tuple[int, int]]) -> None:
-    """Fold the current uncentered (W, b, c) of ``rbm``, computed once, into the running means ``due`` names."""
-    p = rbm.params()
-    fold_into_averages(
-        avgs, [p.weight, p.visible_bias, p.hidden_bias], lambda a: [a.weight, a.visible_bias, a.hidden_bias], due
-    )
+def standard_tensors(p) -> list[torch.Tensor]:
+    """The averaged tensors of an RBM's standard-form parameters ``p``: (W, b, c)."""
+    return [p.weight, p.visible_bias, p.hidden_bias]
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -275,7 +272,7 @@ def train_dgm(args, rbm, chains, train_x, common):
 
     svi = SVI(model, lambda batch: None, optim, Trace_ELBO())
 
-    fold = (lambda due: accumulate(avgs, rbm, due)) if avgs else None
+    fold = (lambda due: fold_into_averages(avgs, rbm, standard_tensors, due)) if avgs else None
     after_step = averaging_step(run, args.average_from, steps_per_epoch, fold)
     stepper = StepHook(svi, with_max_norm(after_step, [rbm.weight], args.max_norm))
     first_epoch = True
