@@ -48,6 +48,10 @@ Options beyond the model and optimizer settings:
   checkpointed with the run.
 * ``--optimizer adamw``: AdamW for the joint training, whose ``--weight-decay`` (and ``--bias-decay``) is
   decoupled: every update multiplies a weight by ``1 - lr * WD`` (under ``adam`` it is an L2 term per datum).
+* ``--layer-lr-scale S [S ...]``: one factor per hidden layer: the rate of that layer's incoming weights and of
+  its biases is the schedule's rate times S (``MultiTensorOptim.set_lr`` with a rate per parameter), the visible
+  biases keep the schedule's. ``--layer-lr-scale 1 10`` trains the weights between the hidden layers ten times as
+  fast as those of the first.
 * ``--pretrain-weight-decay W``: Adam's L2 term (per datum) in the RBM pretraining (default 0).
 * ``--autocast bfloat16``: the joint training through ``dgm_ppl.infer.AutocastLoss``. The DBM's SML path
   (mean field, chains' sweeps, gradient) runs in full precision under it, so the run equals the float32 one: with
@@ -180,6 +184,10 @@ def parse_args(argv=None):
     ap.add_argument("--final-lr", type=float, default=1e-5)
     ap.add_argument("--schedule", choices=["exponential", "linear"], default="exponential")
     ap.add_argument(
+        "--layer-lr-scale", type=float, nargs="+", metavar="S",
+        help="per hidden layer: its incoming weights and its biases at S times the rate",
+    )  # fmt: skip
+    ap.add_argument(
         "--weight-decay", type=float, default=1e-5, help="per datum L2 (on the biases too, unless --bias-decay)"
     )
     ap.add_argument(
@@ -229,6 +237,9 @@ def parse_args(argv=None):
         ap.error("--steps-schedule needs positive sweep counts")
     if args.is_samples < 0:
         ap.error("--is-samples must be >= 0")
+    scales = args.layer_lr_scale
+    if scales is not None and (len(scales) != len(args.layers) or not all(0 < x < float("inf") for x in scales)):
+        ap.error(f"--layer-lr-scale needs {len(args.layers)} positive factors, one per hidden layer (--layers)")
     return args
 
 
@@ -239,6 +250,20 @@ def new_average(dbm: DBM) -> DBM:
 def standard_tensors(p) -> list[torch.Tensor]:
     """The averaged tensors of a DBM's standard-form parameters ``p``: its weights, then its biases."""
     return [*p.weights, *p.biases]
+
+
+def layer_rates(scales: list[float] | None, lr: float):
+    """The rate of each DBM parameter under ``--layer-lr-scale``: ``lr`` times the factor of the hidden layer that
+    ``weight_{l}`` feeds (l + 1) or that ``bias_{l}`` belongs to (l; the visible biases, l = 0, keep ``lr``)."""
+    if not scales:
+        return lr
+
+    def rate(name: str) -> float:
+        kind, _, index = name.rsplit(".", 1)[-1].partition("_")
+        layer = int(index) + (kind == "weight")
+        return lr * (scales[layer - 1] if layer >= 1 else 1.0)
+
+    return rate
 
 
 BOUND = "log_likelihood_bound"  # a DBM is scored by its variational bound
@@ -383,7 +408,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
     while run["epoch"] < run["planned"] and (args.stop_after is None or run["epoch"] < args.stop_after):
         epoch, planned = run["epoch"], run["planned"]
         lr = learning_rate(args, epoch, planned)
-        optim.set_lr(lr)
+        optim.set_lr(layer_rates(args.layer_lr_scale, lr))
         chains.steps = gibbs_steps(args, epoch, planned)
         t0 = time.perf_counter()
         (loss,) = train(stepper, train_x, epochs=1, batch_size=args.batch_size, progress=args.progress)

@@ -281,7 +281,7 @@ class MultiTensorOptim(PyroOptim):
         store = pyro.get_param_store()
         return {store.param_name(p): slot.state_dict() for p, slot in self.optim_objs.items()}
 
-    def set_lr(self, lr: float) -> None:
+    def set_lr(self, lr: float | Callable[[str], float]) -> None:
         """Set the learning rate of every parameter: those already stepped, those whose loaded state (a resumed
         checkpoint) waits for their first step, and those still to come. A schedule written as a function of the
         epoch can then call it at the start of each epoch, with nothing to save beyond the epoch counter.
@@ -289,28 +289,69 @@ class MultiTensorOptim(PyroOptim):
         With per-parameter (callable) ``optim_args`` the rate replaces each parameter's ``lr``, and its other
         options (a weight decay on the weights only, say) are kept.
 
-        :param lr: the new rate, finite and non-negative.
-        :raises ValueError: for a rate that is not.
+        :param lr: the new rate, finite and non-negative; or a callable of the parameter's name (as ``optim_args``
+            sees it) giving each parameter its own, so that rates per layer follow one schedule
+            (``lambda name: base * scale(name)``). Parameters that shared a group and now differ in rate are moved
+            to groups of their own, their optimizer state kept.
+        :raises ValueError: for a rate that is not finite and non-negative.
         """
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
+        rate = lr if callable(lr) else (lambda name: lr)
+        checked: dict[str, float] = {}
+
+        def rate_of(name: str) -> float:
+            name = normalize_param_name(name)
+            if name not in checked:
+                value = rate(name)
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                    where = f" (for {name!r})" if callable(lr) else ""
+                    raise ValueError(f"lr must be a finite non-negative number, got {value!r}{where}")
+                checked[name] = value
+            return checked[name]
+
+        if not callable(lr):
+            rate_of("")  # a bad constant is refused before anything changes
+        store = pyro.get_param_store()
+        live = [(group, [rate_of(store.param_name(p)) for p in group["params"]]) for group in self._live_groups()]
+        waiting = {name: rate_of(name) for name in self._state_waiting_to_be_consumed}
         if callable(self.pt_optim_args) and not isinstance(self.pt_optim_args, dict):
             per_parameter = getattr(self.pt_optim_args, "per_parameter", self.pt_optim_args)
+        else:
+            per_parameter = (lambda fixed: lambda name: fixed)(self.pt_optim_args)
+        if callable(lr) or not isinstance(self.pt_optim_args, dict):
 
             def optim_args(name: str) -> dict:
-                return {**per_parameter(name), "lr": lr}
+                return {**per_parameter(name), "lr": rate_of(name)}
 
             optim_args.per_parameter = per_parameter  # the user's callable, so that rates do not nest
             self.pt_optim_args = optim_args
         else:
             self.pt_optim_args = {**self.pt_optim_args, "lr": lr}
-        for state in self._state_waiting_to_be_consumed.values():
+        for name, value in waiting.items():
+            state = self._state_waiting_to_be_consumed[name]
             inner = state["optimizer"] if set(state) == {"scheduler", "optimizer"} else state
             for group in inner.get("param_groups", ()):
-                group["lr"] = lr
-        if self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = value
+        for group, rates in live:
+            self._set_group_lr(group, rates)
+
+    def _live_groups(self) -> list[dict]:
+        return list(self.optimizer.param_groups) if self.optimizer is not None else []
+
+    def _set_group_lr(self, group: dict, rates: list[float]) -> None:
+        """Give the parameters of ``group`` the rates ``rates`` (in order); those whose rate differs from the
+        first's move to groups of their own (one per rate), keeping their state, which torch holds per parameter."""
+        group["lr"] = rates[0]
+        if all(r == rates[0] for r in rates):
+            return
+        options = {k: v for k, v in group.items() if k != "params"}
+        moved: dict[float, list[Tensor]] = {}
+        for p, r in zip(list(group["params"]), rates):
+            if r != rates[0]:
+                moved.setdefault(r, []).append(p)
+        group["params"] = [p for p, r in zip(group["params"], rates) if r == rates[0]]
+        for r, params in moved.items():
+            self._new_group()
+            self.optimizer.add_param_group({**options, "params": params, "lr": r})
 
     def set_state(self, state_dict: dict) -> None:
         """Load states from :meth:`get_state` (of this class or of :mod:`pyro.optim`): now for the parameters this

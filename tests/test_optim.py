@@ -182,20 +182,26 @@ def test_checkpoints_resume_bit_for_bit_across_both_optimizers(tmp_path, writer,
     assert_params(params(), expected)
 
 
-def scheduled_pyro_adam(lrs, todo, decay=lambda name: 0.0) -> dict[str, torch.Tensor]:
-    """The reference by hand: ``pyro.optim.Adam`` with the rate ``lrs[i]`` set on each parameter's optimizer before
-    step ``i`` (the late parameter ``extra`` joins at step 3), and the weight decay ``decay(name)``; the parameters
-    after the steps."""
+def scheduled_pyro_adam(lrs, todo, decay=lambda name: 0.0, scale=lambda i, name: 1.0) -> dict[str, torch.Tensor]:
+    """The reference by hand: ``pyro.optim.Adam`` with the rate ``lrs[i] * scale(i, name)`` set on each parameter's
+    optimizer before step ``i`` (the late parameter ``extra`` joins at step 3), and the weight decay ``decay(name)``;
+    the parameters after the steps."""
     pyro.clear_param_store()
     _, model, _ = make(use_extra=lambda step: step >= 3)
     state = {"i": 0}
-    ref = pyro.optim.Adam(lambda module, name: {"lr": lrs[state["i"]], "weight_decay": decay(name)})
+    store = pyro.get_param_store()
+
+    def args(module, name):
+        full = f"{module}.{name}"
+        return {"lr": lrs[state["i"]] * scale(state["i"], full), "weight_decay": decay(full)}
+
+    ref = pyro.optim.Adam(args)
     svi = SVI(model, lambda xy: None, ref, Trace_ELBO())
     for i, xy in enumerate(todo):
         state["i"] = i
-        for obj in ref.optim_objs.values():
+        for p, obj in ref.optim_objs.items():
             for group in obj.param_groups:
-                group["lr"] = lrs[i]
+                group["lr"] = lrs[i] * scale(i, store.param_name(p))
         svi.step(xy)
     return params()
 
@@ -256,6 +262,51 @@ def test_set_lr_keeps_per_parameter_options():
     assert opt.pt_optim_args("net.extra.weight") == {"lr": 0.005, "weight_decay": 0.1}  # no nesting of rates
 
     assert_params(scheduled_pyro_adam(lrs, todo, decay), expected)
+
+
+def test_set_lr_per_parameter_rates_split_groups_keep_state_and_resume(tmp_path):
+    """``set_lr`` with a callable of the name: one schedule with a rate per layer. Parameters that shared one group
+    (dict ``optim_args``) move to groups of their own when their rates part at step 2, with their Adam moments kept;
+    the late ``extra`` joins at its own rate, a resumed checkpoint's pending states take theirs; the trajectory equals
+    pyro.optim's per-parameter Adam bit for bit, and a rate the callable gets wrong is refused naming the parameter."""
+    lrs, todo = [0.05, 0.05, 0.04, 0.02, 0.01, 0.01], batches(6)
+
+    def scale(i: int, name: str) -> float:  # from step 2 the body's last layer and extra at 10x, the scale at 0.5x
+        if i < 2:
+            return 1.0
+        return 10.0 if ("body.2" in name or "extra" in name) else 0.5 if "log_scale" in name else 1.0
+
+    def steps(svi, opt, part, first):
+        for i, xy in enumerate(part, first):
+            opt.set_lr(lambda name, i=i: lrs[i] * scale(i, name))
+            svi.step(xy)
+
+    pyro.clear_param_store()
+    net, model, _ = make(use_extra=lambda step: step >= 3)
+    opt = dopt.Adam({"lr": 1.0})
+    svi = SVI(model, lambda xy: None, opt, Trace_ELBO())
+    steps(svi, opt, todo[:3], 0)
+    assert len(opt.optimizer.param_groups) == 3  # 0.04 (body.0), 0.4 (body.2), 0.02 (log_scale)
+    save_checkpoint(tmp_path / "ck.pt", {"net": net}, opt)
+    steps(svi, opt, todo[3:], 3)
+    expected = params()
+    rates = {pyro.get_param_store().param_name(p): g["lr"] for g in opt.optimizer.param_groups for p in g["params"]}
+    assert rates == {"net$$$body.0.weight": 0.01, "net$$$body.0.bias": 0.01, "net$$$body.2.weight": 0.1,
+                     "net$$$body.2.bias": 0.1, "net$$$extra.weight": 0.1, "net$$$extra.bias": 0.1,
+                     "net$$$log_scale": 0.005}  # fmt: skip
+
+    assert_params(scheduled_pyro_adam(lrs, todo, scale=scale), expected)
+
+    pyro.clear_param_store()  # resumed: every state waits for its first step, each takes its own rate
+    net, model, _ = make(use_extra=lambda step: step >= 0, seed=5)
+    opt = dopt.Adam({"lr": 1.0})
+    svi = SVI(model, lambda xy: None, opt, Trace_ELBO())
+    load_checkpoint(tmp_path / "ck.pt", {"net": net}, opt)
+    steps(svi, opt, todo[3:], 3)
+    assert_params(params(), expected)
+    with pytest.raises(ValueError, match="log_scale"):
+        opt.set_lr(lambda name: math.nan if "log_scale" in name else 0.1)
+    assert all(g["lr"] in (0.01, 0.1, 0.005) for g in opt.optimizer.param_groups)  # nothing changed
 
 
 def test_bad_options_are_refused():
