@@ -52,6 +52,8 @@ Options beyond the model and optimizer settings:
   its biases is the schedule's rate times S (``MultiTensorOptim.set_lr`` with a rate per parameter), the visible
   biases keep the schedule's. ``--layer-lr-scale 1 10`` trains the weights between the hidden layers ten times as
   fast as those of the first.
+* ``--pretrain-centered``: the RBMs of the pretraining in the centered parametrization (``DBM.pretrain(...,
+  centered=True)``; the default trains them uncentered, whatever the joint training's parametrization).
 * ``--pretrain-weight-decay W``: Adam's L2 term (per datum) in the RBM pretraining (default 0).
 * ``--autocast bfloat16``: the joint training through ``dgm_ppl.infer.AutocastLoss``. The DBM's SML path
   (mean field, chains' sweeps, gradient) runs in full precision under it, so the run equals the float32 one: with
@@ -169,6 +171,9 @@ def parse_args(argv=None):
     ap.add_argument("--layers", type=int, nargs="+", default=[500, 1000], help="hidden layer sizes")
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--pretrain-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--pretrain-centered", action="store_true", help="pretrain the RBMs centered (DBM.pretrain(centered=True))"
+    )
     ap.add_argument(
         "--pretrain-weight-decay", type=float, default=0.0, help="per datum: Adam's L2 term in the RBM pretraining"
     )
@@ -342,12 +347,16 @@ def check_loss_change(args, epoch: int, previous: float | None, loss: float, com
         return
     emit(**common, event="diverged", epoch=epoch, previous_loss=round(previous, 3), loss=round(loss, 3))
     kept = " and ".join(f"--{k} {getattr(args, k)}" for k in ("checkpoint", "save") if getattr(args, k))
+    if epoch == 0 and args.resume:  # the first epoch from a --save file: this run has written nothing yet
+        where = f"nothing was written, and --resume {args.resume} is unchanged; train further from it"
+    elif kept:
+        where = f"{kept} still hold the state after epoch {epoch - 1}; resume from it"
+    else:
+        where = "Train again"
     raise RuntimeError(
         f"epoch {epoch}: the loss went from {previous:.6g} to {loss:.6g}, a change of more than "
         f"--max-loss-change {args.max_loss_change:g} times the previous epoch's: the persistent chains have "
-        "lost the model. "
-        + (f"{kept} still hold the state after epoch {epoch - 1}; resume from it" if kept else "Train again")
-        + " with a lower --lr/--final-lr or more --chains (or raise --max-loss-change)."
+        f"lost the model. {where} with a lower --lr/--final-lr or more --chains (or raise --max-loss-change)."
     )
 
 
@@ -374,6 +383,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
         chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps)
         chains.load_state_dict(saved["chains"])
         dbm.log_z = None
+        run["loss"] = saved.get("run", {}).get("loss")  # the first epoch is checked against the file's last
         emit(**common, event="resumed", path=args.resume, config=saved["config"])
     else:
         t0 = time.perf_counter()
@@ -382,6 +392,7 @@ def train_dbm(args, dbm, train_x, n, common, run):
             args.pretrain_epochs,
             lr=args.pretrain_lr,
             weight_decay=args.pretrain_weight_decay,
+            centered=args.pretrain_centered,
             batch_size=args.batch_size,
             progress=args.progress,
         )

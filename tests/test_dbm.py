@@ -436,3 +436,63 @@ def test_a_backward_pass_under_autocast_is_refused():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(dbm.unnormalized_log_prob(x), full)
         assert dbm.sample(5, steps=2).dtype == torch.float32
+
+
+@pytest.mark.parametrize("gaussian", [False, True])
+@pytest.mark.parametrize("copies", [(2, 1), (1, 2), (1, 1)])
+def test_centered_tied_copies_rbm_is_its_standard_form_and_recentering_keeps_it(copies, gaussian):
+    """A centered ``TiedCopiesRBM`` (random offsets and parameters) is the uncentered RBM of ``standard_params``:
+    free energies equal up to one constant over all inputs, and the same conditionals (``up`` and the visible
+    means of a Gibbs sweep, by fixed random numbers); ``recenter`` moves the offsets and leaves that RBM unchanged."""
+    from dgm_ppl.energy.dbm_pretraining import TiedCopiesRBM
+
+    torch.manual_seed(0)
+    kv, kh = copies
+    std = torch.rand(5).double() + 0.5 if gaussian else None
+    rbm = TiedCopiesRBM(5, 3, kv, kh, std, centered=True).double()
+    plain = TiedCopiesRBM(5, 3, kv, kh, std).double()
+    with torch.no_grad():
+        for p in rbm.parameters():
+            p.copy_(torch.randn_like(p))
+        rbm.visible_offset.copy_(torch.rand(5))
+        rbm.hidden_offset.copy_(torch.rand(3))
+
+    def same_model():
+        with torch.no_grad():
+            for p, q in zip(plain.parameters(), rbm.standard_params()):
+                p.copy_(q)
+        v = torch.randn(6, 5).double() if gaussian else (torch.rand(6, 5) < 0.5).double()
+        copies_v = torch.stack([v] + [v.roll(1, 0)] * (kv - 1))
+        diff = rbm.neg_free_energy(copies_v) - plain.neg_free_energy(copies_v)
+        torch.testing.assert_close(diff, diff[:1].expand(6))
+        torch.testing.assert_close(rbm.up(v), plain.up(v))
+        torch.manual_seed(1)
+        a = rbm.gibbs(copies_v)
+        torch.manual_seed(1)
+        torch.testing.assert_close(a, plain.gibbs(copies_v))
+        return rbm.standard_params()
+
+    before = same_model()
+    rbm.recenter(torch.rand(5).double(), torch.rand(3).double(), rate=0.3)
+    after = same_model()
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="centered=True"):
+        plain.recenter(hidden_offset=torch.rand(3).double())
+
+
+def test_centered_pretraining_initializes_a_better_dbm():
+    """The pretraining in the centered parametrization: the DBM it initializes is better than the untrained one by
+    the exact likelihood (as the uncentered pretraining's test), and it is a different run from the uncentered one."""
+    x = load_digits("train")
+    test = load_digits("test")[:100]
+    dbm = DBM([64, 10, 6]).init_from_data(x)
+    before = average_log_likelihood(dbm, test, exact_log_partition(dbm))
+    torch.manual_seed(0)
+    dbm.pretrain(x, epochs=[10, 6], batch_size=50, lr=3e-3, centered=True, progress=False)
+    after = average_log_likelihood(dbm, test, exact_log_partition(dbm))
+    assert after > before + 1.0, (before, after)
+    other = DBM([64, 10, 6]).init_from_data(x)
+    torch.manual_seed(0)
+    other.pretrain(x, epochs=[10, 6], batch_size=50, lr=3e-3, progress=False)
+    assert not torch.equal(other.weight_1, dbm.weight_1)

@@ -735,6 +735,23 @@ def test_dbm_stops_on_a_loss_runaway_and_keeps_the_last_good_epoch(dbm_quality, 
         dbm_quality.parse_args(["--data", data, "--max-loss-change", "-1"])
 
 
+def test_dbm_training_further_checks_its_first_epoch_against_the_file(dbm_quality, data, tmp_path, monkeypatch):
+    """Training further from a ``--save`` file (a fresh schedule, at a rate that may be too high) checks the first
+    epoch's loss against the file's last: a runaway there raises, writes nothing and leaves the file as it was."""
+    opts = [*DBM_ARGS, "--data", data, "--no-score"]
+    saved, further = tmp_path / "dbm.pt", tmp_path / "further.pt"
+    dbm_quality.main([*opts, "--epochs", "2", "--save", str(saved)])
+    before = saved.read_bytes()
+    real_train = dbm_quality.train
+    monkeypatch.setattr(dbm_quality, "train", lambda *a, **k: [real_train(*a, **k)[0] * 12.0])
+    with pytest.raises(RuntimeError, match=r"epoch 0: .*nothing was written, and --resume .*dbm.pt is unchanged"):
+        dbm_quality.main([*opts, "--epochs", "2", "--resume", str(saved), "--save", str(further)])
+    assert saved.read_bytes() == before and not further.exists()
+    monkeypatch.setattr(dbm_quality, "train", real_train)
+    _, _, _, run = dbm_quality.main([*opts, "--epochs", "1", "--resume", str(saved), "--save", str(further)])
+    assert run["epoch"] == 1 and further.exists()
+
+
 def test_vae_quality_starts_from_a_saved_model_with_decoupled_weight_decay(data, tmp_path):
     """``--init`` starts from a saved model's parameters; one update with ``--weight-decay W`` differs from the same
     update without it by exactly ``-lr * W * p`` (AdamW's decoupled decay); a resume keeps the run's decay and

@@ -814,6 +814,7 @@ class DBM(PyroModule):
         num_chains: int = 100,
         steps: int = 1,
         method: str = "pcd",
+        centered: bool = False,
         progress: bool = True,
     ) -> list[list[float]]:
         r"""Greedy layer-wise pretraining (Salakhutdinov & Hinton 2009), then initialization of the DBM
@@ -836,6 +837,10 @@ class DBM(PyroModule):
         :param num_chains: persistent chains per RBM (``method="pcd"``).
         :param steps: Gibbs sweeps per update.
         :param method: ``"pcd"`` (persistent chains) or ``"cd"`` (chains restarted at each batch).
+        :param centered: train each RBM in the centered parametrization (:class:`TiedCopiesRBM
+            <dgm_ppl.energy.dbm_pretraining.TiedCopiesRBM>`: the visible offset at the data's mean, the hidden one
+            sliding towards the hidden means), as the DBM's joint training is when the DBM is centered; the DBM gets
+            the RBMs' standard forms either way.
         :param progress: show a progress bar.
         :returns: the per-epoch mean of the SML surrogate loss of each RBM,
             :math:`\overline{F(\text{data})} - \overline{F(\text{chains})}`.
@@ -850,6 +855,7 @@ class DBM(PyroModule):
             num_chains=num_chains,
             steps=steps,
             method=method,
+            centered=centered,
             progress=progress,
         )
 

@@ -1,9 +1,10 @@
 r"""Greedy layer-wise pretraining of a :class:`~dgm_ppl.energy.DBM` (Salakhutdinov & Hinton 2009).
 
 RBM :math:`l` is trained by SML on the up-pass means of the layer below, with tied copies of layers
-(:class:`TiedCopiesRBM`) that compensate for the input the layer gets from both neighbours in the DBM.
-:func:`pretrain_dbm` then initializes the DBM from the RBMs (:meth:`DBM.pretrain` calls it). Uses the
-DBM only through public members.
+(:class:`TiedCopiesRBM`) that compensate for the input the layer gets from both neighbours in the DBM,
+optionally in the centered parametrization (Montavon & Müller 2012; Melchior et al. 2016).
+:func:`pretrain_dbm` then initializes the DBM from the RBMs' standard forms (:meth:`DBM.pretrain` calls it).
+Uses the DBM only through public members.
 """
 
 from __future__ import annotations
@@ -21,23 +22,78 @@ from ._ops import bernoulli
 
 __all__ = ["TiedCopiesRBM", "pretrain_dbm"]
 
+CENTERING_RATE = 0.01  # how far the hidden offset moves towards each batch's means (Melchior et al. 2016's nu)
+
 
 class TiedCopiesRBM(nn.Module):
     r"""An RBM with ``visible_copies`` tied copies of its visible layer and ``hidden_copies`` of its
     hidden layer, for DBM pretraining. Summed copies are sufficient statistics:
     :math:`-F(v_{1..k}) = \sum_i \ell(v_i) + k_h \sum_j \operatorname{softplus}(c_j + \sum_i s(v_i)^\top W_{:j})`,
-    and the data clamps all visible copies to the same vector."""
+    and the data clamps all visible copies to the same vector.
 
-    def __init__(self, n_visible: int, n_hidden: int, visible_copies: int, hidden_copies: int, std: Tensor | None):
+    With ``centered=True`` the coupling is :math:`\sum_{i,j} (s(v_i) - \mu)^\top W (h_j - \lambda)`, with
+    :math:`\mu` the mean of :math:`s` on the data and :math:`\lambda` a running mean of :math:`p(h|v)` on the
+    data (Melchior et al. 2016), so that
+    :math:`-F = \sum_i \ell(v_i) - k_h \big(\sum_i s(v_i) - k_v\mu\big)^\top W\lambda
+    + k_h \sum_j \operatorname{softplus}\big(c_j + (\sum_i s(v_i) - k_v\mu)^\top W_{:j}\big)`. It is the RBM of
+    :meth:`standard_params`: the same weights, :math:`c - k_v W^\top\mu` and :math:`b - k_h W\lambda` (times the
+    standard deviations for Gaussian units). When :math:`\lambda` moves, the biases move with it, so the model
+    stays the same; only the gradient's parametrization changes."""
+
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        visible_copies: int,
+        hidden_copies: int,
+        std: Tensor | None,
+        centered: bool = False,
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(n_visible, n_hidden) * 0.01)
         self.visible_bias = nn.Parameter(torch.zeros(n_visible))
         self.hidden_bias = nn.Parameter(torch.zeros(n_hidden))
         self.kv, self.kh = visible_copies, hidden_copies
+        self.centered = centered
         self.register_buffer("std", None if std is None else std.detach().clone())
+        self.register_buffer("visible_offset", torch.zeros(n_visible))
+        self.register_buffer("hidden_offset", torch.full((n_hidden,), 0.5 if centered else 0.0))
 
     def _stat(self, v: Tensor) -> Tensor:
         return v if self.std is None else v / self.std
+
+    def _hidden_input(self, summed_stat: Tensor) -> Tensor:
+        r""":math:`c + (\sum_i s(v_i) - k_v\mu)^\top W` from the copies' summed statistic."""
+        return self.hidden_bias + (summed_stat - self.kv * self.visible_offset) @ self.weight
+
+    def _visible_shift(self) -> Tensor:
+        r"""What the centering adds to the visible bias of the standard form: :math:`-k_h W\lambda`, times the
+        standard deviations for Gaussian units."""
+        shift = -self.kh * (self.weight @ self.hidden_offset)
+        return shift if self.std is None else shift * self.std
+
+    @torch.no_grad()
+    def standard_params(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(weight, visible_bias, hidden_bias)`` of the uncentered RBM with the same distribution."""
+        hidden = self.hidden_bias - self.kv * (self.visible_offset @ self.weight)
+        return self.weight.clone(), self.visible_bias + self._visible_shift(), hidden
+
+    @torch.no_grad()
+    def recenter(
+        self, visible_offset: Tensor | None = None, hidden_offset: Tensor | None = None, rate: float = 1.0
+    ) -> None:
+        r"""Move the offsets, by ``rate`` of the way towards ``visible_offset`` (:math:`\mu`) and ``hidden_offset``
+        (:math:`\lambda`) where given, and the biases with them, so that :meth:`standard_params` (the model) does
+        not change."""
+        if not self.centered:
+            raise ValueError("recenter() is for a TiedCopiesRBM built with centered=True")
+        _, visible, hidden = self.standard_params()
+        if visible_offset is not None:
+            self.visible_offset.lerp_(visible_offset.to(self.visible_offset), rate)
+        if hidden_offset is not None:
+            self.hidden_offset.lerp_(hidden_offset.to(self.hidden_offset), rate)
+        self.hidden_bias.copy_(hidden + self.kv * (self.visible_offset @ self.weight))
+        self.visible_bias.copy_(visible - self._visible_shift())
 
     def _visible_term(self, v: Tensor) -> Tensor:
         if self.std is None:
@@ -46,18 +102,21 @@ class TiedCopiesRBM(nn.Module):
 
     def neg_free_energy(self, copies: Tensor) -> Tensor:
         """``copies`` of shape ``(k_v, batch, n_visible)``."""
-        x = self.hidden_bias + self._stat(copies).sum(0) @ self.weight
-        return self._visible_term(copies).sum(0) + self.kh * F.softplus(x).sum(-1)
+        summed = self._stat(copies).sum(0)
+        out = self._visible_term(copies).sum(0) + self.kh * F.softplus(self._hidden_input(summed)).sum(-1)
+        if self.centered:
+            out = out - self.kh * ((summed - self.kv * self.visible_offset) @ (self.weight @ self.hidden_offset))
+        return out
 
     @torch.no_grad()
     def up(self, v: Tensor) -> Tensor:
-        return torch.sigmoid(self.hidden_bias + self.kv * self._stat(v) @ self.weight)
+        return torch.sigmoid(self._hidden_input(self.kv * self._stat(v)))
 
     @torch.no_grad()
     def gibbs(self, copies: Tensor) -> Tensor:
-        p = torch.sigmoid(self.hidden_bias + self._stat(copies).sum(0) @ self.weight)
+        p = torch.sigmoid(self._hidden_input(self._stat(copies).sum(0)))
         h = sum(bernoulli(p) for _ in range(self.kh))  # Binomial(k_h, p): the summed hidden copies
-        x = (h @ self.weight.T).expand(self.kv, -1, -1)
+        x = ((h - self.kh * self.hidden_offset) @ self.weight.T).expand(self.kv, -1, -1)
         if self.std is None:
             return bernoulli(torch.sigmoid(x + self.visible_bias))
         mean = self.visible_bias + self.std * x
@@ -78,6 +137,8 @@ class TiedCopiesRBM(nn.Module):
         idx = torch.randint(len(data), (num_chains,), device=data.device)
         with torch.no_grad():
             chains = self._start(data[idx])
+            if self.centered:  # the data's means; the hidden offset starts at the first up-pass's
+                self.recenter(self._stat(data).mean(0), self.up(data[: 10 * batch_size]).mean(0))
         history = []
         n_batches = math.ceil(len(data) / batch_size)
         bar = tqdm(total=epochs * n_batches, disable=not progress, desc=f"pretraining RBM {layer + 1}", mininterval=0.5)
@@ -98,6 +159,8 @@ class TiedCopiesRBM(nn.Module):
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
+                    if self.centered:  # the hidden offset slides towards the batch's means
+                        self.recenter(hidden_offset=self.up(batch).mean(0), rate=CENTERING_RATE)
                     total += loss.detach()
                     bar.update()
                 mean = float(total) / n_batches
@@ -120,6 +183,7 @@ def pretrain_dbm(
     num_chains: int = 100,
     steps: int = 1,
     method: str = "pcd",
+    centered: bool = False,
     progress: bool = True,
 ) -> list[list[float]]:
     r"""Greedy layer-wise pretraining of the DBM ``model``, then its initialization from the RBMs; see
@@ -144,6 +208,7 @@ def pretrain_dbm(
             visible_copies=2 if (l == 0 and L > 1) else 1,
             hidden_copies=2 if (l == L - 1 and L > 1) else 1,
             std=model.log_std.exp() if (l == 0 and model.gaussian_visible) else None,
+            centered=centered,
         ).to(w0)
         with torch.no_grad():
             rbm.visible_bias.copy_(model.base_rate(x) if l == 0 else torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3)))
@@ -153,11 +218,12 @@ def pretrain_dbm(
         x = rbm.up(x)
         rbms.append(rbm)
     with torch.no_grad():
-        weights = [r.weight * (1.0 if l in (0, L - 1) else 0.5) for l, r in enumerate(rbms)]
-        biases = [rbms[0].visible_bias]
+        standard = [r.standard_params() for r in rbms]  # (weight, visible bias, hidden bias), uncentered
+        weights = [w * (1.0 if l in (0, L - 1) else 0.5) for l, (w, _, _) in enumerate(standard)]
+        biases = [standard[0][1]]
         for l in range(1, L + 1):
-            below = rbms[l - 1].hidden_bias
-            biases.append(below if l == L else (below + rbms[l].visible_bias) / 2)
+            below = standard[l - 1][2]
+            biases.append(below if l == L else (below + standard[l][1]) / 2)
         model.set_standard_params(weights, biases)
         model.set_offsets_from_data(data)
     return histories
