@@ -313,6 +313,8 @@ class MultiTensorOptim(PyroOptim):
         store = pyro.get_param_store()
         live = [(group, [rate_of(store.param_name(p)) for p in group["params"]]) for group in self._live_groups()]
         waiting = {name: rate_of(name) for name in self._state_waiting_to_be_consumed}
+        if any(len(set(rates)) > 1 for _, rates in live):
+            self._new_group()  # a scheduler that cannot take new groups refuses here, before anything changes
         if callable(self.pt_optim_args) and not isinstance(self.pt_optim_args, dict):
             per_parameter = getattr(self.pt_optim_args, "per_parameter", self.pt_optim_args)
         else:

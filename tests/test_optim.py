@@ -139,6 +139,10 @@ def test_schedulers_as_pyro():
         results.append(params())
     assert_params(results[1], results[0])
     assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.7**3)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in scheduler.optimizer.param_groups]
+    with pytest.raises(ValueError, match="scheduler cannot take a new parameter group"):
+        scheduler.set_lr(lambda name: 0.1 if "extra" in name else 0.2)  # would split the one group
+    assert [{k: v for k, v in g.items() if k != "params"} for g in scheduler.optimizer.param_groups] == groups
 
 
 def make_optim(kind: str):
