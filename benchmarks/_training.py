@@ -23,8 +23,8 @@ from dgm_ppl.optim import SGD, Adam, AdamW
 
 
 def add_regularizer_args(ap) -> None:
-    """``--max-norm``, ``--sparsity-targets``, ``--sparsity-costs`` and ``--sparsity-damping``, shared by the RBM and
-    DBM benchmarks."""
+    """``--max-norm``, ``--sparsity-targets``, ``--sparsity-costs``, ``--sparsity-damping``, ``--bias-decay`` and
+    ``--adam-betas``, shared by the RBM and DBM benchmarks."""
     ap.add_argument(
         "--max-norm", type=float, default=None, metavar="C",
         help="after every update, bound each hidden unit's incoming weight vector to norm C (max_norm_)",
@@ -41,6 +41,10 @@ def add_regularizer_args(ap) -> None:
         "--bias-decay", type=float, default=None, metavar="WD",
         help="per datum L2 on the biases (default: --weight-decay's; 0 decays the weights only)",
     )  # fmt: skip
+    ap.add_argument(
+        "--adam-betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
+        help="Adam's (and AdamW's) decay rates of its moments (default 0.9 0.999)",
+    )  # fmt: skip
 
 
 def check_regularizer_args(ap, args) -> None:
@@ -48,6 +52,11 @@ def check_regularizer_args(ap, args) -> None:
         ap.error("--max-norm must be positive")
     if args.bias_decay is not None and not args.bias_decay >= 0:
         ap.error("--bias-decay must be >= 0")
+    if args.adam_betas is not None:
+        if not all(0 <= b < 1 for b in args.adam_betas):
+            ap.error("--adam-betas must be in [0, 1)")
+        if args.optimizer == "sgd":
+            ap.error("--adam-betas is for --optimizer adam or adamw")
 
 
 def optimizer(args, n: int, lr: float):
@@ -58,25 +67,32 @@ def optimizer(args, n: int, lr: float):
     Hutter 2019), whose decay is decoupled from the gradient: every update multiplies a weight by ``1 - lr * WD``, the
     same pull for every weight, as Hinton's weight cost does under SGD. ``sgd``: SGD with ``--momentum`` and the L2
     term per datum; ``lr`` is then per datum (divided by ``n``, since the SVI gradient is ``n`` times the per-datum
-    one)."""
-    if args.optimizer == "adamw":
-        return AdamW(per_parameter_args(args, 1, lr=lr))
+    one). ``--adam-betas`` sets Adam's and AdamW's decay rates of the moments."""
     if args.optimizer == "sgd":
         return SGD(per_parameter_args(args, n, lr=lr / n, momentum=args.momentum))
-    return Adam(per_parameter_args(args, n, lr=lr))
+    betas = {} if args.adam_betas is None else {"betas": tuple(args.adam_betas)}
+    if args.optimizer == "adamw":
+        return AdamW(per_parameter_args(args, 1, lr=lr, **betas))
+    return Adam(per_parameter_args(args, n, lr=lr, **betas))
 
 
 def check_resumed_optimizer(args, config: dict, path: str) -> None:
-    """Refuse to continue a checkpoint that was written under another ``--optimizer``: its state (moments, momentum)
-    belongs to that optimizer, and Adam's and AdamW's would load into each other silently while decaying the weights
-    differently. ``config`` is the checkpoint's (it is checked after the load, which changes nothing on disk);
-    checkpoints written before ``--optimizer`` existed were Adam's."""
+    """Refuse to continue a checkpoint that was written under another ``--optimizer`` or other ``--adam-betas``: its
+    state (moments, momentum) belongs to that optimizer, Adam's and AdamW's would load into each other silently while
+    decaying the weights differently, and the loaded state would bring back the betas it was written with. ``config``
+    is the checkpoint's (it is checked after the load, which changes nothing on disk); checkpoints written before
+    ``--optimizer`` existed were Adam's, and those written before ``--adam-betas`` had the default betas."""
     written = config.get("optimizer", "adam")
     if written != args.optimizer:
         raise ValueError(
             f"{path} was written with --optimizer {written}: resume it with --optimizer {written} "
             f"(not {args.optimizer}), or start a new run"
         )
+    betas = config.get("adam_betas")
+    if (betas and list(betas)) != (args.adam_betas and list(args.adam_betas)):
+        given = "the default betas" if not args.adam_betas else "--adam-betas " + " ".join(map(str, args.adam_betas))
+        wrote = "the default betas" if not betas else "--adam-betas " + " ".join(map(str, betas))
+        raise ValueError(f"{path} was written with {wrote}: resume it with them (not {given}), or start a new run")
 
 
 def is_bias(name: str) -> bool:

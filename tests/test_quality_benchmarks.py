@@ -779,3 +779,32 @@ def test_vae_quality_starts_from_a_saved_model_with_decoupled_weight_decay(data,
         vae_quality.main(["--data", data, "--init", str(tmp_path / "missing.pt"), *tail])
     with pytest.raises(SystemExit):
         vae_quality.main(["--data", data, "--weight-decay", "-1", *tail])
+
+
+def test_adam_betas_reach_the_optimizer_resume_exactly_and_are_checked(rbm_quality, dbm_quality, data, tmp_path):
+    """--adam-betas B1 B2: Adam's moments decay at the given rates in every parameter group of both benchmarks (a
+    run with them differs from the default's); a checkpoint resumes bit for bit, and only under the betas that wrote
+    it (the loaded state would bring its own back); bad values and --optimizer sgd are refused."""
+    opts = [*RBM_ARGS, "--data", data, "--epochs", "3", "--adam-betas", "0.5", "0.99"]
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    rbm_quality.main([*opts, "--checkpoint", full])
+    groups = [v["param_groups"][0] for v in _checkpoint(full)["optim"].values()]
+    assert len(groups) == 3 and all(g["betas"] == (0.5, 0.99) for g in groups)
+    default = rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "3"])[0].weight
+    assert not torch.equal(default, _checkpoint(full)["modules"]["rbm"]["weight"])
+    rbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    before = open(part, "rb").read()
+    with pytest.raises(ValueError, match="written with --adam-betas 0.5 0.99: resume it with them"):
+        rbm_quality.main([*opts[:-3], "--checkpoint", part, "--resume", part])
+    assert open(part, "rb").read() == before
+    rbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+    for bad in (["--adam-betas", "1", "0.999"], ["--adam-betas", "0.9", "0.999", "--optimizer", "sgd"]):
+        with pytest.raises(SystemExit):
+            rbm_quality.parse_args([*RBM_ARGS, "--data", data, *bad])
+
+    dbm_ckpt = str(tmp_path / "dbm.ckpt")
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "1", "--no-score", "--optimizer", "adamw",
+                      "--adam-betas", "0.5", "0.9", "--checkpoint", dbm_ckpt])  # fmt: skip
+    groups = [v["param_groups"][0] for v in _checkpoint(dbm_ckpt)["optim"].values()]
+    assert groups and all(g["betas"] == (0.5, 0.9) for g in groups)
