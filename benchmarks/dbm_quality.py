@@ -48,6 +48,9 @@ Options beyond the model and optimizer settings:
   checkpointed with the run.
 * ``--optimizer adamw``: AdamW for the joint training, whose ``--weight-decay`` (and ``--bias-decay``) is
   decoupled: every update multiplies a weight by ``1 - lr * WD`` (under ``adam`` it is an L2 term per datum).
+* ``--adam-betas B1 B2``: the decay rates of Adam's (and AdamW's) first and second moments (default 0.9 0.999); a
+  lower B1 makes the updates follow the SML gradient, which moves with the chains, more closely. A checkpoint
+  resumes only under the betas that wrote it.
 * ``--layer-lr-scale S [S ...]``: one factor per hidden layer: the rate of that layer's incoming weights and of
   its biases is the schedule's rate times S (``MultiTensorOptim.set_lr`` with a rate per parameter), the visible
   biases keep the schedule's. ``--layer-lr-scale 1 10`` trains the weights between the hidden layers ten times as

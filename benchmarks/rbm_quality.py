@@ -29,6 +29,9 @@ Options beyond the model and optimizer settings:
 * ``--optimizer adamw``: AdamW, whose ``--weight-decay`` (and ``--bias-decay``) is decoupled from the gradient:
   every update multiplies a weight by ``1 - lr * WD``. Under ``adam`` the decay is an L2 term per datum that
   Adam divides by the root of its second moment, so it pulls hardest on the weights with the smallest gradient.
+* ``--adam-betas B1 B2``: the decay rates of Adam's (and AdamW's) first and second moments (default 0.9 0.999); a
+  lower B1 makes the updates follow the SML gradient, which moves with the chains, more closely. A checkpoint
+  resumes only under the betas that wrote it.
 * ``--train-size N``: train on the first N images of the training split (the base-rate model of the AIS and the
   train score use them too; ``--load`` takes N from the saved config), to measure what more data is worth.
 * ``--schedule {exponential,linear}``: the learning rate of epoch e is ``lr (final/lr)^(e/(P-1))`` or
