@@ -47,6 +47,9 @@ def add_regularizer_args(ap) -> None:
     )  # fmt: skip
 
 
+ADAM_BETAS = (0.9, 0.999)  # torch's and Pyro's default
+
+
 def check_regularizer_args(ap, args) -> None:
     if args.max_norm is not None and not args.max_norm > 0:
         ap.error("--max-norm must be positive")
@@ -88,11 +91,12 @@ def check_resumed_optimizer(args, config: dict, path: str) -> None:
             f"{path} was written with --optimizer {written}: resume it with --optimizer {written} "
             f"(not {args.optimizer}), or start a new run"
         )
-    betas = config.get("adam_betas")
-    if (betas and list(betas)) != (args.adam_betas and list(args.adam_betas)):
-        given = "the default betas" if not args.adam_betas else "--adam-betas " + " ".join(map(str, args.adam_betas))
-        wrote = "the default betas" if not betas else "--adam-betas " + " ".join(map(str, betas))
-        raise ValueError(f"{path} was written with {wrote}: resume it with them (not {given}), or start a new run")
+    wrote, given = (list(b or ADAM_BETAS) for b in (config.get("adam_betas"), args.adam_betas))
+    if wrote != given and args.optimizer != "sgd":
+        raise ValueError(
+            f"{path} was written with --adam-betas {' '.join(map(str, wrote))}: resume it with them "
+            f"(not {' '.join(map(str, given))}), or start a new run"
+        )
 
 
 def is_bias(name: str) -> bool:

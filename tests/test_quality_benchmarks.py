@@ -808,3 +808,7 @@ def test_adam_betas_reach_the_optimizer_resume_exactly_and_are_checked(rbm_quali
                       "--adam-betas", "0.5", "0.9", "--checkpoint", dbm_ckpt])  # fmt: skip
     groups = [v["param_groups"][0] for v in _checkpoint(dbm_ckpt)["optim"].values()]
     assert groups and all(g["betas"] == (0.5, 0.9) for g in groups)
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "2", "--no-score", "--checkpoint", dbm_ckpt,
+                      "--stop-after", "1"])  # fmt: skip
+    resume = ["--resume", dbm_ckpt, "--adam-betas", "0.9", "0.999"]  # the default, spelled out, continues
+    dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "2", "--no-score", "--checkpoint", dbm_ckpt, *resume])
