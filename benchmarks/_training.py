@@ -21,6 +21,8 @@ from dgm_ppl.energy import (
 )
 from dgm_ppl.optim import SGD, Adam, AdamW
 
+ADAM_BETAS = (0.9, 0.999)  # torch's and Pyro's default
+
 
 def add_regularizer_args(ap) -> None:
     """``--max-norm``, ``--sparsity-targets``, ``--sparsity-costs``, ``--sparsity-damping``, ``--bias-decay`` and
@@ -43,11 +45,8 @@ def add_regularizer_args(ap) -> None:
     )  # fmt: skip
     ap.add_argument(
         "--adam-betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
-        help="Adam's (and AdamW's) decay rates of its moments (default 0.9 0.999)",
+        help=f"Adam's (and AdamW's) decay rates of its moments (default {ADAM_BETAS[0]} {ADAM_BETAS[1]})",
     )  # fmt: skip
-
-
-ADAM_BETAS = (0.9, 0.999)  # torch's and Pyro's default
 
 
 def check_regularizer_args(ap, args) -> None:
@@ -73,10 +72,10 @@ def optimizer(args, n: int, lr: float):
     one). ``--adam-betas`` sets Adam's and AdamW's decay rates of the moments."""
     if args.optimizer == "sgd":
         return SGD(per_parameter_args(args, n, lr=lr / n, momentum=args.momentum))
-    betas = {} if args.adam_betas is None else {"betas": tuple(args.adam_betas)}
+    betas = tuple(args.adam_betas or ADAM_BETAS)
     if args.optimizer == "adamw":
-        return AdamW(per_parameter_args(args, 1, lr=lr, **betas))
-    return Adam(per_parameter_args(args, n, lr=lr, **betas))
+        return AdamW(per_parameter_args(args, 1, lr=lr, betas=betas))
+    return Adam(per_parameter_args(args, n, lr=lr, betas=betas))
 
 
 def check_resumed_optimizer(args, config: dict, path: str) -> None:
@@ -92,7 +91,7 @@ def check_resumed_optimizer(args, config: dict, path: str) -> None:
             f"(not {args.optimizer}), or start a new run"
         )
     wrote, given = (list(b or ADAM_BETAS) for b in (config.get("adam_betas"), args.adam_betas))
-    if wrote != given and args.optimizer != "sgd":
+    if wrote != given:
         raise ValueError(
             f"{path} was written with --adam-betas {' '.join(map(str, wrote))}: resume it with them "
             f"(not {' '.join(map(str, given))}), or start a new run"
