@@ -55,6 +55,11 @@ Options beyond the model and optimizer settings:
   its biases is the schedule's rate times S (``MultiTensorOptim.set_lr`` with a rate per parameter), the visible
   biases keep the schedule's. ``--layer-lr-scale 1 10`` trains the weights between the hidden layers ten times as
   fast as those of the first.
+* ``--init-rbm PATH``: no pretraining; the DBM grows from an RBM saved by ``rbm_quality.py --save``
+  (``DBM.grow_from_rbm``): the RBM (its first Polyak average, or its last iterate with ``--init-rbm-model raw``) is
+  the bottom layer pair, the weights above are drawn with sd ``--init-top-std`` (default 0.01) and the biases above
+  are zero, so that the DBM starts as (nearly) the RBM: its mean-field bound is then the RBM's exact log-likelihood.
+  The chains start from the file's chains. The RBM's training time is not counted in ``--time-budget``.
 * ``--pretrain-centered``: the RBMs of the pretraining in the centered parametrization (``DBM.pretrain(...,
   centered=True)``; the default trains them uncentered, whatever the joint training's parametrization).
 * ``--pretrain-weight-decay W``: Adam's L2 term (per datum) in the RBM pretraining (default 0).
@@ -119,7 +124,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_binarized_mnist
-from dgm_ppl.energy import DBM, PersistentChains
+from dgm_ppl.energy import DBM, BernoulliRBM, PersistentChains
 from dgm_ppl.infer import AutocastLoss, train
 
 DEAD_UNIT = 0.01  # a hidden unit whose mean activation on the data is below this is counted as dead
@@ -180,7 +185,21 @@ def parse_args(argv=None):
     ap.add_argument(
         "--pretrain-weight-decay", type=float, default=0.0, help="per datum: Adam's L2 term in the RBM pretraining"
     )
-    ap.add_argument("--epochs", type=int, default=None, help="epochs (default 60); with --time-budget a cap")
+    ap.add_argument(
+        "--init-rbm", metavar="PATH",
+        help="no pretraining: grow the DBM from an RBM saved by rbm_quality.py --save (DBM.grow_from_rbm)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--init-rbm-model", choices=["averaged", "raw"], default="averaged",
+        help="which of the --init-rbm file's RBMs: its first Polyak average, or its last iterate",
+    )  # fmt: skip
+    ap.add_argument("--init-top-std", type=float, default=0.01, help="with --init-rbm: the sd of the weights above h1")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs (default 60; 0: score the initial DBM); with --time-budget a cap",
+    )
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--chains", type=int, default=100)
     ap.add_argument("--steps", type=int, default=1, help="Gibbs sweeps per update")
@@ -238,6 +257,12 @@ def parse_args(argv=None):
     if args.epochs is None and args.time_budget is None:
         args.epochs = 60
     check_averaging_arg(ap, args)
+    if args.epochs is not None and args.epochs < 0:
+        ap.error("--epochs must be >= 0 (0: no joint training, score the pretrained or grown DBM)")
+    if args.init_rbm and (args.resume or args.load):
+        ap.error("--init-rbm starts a new run; it cannot be combined with --resume or --load")
+    if not (math.isfinite(args.init_top_std) and args.init_top_std >= 0):
+        ap.error("--init-top-std must be finite and >= 0")
     if not args.max_loss_change >= 0:
         ap.error("--max-loss-change must be >= 0")
     check_regularizer_args(ap, args)
@@ -302,7 +327,14 @@ def main(argv=None):
     dbm = DBM(sizes, centered=centered, name="dbm").to(device)
     dbm.init_from_data(train_x)
     avgs, config = [], vars(args)
-    run = dict(epoch=0, planned=args.epochs or 10**9, updates=0, averaged=0, pretrain_seconds=0.0, train_seconds=0.0)
+    run = dict(
+        epoch=0,
+        planned=10**9 if args.epochs is None else args.epochs,
+        updates=0,
+        averaged=0,
+        pretrain_seconds=0.0,
+        train_seconds=0.0,
+    )
     if saved is not None:
         dbm.load_state_dict(saved["dbm"])
         chains = PersistentChains(dbm, num_chains=len(saved["chains"]["state"]), steps=args.steps)  # the file's count
@@ -363,6 +395,31 @@ def check_loss_change(args, epoch: int, previous: float | None, loss: float, com
     )
 
 
+def rbm_to_grow_from(args, train_x: torch.Tensor, dbm: DBM) -> tuple[BernoulliRBM, torch.Tensor]:
+    """The RBM of an ``rbm_quality.py --save`` file (``--init-rbm-model``), and the chains' initial visible states:
+    the file's own chains where it has enough, else random training images."""
+    saved = torch.load(args.init_rbm, map_location=train_x.device, weights_only=False)
+    if not isinstance(saved, dict) or "rbm" not in saved or "config" not in saved:
+        raise SystemExit(f"--init-rbm {args.init_rbm}: not a file written by rbm_quality.py --save")
+    if args.init_rbm_model == "averaged":
+        if saved.get("avg") is None:
+            raise SystemExit(f"--init-rbm {args.init_rbm} holds no averaged RBM; give --init-rbm-model raw")
+        state, centered = saved["avg"], False  # averages are stored uncentered
+    else:
+        state, centered = saved["rbm"], not saved["config"].get("no_center")
+    n_visible, n_hidden = state["weight"].shape
+    if [n_visible, n_hidden] != dbm.layer_sizes[:2]:
+        raise SystemExit(
+            f"--init-rbm {args.init_rbm} is a {n_visible}x{n_hidden} RBM; --layers must start with {n_hidden}"
+        )
+    rbm = BernoulliRBM(n_visible, n_hidden, centered=centered, name="rbm_init").to(train_x)
+    rbm.load_state_dict(state)
+    chains = (saved.get("chains") or {}).get("state")
+    if chains is not None and len(chains) >= args.chains:
+        return rbm, chains[: args.chains].to(train_x)
+    return rbm, train_x[torch.randperm(len(train_x), device=train_x.device)[: args.chains]]
+
+
 def train_dbm(args, dbm, train_x, n, common, run):
     device = train_x.device
     steps_per_epoch = math.ceil(n / args.batch_size)
@@ -388,6 +445,12 @@ def train_dbm(args, dbm, train_x, n, common, run):
         dbm.log_z = None
         run["loss"] = saved.get("run", {}).get("loss")  # the first epoch is checked against the file's last
         emit(**common, event="resumed", path=args.resume, config=saved["config"])
+    elif args.init_rbm:
+        rbm, init = rbm_to_grow_from(args, train_x, dbm)
+        dbm.grow_from_rbm(rbm, top_std=args.init_top_std, data=train_x)
+        chains = PersistentChains(dbm, num_chains=args.chains, steps=args.steps, init=init)
+        activity = dead_units(dbm, chains, probe, args.mean_field_iters)
+        emit(**common, event="grown", path=args.init_rbm, model=args.init_rbm_model, **activity)
     else:
         t0 = time.perf_counter()
         dbm.pretrain(
@@ -451,15 +514,22 @@ def train_dbm(args, dbm, train_x, n, common, run):
         if args.checkpoint:
             save_checkpoint(args.checkpoint, modules, optim, run=dict(run), config=vars(args))
         if args.save:
-            state = {
-                "dbm": float32_state(dbm),
-                "chains": float32_state(chains),
-                **averages_state(avgs),
-                "config": vars(args),
-                "run": dict(run),
-            }
-            torch.save(state, args.save)
+            write_save(args, dbm, chains, avgs, run)
+    if args.save and run["epoch"] == 0:  # --epochs 0: the pretrained or grown DBM
+        write_save(args, dbm, chains, avgs, run)
     return avgs, run, chains
+
+
+def write_save(args, dbm: DBM, chains, avgs: list, run: dict) -> None:
+    """The ``--save`` file: float32 state dicts of the DBM, its chains and averages, the config and the counters."""
+    state = {
+        "dbm": float32_state(dbm),
+        "chains": float32_state(chains),
+        **averages_state(avgs),
+        "config": vars(args),
+        "run": dict(run),
+    }
+    torch.save(state, args.save)
 
 
 if __name__ == "__main__":

@@ -496,3 +496,48 @@ def test_centered_pretraining_initializes_a_better_dbm():
     torch.manual_seed(0)
     other.pretrain(x, epochs=[10, 6], batch_size=50, lr=3e-3, progress=False)
     assert not torch.equal(other.weight_1, dbm.weight_1)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_grow_from_rbm_keeps_the_rbms_marginal_and_bound(centered):
+    """A DBM grown from an RBM with top_std=0 has the RBM's p(v) (by enumeration) and a tight mean-field bound;
+    with top_std > 0 it stays close, the top units break symmetry, and bad input is refused before any change."""
+    from dgm_ppl.energy import BernoulliRBM
+
+    torch.manual_seed(0)
+    rbm = BernoulliRBM(6, 4, centered=centered)
+    with torch.no_grad():
+        for p in rbm.parameters():
+            p.normal_(0, 1.0)
+        if centered:
+            rbm.visible_offset.uniform_(0.2, 0.8)
+            rbm.hidden_offset.uniform_(0.2, 0.8)
+    v = all_states(6, rbm.weight)
+    rbm_log_p = rbm.unnormalized_log_prob(v) - torch.logsumexp(rbm.unnormalized_log_prob(v), 0)
+
+    dbm = DBM([6, 4, 3], centered=centered)
+    assert dbm.grow_from_rbm(rbm, top_std=0.0, data=v[torch.randperm(64)[:40]]) is dbm
+    dbm_log_p = brute_log_unnormalized(dbm, v) - brute_log_z(dbm)
+    assert torch.allclose(dbm_log_p, rbm_log_p, atol=1e-5)
+    assert torch.allclose(dbm.variational_bound(v, num_iters=50) - brute_log_z(dbm), rbm_log_p, atol=1e-4)
+
+    grown = DBM([6, 4, 3], centered=centered).grow_from_rbm(
+        rbm, top_std=0.05, generator=torch.Generator().manual_seed(1)
+    )
+    grown_log_p = brute_log_unnormalized(grown, v) - brute_log_z(grown)
+    gap = (grown_log_p - rbm_log_p).abs().max()
+    assert 0 < gap < 0.05
+    assert torch.unique(grown.weight_1, dim=1).shape[1] == 3  # the top units differ
+
+    one_layer = DBM([6, 4], centered=centered).grow_from_rbm(rbm, data=v)  # the RBM itself
+    assert torch.allclose(brute_log_unnormalized(one_layer, v) - brute_log_z(one_layer), rbm_log_p, atol=1e-5)
+
+    before = {k: t.clone() for k, t in dbm.state_dict().items() if torch.is_tensor(t)}
+    for bad, kwargs, match in [
+        (DBM([6, 5, 3]), {}, r"the RBM is \(6, 4\)"),
+        (dbm, {"top_std": -1.0}, "top_std"),
+        (dbm, {"top_std": float("nan")}, "top_std"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            bad.grow_from_rbm(rbm, **kwargs)
+    assert all(torch.equal(before[k], t) for k, t in dbm.state_dict().items() if torch.is_tensor(t))

@@ -812,3 +812,31 @@ def test_adam_betas_reach_the_optimizer_resume_exactly_and_are_checked(rbm_quali
                       "--stop-after", "1"])  # fmt: skip
     resume = ["--resume", dbm_ckpt, "--adam-betas", "0.9", "0.999"]  # the default, spelled out, continues
     dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "2", "--no-score", "--checkpoint", dbm_ckpt, *resume])
+
+
+def test_dbm_grows_from_a_saved_rbm(rbm_quality, dbm_quality, data, tmp_path, capsys):
+    """--init-rbm: with --epochs 0 and --init-top-std 0 the saved DBM is the file's RBM (averaged or raw) with the
+    layer above decoupled, its chains start at the RBM's chains, and a mismatched file or option is refused."""
+    rbm_file = str(tmp_path / "rbm.pt")
+    rbm, chains, avg, _ = rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "2", "--average-from", "0.5",
+                                            "--save", rbm_file])  # fmt: skip
+    grow = ["--layers", "16", "8", "--batch-size", "50", "--chains", "20", "--threads", "1", "--data", data]
+    for which, source in [("averaged", avg), ("raw", rbm)]:
+        saved = str(tmp_path / f"dbm_{which}.pt")
+        exact = ["--init-rbm-model", which, "--init-top-std", "0", "--epochs", "0", "--no-score", "--save", saved]
+        dbm, _, _, run = dbm_quality.main([*grow, "--init-rbm", rbm_file, *exact])
+        assert run["epoch"] == 0 and not any(r["event"] == "pretrained" for r in _records(capsys))
+        p, q = dbm.params(), source.params()
+        assert torch.allclose(p.weights[0], q.weight, atol=1e-5)
+        assert torch.allclose(p.biases[0], q.visible_bias, atol=1e-4)
+        assert torch.allclose(p.biases[1], q.hidden_bias, atol=1e-4)
+        assert torch.equal(p.weights[1], torch.zeros(16, 8)) and torch.equal(p.biases[2], torch.zeros(8))
+        file = torch.load(saved, weights_only=False)
+        assert torch.equal(file["chains"]["state"][:, :784], chains.state)
+    dbm, _, _, run = dbm_quality.main([*grow, "--init-rbm", rbm_file, "--epochs", "1", "--no-score"])
+    assert run["epoch"] == 1 and dbm.weight_1.abs().max() > 0
+    with pytest.raises(SystemExit, match="--layers must start with 16"):
+        dbm_quality.main([*DBM_ARGS, "--data", data, "--init-rbm", rbm_file, "--epochs", "0", "--no-score"])
+    for bad in (["--resume", rbm_file], ["--init-top-std", "-1"], ["--epochs", "-1"]):
+        with pytest.raises(SystemExit):
+            dbm_quality.main([*grow, "--init-rbm", rbm_file, "--no-score", *bad])

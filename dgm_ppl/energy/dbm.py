@@ -53,7 +53,7 @@ from ._ops import (
 from .dbm_chains import DBMPersistentChains
 from .dbm_distribution import DBMDistribution
 from .dbm_pretraining import TiedCopiesRBM as _TiedCopiesRBM  # noqa: F401  (its former home; tests patch it here)
-from .dbm_pretraining import pretrain_dbm
+from .dbm_pretraining import grow_from_rbm, pretrain_dbm
 from .protocol import Enumeration
 
 __all__ = ["DBM", "DBMParams", "DBMPersistentChains", "DBMDistribution"]  # the last two from their modules
@@ -858,6 +858,21 @@ class DBM(PyroModule):
             centered=centered,
             progress=progress,
         )
+
+    def grow_from_rbm(
+        self, rbm, *, top_std: float = 0.01, data: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> DBM:
+        r"""Start from a trained binary RBM as the bottom layer pair, the layers above nearly decoupled
+        (:func:`~dgm_ppl.energy.dbm_pretraining.grow_from_rbm`); an alternative to :meth:`pretrain`.
+
+        :param rbm: a trained binary-visible RBM with ``(n_visible, n_hidden) == layer_sizes[:2]``.
+        :param top_std: the standard deviation of the weights above the first hidden layer; with 0 the
+            DBM's marginal of ``v`` is the RBM's.
+        :param data: training data, to set the offsets of a centered DBM from.
+        :param generator: the random generator of the weights above.
+        :returns: the model itself.
+        """
+        return grow_from_rbm(self, rbm, top_std=top_std, data=data, generator=generator)
 
     # ------------------------------------------------------------ AIS glue
     def base_rate(self, data: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ RBM :math:`l` is trained by SML on the up-pass means of the layer below, with ti
 (:class:`TiedCopiesRBM`) that compensate for the input the layer gets from both neighbours in the DBM,
 optionally in the centered parametrization (Montavon & Müller 2012; Melchior et al. 2016).
 :func:`pretrain_dbm` then initializes the DBM from the RBMs' standard forms (:meth:`DBM.pretrain` calls it).
+:func:`grow_from_rbm` instead starts a DBM from one trained RBM, with the layers above it nearly decoupled.
 Uses the DBM only through public members.
 """
 
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from ..infer.errors import DivergenceError
 from ._ops import bernoulli
 
-__all__ = ["TiedCopiesRBM", "pretrain_dbm"]
+__all__ = ["TiedCopiesRBM", "grow_from_rbm", "pretrain_dbm"]
 
 CENTERING_RATE = 0.01  # how far the hidden offset moves towards each batch's means (Melchior et al. 2016's nu)
 
@@ -227,3 +228,58 @@ def pretrain_dbm(
         model.set_standard_params(weights, biases)
         model.set_offsets_from_data(data)
     return histories
+
+
+@torch.no_grad()
+def grow_from_rbm(model, rbm, *, top_std: float = 0.01, data=None, generator: torch.Generator | None = None):
+    r"""Initialize the DBM ``model`` from a trained binary RBM: the RBM becomes the bottom layer pair, the
+    layers above start nearly decoupled.
+
+    :math:`W_0`, :math:`b_0` and :math:`b_1` are the RBM's standard-form weight and biases; the weights above are
+    drawn from :math:`\mathcal N(0, \text{top\_std}^2)` and the biases above are zero, so the units above fire
+    half the time, and each hidden layer's bias is lowered by the mean input it gets from the layer above,
+    :math:`W_l \tfrac12 \mathbf 1`. With ``top_std=0`` the DBM's marginal of :math:`v` *is* the RBM's (the layers
+    above sum out to a constant factor of :math:`Z`), and its mean-field bound equals the RBM's exact
+    :math:`\log p(v)`, since the posterior of :math:`h_1` is then factorial; a small ``top_std`` breaks the
+    symmetry between the top units so that the joint training can grow them. A one-layer DBM becomes the RBM
+    itself, trained from there as a DBM is (a control for what the layers above add).
+
+    Unlike :func:`pretrain_dbm`, the bottom RBM is a plain one (no doubled visible layer): its
+    :math:`p(h_1 | v)` already carries all the evidence, and the layers above enter only as the joint
+    training makes them useful.
+
+    :param model: a DBM with binary visible units and ``layer_sizes[:2] == [rbm.n_visible, rbm.n_hidden]``.
+    :param rbm: a trained binary-visible RBM (centered or not; its standard form is used).
+    :param top_std: the standard deviation of the weights above the first hidden layer (>= 0).
+    :param data: training data; when given and the DBM is centered, its offsets are set from it
+        (:meth:`DBM.set_offsets_from_data <dgm_ppl.energy.DBM.set_offsets_from_data>`).
+    :param generator: the random generator of the weights above.
+    :returns: the model itself.
+    :raises ValueError: for mismatched sizes, a Gaussian-visible RBM or DBM, or a negative ``top_std``.
+    """
+    if model.gaussian_visible:
+        raise ValueError("grow_from_rbm is implemented for binary visible units only")
+    p = rbm.params()
+    if p.std is not None:
+        raise ValueError("grow_from_rbm needs an RBM with binary visible units")
+    if tuple(p.weight.shape) != tuple(model.layer_sizes[:2]):
+        raise ValueError(
+            f"the RBM is {tuple(p.weight.shape)} (n_visible, n_hidden) but the DBM's first layers are "
+            f"{tuple(model.layer_sizes[:2])}"
+        )
+    if not (math.isfinite(top_std) and top_std >= 0):
+        raise ValueError(f"top_std must be finite and >= 0, got {top_std!r}")
+    w0 = model.weight
+    sizes = model.layer_sizes
+    weights = [p.weight.detach().to(w0)]
+    for l in range(1, model.num_layers):
+        noise = torch.randn(sizes[l], sizes[l + 1], generator=generator, device=w0.device, dtype=w0.dtype)
+        weights.append(noise * top_std)
+    biases = [p.visible_bias.detach().to(w0), p.hidden_bias.detach().to(w0)]
+    biases += [torch.zeros(n).to(w0) for n in sizes[2:]]
+    for l in range(1, model.num_layers):  # remove the mean input from the units above, which fire half the time
+        biases[l] = biases[l] - weights[l].sum(1) / 2
+    model.set_standard_params(weights, biases)
+    if data is not None:
+        model.set_offsets_from_data(data)
+    return model
