@@ -241,7 +241,10 @@ def grow_from_rbm(model, rbm, *, top_std: float = 0.01, data=None, generator: to
     :math:`W_l \tfrac12 \mathbf 1`. With ``top_std=0`` the DBM's marginal of :math:`v` *is* the RBM's (the layers
     above sum out to a constant factor of :math:`Z`), and its mean-field bound equals the RBM's exact
     :math:`\log p(v)`, since the posterior of :math:`h_1` is then factorial; a small ``top_std`` breaks the
-    symmetry between the top units so that the joint training can grow them. A one-layer DBM becomes the RBM
+    symmetry between the top units. (With the mean-field positive phase the gradient of small weights above
+    :math:`h_1` is, to first order, minus the posterior variance of :math:`h_1` times the weights when the RBM fits
+    the data, so the layers above grow only where the data's correlations of :math:`h_1` exceed the model's by
+    more than that; on MNIST they shrank, see ``docs/benchmarks.md``.) A one-layer DBM becomes the RBM
     itself, trained from there as a DBM is (a control for what the layers above add).
 
     Unlike :func:`pretrain_dbm`, the bottom RBM is a plain one (no doubled visible layer): its
