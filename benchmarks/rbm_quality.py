@@ -181,6 +181,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.epochs is None and args.time_budget is None:
         args.epochs = 170
+    if args.epochs is not None and args.epochs < 1 and not args.load:
+        ap.error("--epochs must be >= 1 (--load scores a saved RBM without training)")
     if args.parallel_tempering == 1 or args.parallel_tempering < 0:
         ap.error("--parallel-tempering needs K >= 2 replicas")
     check_averaging_arg(ap, args)

@@ -840,3 +840,5 @@ def test_dbm_grows_from_a_saved_rbm(rbm_quality, dbm_quality, data, tmp_path, ca
     for bad in (["--resume", rbm_file], ["--init-top-std", "-1"], ["--epochs", "-1"]):
         with pytest.raises(SystemExit):
             dbm_quality.main([*grow, "--init-rbm", rbm_file, "--no-score", *bad])
+    with pytest.raises(SystemExit):  # rbm_quality.py has no untrained score: --epochs 0 is refused, not endless
+        rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "0"])
