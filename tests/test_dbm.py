@@ -12,6 +12,7 @@ from dgm_ppl import load_checkpoint, save_checkpoint
 from dgm_ppl.datasets import load_digits
 from dgm_ppl.energy import (
     DBM,
+    BernoulliRBM,
     ContrastiveDivergence,
     DBMPersistentChains,
     PersistentChains,
@@ -502,8 +503,6 @@ def test_centered_pretraining_initializes_a_better_dbm():
 def test_grow_from_rbm_keeps_the_rbms_marginal_and_bound(centered):
     """A DBM grown from an RBM with top_std=0 has the RBM's p(v) (by enumeration) and a tight mean-field bound;
     with top_std > 0 it stays close, the top units break symmetry, and bad input is refused before any change."""
-    from dgm_ppl.energy import BernoulliRBM
-
     torch.manual_seed(0)
     rbm = BernoulliRBM(6, 4, centered=centered)
     with torch.no_grad():

@@ -279,7 +279,7 @@ def grow_from_rbm(model, rbm, *, top_std: float = 0.01, data=None, generator: to
         noise = torch.randn(sizes[l], sizes[l + 1], generator=generator, device=w0.device, dtype=w0.dtype)
         weights.append(noise * top_std)
     biases = [p.visible_bias.detach().to(w0), p.hidden_bias.detach().to(w0)]
-    biases += [torch.zeros(n).to(w0) for n in sizes[2:]]
+    biases += [w0.new_zeros(n) for n in sizes[2:]]
     for l in range(1, model.num_layers):  # remove the mean input from the units above, which fire half the time
         biases[l] = biases[l] - weights[l].sum(1) / 2
     model.set_standard_params(weights, biases)
