@@ -372,6 +372,18 @@ def test_dbm_resume_is_exact(dbm_quality, data, tmp_path):
     _assert_same_run(full, part)
 
 
+def test_dbm_importance_positive_phase_trains_and_resumes_exactly(dbm_quality, data, tmp_path):
+    opts = [*DBM_ARGS, "--data", data, "--epochs", "2", "--no-score", "--positive-phase", "importance",
+            "--importance-samples", "4"]  # fmt: skip
+    full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")
+    sampled, _, _, _ = dbm_quality.main([*opts, "--checkpoint", full])
+    plain, _, _, _ = dbm_quality.main([*DBM_ARGS, "--data", data, "--epochs", "2", "--no-score"])
+    assert not torch.equal(sampled.weight_1, plain.weight_1)  # the option reaches the positive phase
+    dbm_quality.main([*opts, "--checkpoint", part, "--stop-after", "1"])
+    dbm_quality.main([*opts, "--checkpoint", part, "--resume", part])
+    _assert_same_run(full, part)
+
+
 def test_dbm_autocast_trains_exactly_as_float32_and_resumes_exactly(dbm_quality, data, tmp_path):
     opts = [*DBM_ARGS, "--data", data, "--epochs", "2", "--no-score", "--autocast", "bfloat16"]
     full, part = str(tmp_path / "full.ckpt"), str(tmp_path / "part.ckpt")

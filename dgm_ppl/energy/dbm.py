@@ -70,6 +70,11 @@ class DBMParams(NamedTuple):
     std: Tensor | None = None
 
 
+def _check_num_samples(num_samples: int) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+
+
 def _entropy(logits: Tensor, mean: Tensor) -> Tensor:
     r"""Entropy of factorial Bernoullis, :math:`\sum_j \operatorname{softplus}(x_j) - \mu_j x_j`."""
     return (F.softplus(logits) - mean * logits).sum(-1)
@@ -640,25 +645,71 @@ class DBM(PyroModule):
         :raises ValueError: for ``num_samples < 1``, or ``v`` of the wrong width, not binary (binary visible
             units), or with NaN or inf.
         """
-        if not (isinstance(num_samples, int) and num_samples >= 1):
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        _check_num_samples(num_samples)
         v = self._data(v, "v")
         self._check_visible(v)
         p = self.params()
         flat = v.reshape(-1, self.n_visible).to(p.weights[0])
-        L, n = self.num_layers, flat.shape[0]
+        log_w, _ = self._importance_log_weights(p, flat, num_samples, num_iters, tol)
+        return (torch.logsumexp(log_w, -1) - math.log(log_w.shape[-1])).reshape(v.shape[:-1])
+
+    def _importance_log_weights(
+        self, p: DBMParams, v: Tensor, num_samples: int, num_iters: int, tol: float | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        r"""The log importance weights :math:`-F(v, h_{even}) - \log Q(h_{even})` of :meth:`importance_log_prob`,
+        shape ``(n, K)`` (``(n, 1)``, exact, with one hidden layer), and the mean-field means. The mean field, the
+        draws and :math:`\log Q` carry no gradient; :math:`-F` carries the parameters' when gradients are enabled."""
+        L, n = self.num_layers, v.shape[0]
+        with torch.no_grad():
+            means, logits = self._mean_field(p, v, num_iters, tol)
         if L < 2:
-            return self._chain_statistic(p, [flat, None]).reshape(v.shape[:-1])
-        _, logits = self._mean_field(p, flat, num_iters, tol)
-        states: list[Tensor | None] = [flat.repeat_interleave(num_samples, 0)] + [None] * L
-        log_q = flat.new_zeros(n * num_samples)
-        for l in range(2, L + 1, 2):
-            x = logits[l - 1].repeat_interleave(num_samples, 0)
-            h = bernoulli(torch.sigmoid(x))
-            states[l] = h
-            log_q = log_q + (h * x - F.softplus(x)).sum(-1)
-        log_w = (self._chain_statistic(p, states) - log_q).reshape(n, num_samples)
-        return (torch.logsumexp(log_w, -1) - math.log(num_samples)).reshape(v.shape[:-1])
+            return self._chain_statistic(p, [v, None])[:, None], means
+        states: list[Tensor | None] = [v.repeat_interleave(num_samples, 0)] + [None] * L
+        log_q = v.new_zeros(n * num_samples)
+        with torch.no_grad():
+            for l in range(2, L + 1, 2):
+                x = logits[l - 1].repeat_interleave(num_samples, 0)
+                h = bernoulli(torch.sigmoid(x))
+                states[l] = h
+                log_q = log_q + (h * x - F.softplus(x)).sum(-1)
+        return (self._chain_statistic(p, states) - log_q).reshape(n, num_samples), means
+
+    def importance_positive_phase(
+        self,
+        v: Tensor,
+        num_samples: int = 10,
+        *,
+        params: DBMParams | None = None,
+        num_iters: int = 10,
+        tol: float | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        r"""The positive phase of SML with the hidden posterior sampled instead of replaced by the mean field, for
+        the rows of 2-D ``v``: the estimate :math:`\hat\ell_K(v)` of :meth:`importance_log_prob`, whose gradient in
+        the parameters (autograd, at fixed draws and proposal) is the self-normalized importance estimate
+
+        .. math::
+
+            \nabla_\theta \hat\ell_K(v) = \sum_{k=1}^K \tilde w_k \nabla_\theta\bigl(-F_\theta(v, h^{(k)}_{even})\bigr),
+            \qquad \tilde w_k = \frac{w_k}{\sum_j w_j}, \quad w_k = \frac{e^{-F(v, h^{(k)}_{even})}}{Q(h^{(k)}_{even})},
+
+        of :math:`\nabla_\theta \log p^*(v) = \mathbb E_{p(h|v)}[\nabla_\theta(-E(v,h))]`, with the odd layers
+        summed out exactly. It is biased for finite :math:`K` and consistent as :math:`K \to \infty`, where the
+        mean-field gradient (:meth:`positive_phase`) stays the gradient of the bound, which also pulls the model
+        towards posteriors that are factorial (Goodfellow et al., ch. 19) and so can shrink the weights between
+        hidden layers. With one hidden layer the value and gradient are exact.
+
+        :param num_samples: :math:`K`, draws of the even layers per row (memory and time grow as ``K`` times the
+            batch).
+        :param params: the parameters in standard form (``self.params()``), when the caller has them.
+        :param num_iters: mean-field sweeps for the proposal (``tol`` stops early).
+        :returns: :math:`\hat\ell_K(v)` of each row, and the mean-field means ``[mu_1, ..., mu_L]``.
+        :raises ValueError: for ``num_samples < 1``.
+        """
+        _check_num_samples(num_samples)
+        p = self.params() if params is None else params
+        with autocast_off():  # summed against the chains' statistics: full precision (see positive_phase)
+            log_w, means = self._importance_log_weights(p, v.to(p.weights[0].dtype), num_samples, num_iters, tol)
+            return torch.logsumexp(log_w, -1) - math.log(log_w.shape[-1]), means
 
     def positive_phase(
         self,

@@ -1,7 +1,8 @@
 r"""The distribution of a :class:`~dgm_ppl.energy.DBM`'s visible units inside a Pyro program: variational
 SML (Salakhutdinov & Hinton 2009; Goodfellow et al. Algorithm 20.1).
 
-Uses the DBM through public members only: ``positive_phase`` (the mean-field bound and its gradient),
+Uses the DBM through public members only: ``positive_phase`` (the mean-field bound and its gradient) or
+``importance_positive_phase`` (the importance-sampled one),
 ``chain_statistic`` (the Rao-Blackwellized negative phase), ``gibbs``, ``update_offsets`` and, with a
 sparsity target, ``total_input``.
 """
@@ -18,6 +19,8 @@ from .protocol import EnergyModel
 from .regularization import SparsityTarget
 
 __all__ = ["DBMDistribution"]
+
+POSITIVE_PHASES = ("mean_field", "importance")
 
 
 class DBMDistribution(EnergyBasedDistribution):
@@ -36,7 +39,16 @@ class DBMDistribution(EnergyBasedDistribution):
     chains, with the odd layers summed out (Rao-Blackwellized). Under a subsampled plate Pyro scales
     it by :math:`N/B`, so ``SVI`` + ``Trace_ELBO`` performs variational SML.
 
-    :param mean_field_iters: fixed-point sweeps for the positive phase (``mean_field_tol`` stops early).
+    With ``positive_phase="importance"`` the mean-field bound is replaced by the importance estimate
+    :math:`\hat\ell_K(v)` of :meth:`DBM.importance_positive_phase <dgm_ppl.energy.DBM.importance_positive_phase>`
+    (the even layers drawn :math:`K` times from the mean-field posterior, the odd ones summed out), so the positive
+    phase estimates :math:`\mathbb E_{p(h|v)}[\nabla_\theta(-E)]` itself rather than the bound's gradient; the value
+    is then :math:`\hat\ell_K(v) - \log\hat Z`, no longer a bound for each draw.
+
+    :param mean_field_iters: fixed-point sweeps for the positive phase, or for the proposal of the importance
+        positive phase (``mean_field_tol`` stops early).
+    :param positive_phase: ``"mean_field"`` (default, Algorithm 20.1) or ``"importance"``.
+    :param importance_samples: :math:`K` for ``positive_phase="importance"``.
     :param sparsity: a :class:`~dgm_ppl.energy.SparsityTarget` over the hidden layers ``1..L``: each call with
         gradients enabled folds the batch means of the mean-field means into its running activations :math:`q`
         and adds its surrogate (value 0) once per datum, so the gradient also holds
@@ -52,6 +64,8 @@ class DBMDistribution(EnergyBasedDistribution):
         sample_steps: int = 100,
         mean_field_iters: int = 10,
         mean_field_tol: float | None = None,
+        positive_phase: str = "mean_field",
+        importance_samples: int = 10,
         sparsity: SparsityTarget | None = None,
         batch_shape: Size | tuple = (),
         validate_args: bool | None = None,
@@ -60,7 +74,12 @@ class DBMDistribution(EnergyBasedDistribution):
             raise TypeError(
                 f"a DBM needs PersistentChains(dbm, ...) for its negative phase, got {type(chains).__name__}"
             )
+        if positive_phase not in POSITIVE_PHASES:
+            raise ValueError(f"positive_phase must be one of {POSITIVE_PHASES}, got {positive_phase!r}")
+        if isinstance(importance_samples, bool) or not isinstance(importance_samples, int) or importance_samples < 1:
+            raise ValueError(f"importance_samples must be a positive int, got {importance_samples!r}")
         self.mean_field_iters, self.mean_field_tol = mean_field_iters, mean_field_tol
+        self.positive_phase, self.importance_samples = positive_phase, importance_samples
         super().__init__(
             model,
             chains,
@@ -73,7 +92,12 @@ class DBMDistribution(EnergyBasedDistribution):
 
     def _options(self) -> dict:
         options = super()._options()
-        options.update(mean_field_iters=self.mean_field_iters, mean_field_tol=self.mean_field_tol)
+        options.update(
+            mean_field_iters=self.mean_field_iters,
+            mean_field_tol=self.mean_field_tol,
+            positive_phase=self.positive_phase,
+            importance_samples=self.importance_samples,
+        )
         return options
 
     def _hidden_sizes(self) -> list[int]:
@@ -100,7 +124,13 @@ class DBMDistribution(EnergyBasedDistribution):
         validate = self._validate_args
         log_z = model.log_z or 0.0
         flat = value.reshape(-1, value.shape[-1]).to(p.weights[0])
-        bound, means = model.positive_phase(flat, params=p, num_iters=self.mean_field_iters, tol=self.mean_field_tol)
+        iters, tol = self.mean_field_iters, self.mean_field_tol
+        if self.positive_phase == "importance":
+            bound, means = model.importance_positive_phase(
+                flat, self.importance_samples, params=p, num_iters=iters, tol=tol
+            )
+        else:
+            bound, means = model.positive_phase(flat, params=p, num_iters=iters, tol=tol)
         if not torch.is_grad_enabled():
             bound = bound.reshape(value.shape[:-1])
             return bound - log_z if log_z else bound
