@@ -241,13 +241,18 @@ def _dbm_model(dbm, chains, n, **kwargs):
     return model
 
 
-def test_svi_gradient_is_algorithm_20_1():
+def _small_dbm_and_mixed_chains():
+    """A random 5-4-3 DBM, 40 binary images and 20,000 chains run in: a negative phase close to exact."""
     dbm = random_dbm([5, 4, 3], 0.7)
     data = (torch.rand(40, 5) < 0.8).float()
-    n = 40
     chains = PersistentChains(dbm, num_chains=20000, steps=1)
     for _ in range(50):
         chains.advance()
+    return dbm, data, len(data), chains
+
+
+def test_svi_gradient_is_algorithm_20_1():
+    dbm, data, n, chains = _small_dbm_and_mixed_chains()
     params = [dbm.weight_0, dbm.weight_1, dbm.bias_0, dbm.bias_1, dbm.bias_2]
     bound = dbm.variational_bound(data, num_iters=200, tol=1e-8).mean()
     exact = torch.autograd.grad(-n * (bound - exact_log_partition(dbm, record=False)), params)
@@ -294,12 +299,7 @@ def test_importance_positive_phase_is_the_exact_gradient_of_log_p(centered):
 
 def test_svi_with_the_importance_positive_phase_follows_the_exact_likelihood():
     torch.manual_seed(1)
-    dbm = random_dbm([5, 4, 3], 0.7)
-    data = (torch.rand(40, 5) < 0.8).float()
-    n = 40
-    chains = PersistentChains(dbm, num_chains=20000, steps=1)
-    for _ in range(50):
-        chains.advance()
+    dbm, data, n, chains = _small_dbm_and_mixed_chains()
     names = ["weight_0", "weight_1", "bias_0", "bias_1", "bias_2"]
     params = [getattr(dbm, k) for k in names]
     log_lik = (brute_log_unnormalized(dbm, data) - exact_log_partition(dbm, record=False)).mean()
