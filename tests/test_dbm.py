@@ -132,6 +132,11 @@ def test_importance_log_prob_converges_to_exact_and_beats_the_mean_field_bound(s
     assert (ten >= one - sd).all() and (ten <= exact + sd).all()
     assert float((one - bound).mean()) > 0.01  # summing out the odd layers beats the factorial Q over them
     assert dbm.importance_log_prob(v[:3].reshape(3, 1, -1)).shape == (3, 1)
+    torch.manual_seed(3)
+    log_w = dbm.importance_log_weights(v[:3].reshape(3, 1, -1), 7)
+    torch.manual_seed(3)
+    same = dbm.importance_log_prob(v[:3].reshape(3, 1, -1), 7)
+    assert log_w.shape == (3, 1, 7) and torch.allclose(torch.logsumexp(log_w, -1) - math.log(7), same)
     rbm_like = random_dbm([5, 4], 1.0)
     vv = all_states(5)
     assert torch.allclose(rbm_like.importance_log_prob(vv, 1), brute_log_unnormalized(rbm_like, vv), atol=1e-5)

@@ -653,6 +653,23 @@ class DBM(PyroModule):
         log_w, _ = self._importance_log_weights(p, flat, num_samples, num_iters, tol)
         return (torch.logsumexp(log_w, -1) - math.log(log_w.shape[-1])).reshape(v.shape[:-1])
 
+    @torch.no_grad()
+    @full_precision
+    def importance_log_weights(
+        self, v: Tensor, num_samples: int = 100, *, num_iters: int = 100, tol: float | None = 1e-5
+    ) -> Tensor:
+        r"""The log weights :math:`\log w_k = -F(v, h^{(k)}_{even}) - \log Q(h^{(k)}_{even})` behind
+        :meth:`importance_log_prob` (which is their ``logsumexp`` minus :math:`\log K`), shape
+        ``v.shape[:-1] + (K,)``; e.g. for the effective sample size :math:`1/\sum_k \tilde w_k^2` of the mean-field
+        proposal. Arguments and errors as for :meth:`importance_log_prob`."""
+        _check_num_samples(num_samples)
+        v = self._data(v, "v")
+        self._check_visible(v)
+        p = self.params()
+        flat = v.reshape(-1, self.n_visible).to(p.weights[0])
+        log_w, _ = self._importance_log_weights(p, flat, num_samples, num_iters, tol)
+        return log_w.reshape(*v.shape[:-1], log_w.shape[-1])
+
     def _importance_log_weights(
         self, p: DBMParams, v: Tensor, num_samples: int, num_iters: int, tol: float | None
     ) -> tuple[Tensor, list[Tensor]]:
