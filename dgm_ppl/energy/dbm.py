@@ -645,13 +645,8 @@ class DBM(PyroModule):
         :raises ValueError: for ``num_samples < 1``, or ``v`` of the wrong width, not binary (binary visible
             units), or with NaN or inf.
         """
-        _check_num_samples(num_samples)
-        v = self._data(v, "v")
-        self._check_visible(v)
-        p = self.params()
-        flat = v.reshape(-1, self.n_visible).to(p.weights[0])
-        log_w, _ = self._importance_log_weights(p, flat, num_samples, num_iters, tol)
-        return (torch.logsumexp(log_w, -1) - math.log(log_w.shape[-1])).reshape(v.shape[:-1])
+        log_w = self.importance_log_weights(v, num_samples, num_iters=num_iters, tol=tol)
+        return torch.logsumexp(log_w, -1) - math.log(log_w.shape[-1])
 
     @torch.no_grad()
     @full_precision
