@@ -854,3 +854,52 @@ def test_dbm_grows_from_a_saved_rbm(rbm_quality, dbm_quality, data, tmp_path, ca
             dbm_quality.main([*grow, "--init-rbm", rbm_file, "--no-score", *bad])
     with pytest.raises(SystemExit):  # rbm_quality.py has no untrained score: --epochs 0 is refused, not endless
         rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "0"])
+
+
+def test_dbm_top_rbm_headroom_is_the_dbn_bound_gain(rbm_quality, data, tmp_path, capsys):
+    """dbm_top_rbm.py: the bottom RBM's hidden marginal is exact (enumeration over v), the DBN bound
+    ``log p_R(v) + E_q[log p_T(h) - log p_R(h)]`` is the exact DBN's ``log p(v)`` minus ``KL(q || p_DBN(h | v))``,
+    and a tiny run trains, saves and scores a top RBM on the drawn hidden states."""
+    from helpers import all_states, exact_visible_probs
+
+    from dgm_ppl.energy import BernoulliRBM
+
+    top_rbm = benchmark_script("dbm_top_rbm")
+    torch.manual_seed(0)
+    bottom, top = BernoulliRBM(6, 4), BernoulliRBM(4, 3)
+    for m in (bottom, top):
+        with torch.no_grad():
+            m.weight.normal_(0, 1.0)
+            m.visible_bias.normal_(0, 0.5)
+            m.hidden_bias.normal_(0, 0.5)
+    v, h = all_states(6), all_states(4)
+    joint = -bottom.energy(v[:, None, :].expand(-1, 16, -1), h[None].expand(64, -1, -1))  # (v, h)
+    log_z_r = torch.logsumexp(joint.flatten(), 0)
+    log_prior_r = top_rbm.hidden_log_marginal(bottom, h) - log_z_r
+    assert torch.allclose(log_prior_r, torch.logsumexp(joint, 0) - log_z_r, atol=1e-5)
+    probs_t, _ = exact_visible_probs(top)  # p_T(h) over the 16 states of h, in all_states order
+    log_p_v_given_h = joint - torch.logsumexp(joint, 0, keepdim=True)  # log p_R(v | h)
+    log_p_dbn = torch.logsumexp(log_p_v_given_h + probs_t.log()[None], 1)  # the DBN's exact log p(v)
+    q = torch.softmax(joint, 1)  # p_R(h | v)
+    log_p_r = torch.logsumexp(joint, 1) - log_z_r
+    bound = log_p_r + (q * (probs_t.log() - log_prior_r)[None]).sum(1)
+    posterior_dbn = torch.softmax(log_p_v_given_h + probs_t.log()[None], 1)
+    kl = (q * (q.log() - posterior_dbn.log())).sum(1)
+    assert torch.allclose(bound, log_p_dbn - kl, atol=1e-4) and (kl > 1e-3).any()
+
+    rbm_file = str(tmp_path / "rbm.pt")
+    rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "2", "--average-from", "0.5", "--save", rbm_file])
+    capsys.readouterr()
+    saved = str(tmp_path / "top.pt")
+    top_rbm.main(["--data", data, "--rbm", rbm_file, "--threads", "1", "--rbm-ais-chains", "8", "--rbm-ais-betas",
+                  "100", "--save", saved, "--", "--hidden", "5", "--epochs", "2", "--batch-size", "50", "--chains",
+                  "20", "--average-from", "0.5", "--ais-chains", "8", "--ais-betas", "100"])  # fmt: skip
+    records = _records(capsys)
+    (first,) = [r for r in records if r["event"] == "bottom"]
+    tops = [r for r in records if r["event"] == "top"]
+    assert [r["model"] for r in tops] == ["raw", "averaged"] and first["hidden_mean"] > 0
+    for r in tops:
+        assert r["dbn_bound"] == pytest.approx(first["log_likelihood"] + r["headroom"], abs=2e-3)
+        assert r["headroom"] == pytest.approx(r["hidden_log_prior"] - first["hidden_log_prior"], abs=2e-3)
+    file = torch.load(saved, weights_only=False)
+    assert file["rbm"]["weight"].shape == (16, 5) and file["avg"] is not None and file["run"]["epoch"] == 2
