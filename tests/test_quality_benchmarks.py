@@ -903,3 +903,41 @@ def test_dbm_top_rbm_headroom_is_the_dbn_bound_gain(rbm_quality, data, tmp_path,
         assert r["headroom"] == pytest.approx(r["hidden_log_prior"] - first["hidden_log_prior"], abs=2e-3)
     file = torch.load(saved, weights_only=False)
     assert file["rbm"]["weight"].shape == (16, 5) and file["avg"] is not None and file["run"]["epoch"] == 2
+
+
+def test_dbm_greedy_top_statistics_are_exact_and_a_tiny_run_scores(rbm_quality, data, tmp_path, capsys):
+    """dbm_greedy_top.py: -F(v, h1) with h2 summed out and the prior of h1 with v and h2 summed out match
+    enumeration; a tiny run keeps W_0 and the visible bias frozen, moves the top layer, and scores."""
+    from helpers import all_states
+
+    from dgm_ppl.energy import DBM
+
+    greedy = benchmark_script("dbm_greedy_top")
+    torch.manual_seed(0)
+    dbm = DBM([5, 4, 3])
+    with torch.no_grad():
+        for p in dbm.parameters():
+            p.normal_(0, 1.0)
+    v, h1, h2 = all_states(5), all_states(4), all_states(3)
+    i, j, k = (x.flatten() for x in torch.meshgrid(torch.arange(32), torch.arange(16), torch.arange(8), indexing="ij"))
+    neg_e = -dbm.energy([v[i], h1[j], h2[k]]).reshape(32, 16, 8)
+    clamped = greedy.clamped_statistic(dbm, v[:, None].expand(-1, 16, -1), h1[None].expand(32, -1, -1))
+    assert torch.allclose(clamped, torch.logsumexp(neg_e, 2), atol=1e-4)
+    assert torch.allclose(greedy.hidden_prior(dbm, h1), torch.logsumexp(neg_e, (0, 2)), atol=1e-4)
+
+    rbm_file = str(tmp_path / "rbm.pt")
+    rbm_quality.main([*RBM_ARGS, "--data", data, "--epochs", "2", "--average-from", "0.5", "--save", rbm_file])
+    capsys.readouterr()
+    saved = str(tmp_path / "greedy.pt")
+    greedy.main(["--data", data, "--rbm", rbm_file, "--top-size", "6", "--time-budget", "0.01", "--lr", "1e-2",
+                 "--batch-size", "50", "--chains", "20", "--rbm-ais-betas", "100", "--ais-chains", "8",
+                 "--ais-betas", "100", "--save", saved])  # fmt: skip
+    records = _records(capsys)
+    assert [r["event"] for r in records] == ["bottom", "epoch", "score"]
+    score = records[-1]
+    assert math.isfinite(score["fixed_q_bound"]) and math.isfinite(score["reverse_ais_log_z"])
+    assert score["fixed_q_bound"] == pytest.approx(records[0]["log_likelihood"] + score["headroom"], abs=2e-3)
+    state = torch.load(saved, weights_only=False)["dbm"]
+    rbm = torch.load(rbm_file, weights_only=False)["avg"]
+    assert torch.allclose(state["weight_0"], rbm["weight"]) and torch.allclose(state["bias_0"], rbm["visible_bias"])
+    assert state["weight_1"].shape == (16, 6) and state["weight_1"].abs().max() > 0.05  # moved from sd 0.01
