@@ -937,7 +937,12 @@ def test_dbm_greedy_top_statistics_are_exact_and_a_tiny_run_scores(rbm_quality, 
     score = records[-1]
     assert math.isfinite(score["fixed_q_bound"]) and math.isfinite(score["reverse_ais_log_z"])
     assert score["fixed_q_bound"] == pytest.approx(records[0]["log_likelihood"] + score["headroom"], abs=2e-3)
+    assert ("warning" in score) == (abs(score["reverse_ais_log_z"] - score["log_z"]) > 1.0)
     state = torch.load(saved, weights_only=False)["dbm"]
     rbm = torch.load(rbm_file, weights_only=False)["avg"]
     assert torch.allclose(state["weight_0"], rbm["weight"]) and torch.allclose(state["bias_0"], rbm["visible_bias"])
     assert state["weight_1"].shape == (16, 6) and state["weight_1"].abs().max() > 0.05  # moved from sd 0.01
+    greedy.main(["--data", data, "--rbm", rbm_file, "--top-size", "6", "--time-budget", "0.01", "--fixed-draws",
+                 "--batch-size", "50", "--chains", "20", "--rbm-ais-betas", "50", "--ais-chains", "4",
+                 "--ais-betas", "50"])  # fmt: skip
+    assert _records(capsys)[-1]["event"] == "score"
