@@ -13,9 +13,10 @@ the second layer adds to the DBN bound: the *headroom* of the prior. A DBM inste
 the top layer's marginal, which has to model the ratio ``q / p_R`` and is therefore nearly flat when ``R`` fits
 ``q`` (the headroom near zero).
 
-This script draws ``h_1 ~ p_R(h_1 | v)`` once per image (train and the scored split), trains ``T`` (500-1000,
-PCD with ``rbm_quality.py``'s training loop and options), scores it with AIS on the drawn validation states, and
-prints ``log p_R(h_1)`` (normalized with ``log Z_R`` from AIS), the headroom and the DBN bound::
+This script draws ``h_1 ~ p_R(h_1 | v)`` once per image (train and the scored split; with ``--fresh-draws`` the
+training draws are made afresh at each epoch), trains ``T`` (500-1000, PCD with ``rbm_quality.py``'s training
+loop and options), scores it with AIS on the drawn validation states, and prints ``log p_R(h_1)`` (normalized
+with ``log Z_R`` from AIS), the headroom and the DBN bound::
 
     OMP_NUM_THREADS=1 python benchmarks/dbm_top_rbm.py --data ../shared/data/binarized_mnist.npz \\
         --rbm benchmarks/models/rbm500_30min_beta05.pt --threads 1 --time-budget 1200 --save outputs/top_rbm.pt -- \\
@@ -78,7 +79,12 @@ def main(argv=None):
     ap.add_argument("--rbm-ais-betas", type=int, default=14500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--save", help="write the top RBM, its chains, its averages and the drawn h1 here")
+    ap.add_argument(
+        "--fresh-draws",
+        action="store_true",
+        help="draw the training h1 afresh each epoch (default: one draw per image)",
+    )
+    ap.add_argument("--save", help="write the top RBM, its chains and its average here")
     ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- then rbm_quality.py options for the top RBM")
     args = ap.parse_args(argv)
     rest = [a for a in args.rest if a != "--"]
@@ -112,7 +118,13 @@ def main(argv=None):
     )  # fmt: skip
     top.init_from_data(train_h)
     chains = make_chains(top, top_args, train_h)
-    avgs, run = train_dgm(top_args, top, chains, train_h, {**common, "stage": "top"})
+    redraw = None
+    if args.fresh_draws:  # epoch e's draws from a generator seeded by (seed, e): a resumed run draws the same
+
+        def redraw(epoch: int) -> None:
+            train_h.copy_(hidden_draws(bottom, train_v, torch.Generator().manual_seed(args.seed * 100003 + epoch + 1)))
+
+    avgs, run = train_dgm(top_args, top, chains, train_h, {**common, "stage": "top"}, before_epoch=redraw)
     if args.save:
         torch.save(
             {
@@ -120,11 +132,18 @@ def main(argv=None):
                 "chains": float32_state(chains),
                 "avg": float32_state(avgs[0]) if avgs else None,
                 "config": vars(top_args),
-                "bottom": {"path": args.rbm, "model": args.rbm_model, "seed": args.seed},
+                "bottom": {
+                    "path": args.rbm,
+                    "model": args.rbm_model,
+                    "seed": args.seed,
+                    "fresh_draws": args.fresh_draws,
+                },
                 "run": run,
             },
             args.save,
         )
+    if top_args.no_score:
+        return top, avgs, run
     for label, model in [("raw", top), *(("averaged", a) for a in avgs[:1])]:
         ais_t = ais_log_partition(model, top_args.ais_chains, top_args.ais_betas, data=train_h, progress=False)
         with torch.no_grad():

@@ -250,9 +250,10 @@ def standard_tensors(p) -> list[torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------ scoring
 # ------------------------------------------------------------------------------------------------ training
-def train_dgm(args, rbm, chains, train_x, common):
+def train_dgm(args, rbm, chains, train_x, common, before_epoch=None):
     """Train ``rbm`` in place; returns the averaged RBMs (one per ``--average-from`` window; empty without) and the
-    run's counters."""
+    run's counters. ``before_epoch(epoch)``, when given, runs at the start of each epoch (e.g. to redraw
+    ``train_x`` in place)."""
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / args.batch_size)
     # The SVI gradient is N times the per-datum one: scale the per-datum settings accordingly.
@@ -283,6 +284,8 @@ def train_dgm(args, rbm, chains, train_x, common):
     first_epoch = True
     while run["epoch"] < run["planned"] and (args.stop_after is None or run["epoch"] < args.stop_after):
         epoch, planned = run["epoch"], run["planned"]
+        if before_epoch is not None:
+            before_epoch(epoch)
         lr = learning_rate(args, epoch, planned)
         optim.set_lr(lr * lr_scale)
         chains.steps = gibbs_steps(args, epoch, planned)

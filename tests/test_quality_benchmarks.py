@@ -903,6 +903,14 @@ def test_dbm_top_rbm_headroom_is_the_dbn_bound_gain(rbm_quality, data, tmp_path,
         assert r["headroom"] == pytest.approx(r["hidden_log_prior"] - first["hidden_log_prior"], abs=2e-3)
     file = torch.load(saved, weights_only=False)
     assert file["rbm"]["weight"].shape == (16, 5) and file["avg"] is not None and file["run"]["epoch"] == 2
+    # --fresh-draws: each epoch's draws come from a generator seeded by the epoch, so a resumed run is the same run
+    fresh = ["--data", data, "--rbm", rbm_file, "--threads", "1", "--rbm-ais-chains", "4", "--rbm-ais-betas", "20",
+             "--fresh-draws", "--", "--hidden", "5", "--batch-size", "50", "--chains", "20", "--no-score"]  # fmt: skip
+    whole, half = str(tmp_path / "whole.ckpt"), str(tmp_path / "half.ckpt")
+    top_rbm.main([*fresh, "--epochs", "3", "--checkpoint", whole])
+    top_rbm.main([*fresh, "--epochs", "3", "--stop-after", "1", "--checkpoint", half])
+    top_rbm.main([*fresh, "--epochs", "3", "--resume", half, "--checkpoint", half])
+    _assert_same_run(whole, half)
 
 
 def test_dbm_greedy_top_statistics_are_exact_and_a_tiny_run_scores(rbm_quality, data, tmp_path, capsys):
