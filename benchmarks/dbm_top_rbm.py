@@ -61,12 +61,10 @@ def hidden_draws(rbm: BernoulliRBM, v: torch.Tensor, generator: torch.Generator)
 
 @torch.no_grad()
 def hidden_log_marginal(rbm: BernoulliRBM, h: torch.Tensor) -> torch.Tensor:
-    """Unnormalized ``log p_R(h) = c'h + sum_i softplus(b_i + (W h)_i)`` in the RBM's standard form."""
+    """Unnormalized ``log p_R(h) = c'h + sum_i softplus(b_i + (W h)_i)`` from the RBM's standard form, with its
+    constant (nonzero for a centered RBM), so that it is normalized by the same ``log Z`` as ``log p_R(v)``."""
     p = rbm.params()
-    w, b, c = p.weight, p.visible_bias, p.hidden_bias
-    if rbm.centered:
-        raise ValueError("hidden_log_marginal takes an RBM in standard (uncentered) form")
-    return h @ c + torch.nn.functional.softplus(h @ w.T + b).sum(-1)
+    return p.const + h @ p.hidden_bias + torch.nn.functional.softplus(h @ p.weight.T + p.visible_bias).sum(-1)
 
 
 def main(argv=None):

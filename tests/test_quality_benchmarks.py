@@ -877,6 +877,14 @@ def test_dbm_top_rbm_headroom_is_the_dbn_bound_gain(rbm_quality, data, tmp_path,
     log_z_r = torch.logsumexp(joint.flatten(), 0)
     log_prior_r = top_rbm.hidden_log_marginal(bottom, h) - log_z_r
     assert torch.allclose(log_prior_r, torch.logsumexp(joint, 0) - log_z_r, atol=1e-5)
+    centered = BernoulliRBM(6, 4, centered=True)
+    with torch.no_grad():
+        for t in (centered.weight, centered.visible_bias, centered.hidden_bias):
+            t.normal_(0, 1.0)
+        centered.visible_offset.uniform_(0.2, 0.8)
+        centered.hidden_offset.uniform_(0.2, 0.8)
+    joint_c = -centered.energy(v[:, None, :].expand(-1, 16, -1), h[None].expand(64, -1, -1))
+    assert torch.allclose(top_rbm.hidden_log_marginal(centered, h), torch.logsumexp(joint_c, 0), atol=1e-4)
     probs_t, _ = exact_visible_probs(top)  # p_T(h) over the 16 states of h, in all_states order
     log_p_v_given_h = joint - torch.logsumexp(joint, 0, keepdim=True)  # log p_R(v | h)
     log_p_dbn = torch.logsumexp(log_p_v_given_h + probs_t.log()[None], 1)  # the DBN's exact log p(v)
