@@ -63,10 +63,9 @@ def clamped_statistic(dbm: DBM, v: torch.Tensor, h: torch.Tensor) -> torch.Tenso
 
 
 def hidden_prior(dbm: DBM, h: torch.Tensor) -> torch.Tensor:
-    """Unnormalized :math:`\\log p_\\theta(h_1)` of a two-layer binary DBM: ``v`` and ``h_2`` summed out."""
-    p = dbm.params()
-    below = F.softplus(p.biases[0] + h @ p.weights[0].T).sum(-1)
-    return h @ p.biases[1] + below + F.softplus(p.biases[2] + h @ p.weights[1]).sum(-1)
+    """Unnormalized :math:`\\log p_\\theta(h_1)` of a two-layer binary DBM: ``v`` and ``h_2`` (the even layers)
+    summed out."""
+    return -dbm.free_energy([None, h, None], parity=0)
 
 
 def main(argv=None):
@@ -104,7 +103,7 @@ def main(argv=None):
         lr = args.lr * (args.final_lr / args.lr) ** (epoch / planned if planned else 0.0)
         for group in opt.param_groups:
             group["lr"] = lr
-        order, total = torch.randperm(n), 0.0
+        order, total = torch.randperm(n), torch.zeros(())  # summed as a tensor: no sync per step
         for b in range(n // args.batch_size):
             i = order[b * args.batch_size : (b + 1) * args.batch_size]
             with torch.no_grad():
@@ -114,12 +113,13 @@ def main(argv=None):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach())
+            total += loss.detach()
         seconds += time.perf_counter() - t1
         epoch += 1
         if planned is None:
             planned = max(1, int(args.time_budget / seconds))
-        emit(**common, event="epoch", epoch=epoch, planned_epochs=planned, lr=lr, loss=total / (n // args.batch_size),
+        emit(**common, event="epoch", epoch=epoch, planned_epochs=planned, lr=lr,
+             loss=float(total) / (n // args.batch_size),
              top_column_norm_median=round(float(dbm.weight_1.detach().norm(dim=0).median()), 4),
              seconds=round(seconds, 1))  # fmt: skip
         if seconds > args.time_budget:
